@@ -9,14 +9,26 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "AlreadyExistsError",
     "CertificateError",
     "CiliumOutputError",
     "ClusterMeshError",
+    "ConflictError",
+    "ForbiddenError",
+    "InvalidError",
     "KkpOwnedKeyError",
+    "KubeApiError",
+    "KubeconfigError",
+    "NotFoundError",
+    "SlackConfigError",
     "SpecError",
     "SpecProblem",
+    "TLSVerificationError",
+    "TransientKubeError",
+    "UnauthorizedError",
     "UnsupportedVersionError",
     "ValuesError",
+    "WaitTimeoutError",
 ]
 
 
@@ -46,7 +58,7 @@ class CiliumOutputError(ClusterMeshError):
         self.problem = problem
         self.expected = expected
         self.line_no = line_no
-        self.line = None if line is None or len(line) <= 120 else line[:119] + "…"
+        self.line = line if line is None or len(line) <= 120 else line[:119] + "…"
         self.json_path = json_path
         where = ""
         if line_no is not None:
@@ -164,3 +176,180 @@ class CertificateError(ClusterMeshError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (CertificateError, (self.source, self.problem))
+
+
+class KubeconfigError(ClusterMeshError):
+    """A kubeconfig we will not use as given; raised before anything is sent to a cluster.
+
+    Names the cluster, the context and the field at fault, never a credential.
+    """
+
+    def __init__(self, cluster: str, problem: str, *, fix: str) -> None:
+        self.cluster = cluster
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"kubeconfig for cluster {cluster!r}: {problem} — {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_kubeconfig_error, (self.cluster, self.problem, self.fix))
+
+
+def _rebuild_kubeconfig_error(cluster: str, problem: str, fix: str) -> KubeconfigError:
+    return KubeconfigError(cluster, problem, fix=fix)
+
+
+class KubeApiError(ClusterMeshError):
+    """A Kubernetes API call that failed; the subclass tells the caller whether to retry, re-read or fix.
+
+    Carries the cluster, the verb, the object (``kube-system/applicationinstallations/cilium``), the
+    HTTP status and reason when there was a response, and the API's own Status message. Never headers.
+    """
+
+    default_fix = "see the API server's message above"
+
+    def __init__(
+        self,
+        cluster: str,
+        verb: str,
+        target: str,
+        problem: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.verb = verb
+        self.target = target
+        self.problem = problem
+        self.status = status
+        self.reason = reason
+        self.fix = fix if fix is not None else self.default_fix
+        http = ""
+        if status:
+            http = f"HTTP {status}{' ' + reason if reason else ''}: "
+        super().__init__(f"cluster {cluster!r}: {verb} {target} failed: {http}{problem} — {self.fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Survive pickling (Prefect moves task exceptions between processes)."""
+        return (
+            _rebuild_kube_api_error,
+            (
+                type(self),
+                self.cluster,
+                self.verb,
+                self.target,
+                self.problem,
+                self.status,
+                self.reason,
+                self.fix,
+            ),
+        )
+
+
+def _rebuild_kube_api_error(
+    cls: type[KubeApiError],
+    cluster: str,
+    verb: str,
+    target: str,
+    problem: str,
+    status: int | None,
+    reason: str | None,
+    fix: str,
+) -> KubeApiError:
+    return cls(cluster, verb, target, problem, status=status, reason=reason, fix=fix)
+
+
+class TransientKubeError(KubeApiError):
+    """Connection refused or reset, a timeout, 429 or 5xx: the same call may well succeed if repeated."""
+
+    default_fix = "the API server was unreachable, slow or overloaded; retrying is safe"
+
+
+class ConflictError(KubeApiError):
+    """409: the object changed since we read it; overwriting would lose someone else's write."""
+
+    default_fix = "read the object again and recompute the change from what it holds now"
+
+
+class AlreadyExistsError(ConflictError):
+    """409 AlreadyExists on create: someone created it between our read and our write."""
+
+    default_fix = "read the existing object and replace it instead of creating it"
+
+
+class NotFoundError(KubeApiError):
+    """404: the object, its namespace or its kind (a CRD) does not exist on this cluster."""
+
+    default_fix = "check the namespace and name, and that the kind is installed on this cluster"
+
+
+class UnauthorizedError(KubeApiError):
+    """401: the API server did not accept the kubeconfig's credentials at all."""
+
+    default_fix = "check that the kubeconfig's token or client certificate is current and for this cluster"
+
+
+class ForbiddenError(KubeApiError):
+    """403: the credentials are valid but RBAC does not allow this call."""
+
+    default_fix = "grant the kubeconfig's user this permission, or use the cluster's admin kubeconfig"
+
+
+class InvalidError(KubeApiError):
+    """400 or 422: the API (or an admission webhook) refused the object as written."""
+
+    default_fix = "fix the fields named in the message; retrying the same request will fail again"
+
+
+class TLSVerificationError(KubeApiError):
+    """The server's certificate did not verify against the kubeconfig's CA: never retried, never skipped."""
+
+    default_fix = (
+        "check that the kubeconfig's certificate-authority-data is this cluster's CA and that the server "
+        "address is one the certificate names"
+    )
+
+
+class WaitTimeoutError(ClusterMeshError):
+    """A wait ran out of time: says what was expected, what was last seen and what to check."""
+
+    def __init__(self, cluster: str, expected: str, last_seen: str, *, timeout: float, check: str) -> None:
+        self.cluster = cluster
+        self.expected = expected
+        self.last_seen = last_seen
+        self.timeout = timeout
+        self.check = check
+        super().__init__(
+            f"cluster {cluster!r}: timed out after {timeout:g}s waiting for {expected}; "
+            f"last seen: {last_seen} — check {check}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_wait_timeout_error,
+            (self.cluster, self.expected, self.last_seen, self.timeout, self.check),
+        )
+
+
+def _rebuild_wait_timeout_error(
+    cluster: str, expected: str, last_seen: str, timeout: float, check: str
+) -> WaitTimeoutError:
+    return WaitTimeoutError(cluster, expected, last_seen, timeout=timeout, check=check)
+
+
+class SlackConfigError(ClusterMeshError):
+    """Slack settings that cannot work together; names the setting, never the token or webhook URL."""
+
+    def __init__(self, setting: str, problem: str, *, fix: str) -> None:
+        self.setting = setting
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{setting}: {problem} — {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_slack_config_error, (self.setting, self.problem, self.fix))
+
+
+def _rebuild_slack_config_error(setting: str, problem: str, fix: str) -> SlackConfigError:
+    return SlackConfigError(setting, problem, fix=fix)
