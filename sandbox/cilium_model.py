@@ -74,6 +74,9 @@ class ServiceEntry:
     remote: bool = False  # "(Remote)" flag on 1.14+
     traffic_policy: str = "Cluster"
     scope: str = "external"
+    ext_traffic_policy: str | None = None  # None: same as traffic_policy
+    int_traffic_policy: str | None = None  # None: same as traffic_policy (hubble-peer has "Local")
+    cluster: str | None = None  # the remote cluster of a "(Remote)" service, as flags.cluster says
 
 
 @dataclass(frozen=True)

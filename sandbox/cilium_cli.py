@@ -1,0 +1,1079 @@
+"""The simulated Cilium agent CLI: ``cilium``/``cilium-dbg`` and ``cilium-health`` inside an agent pod.
+
+The world hands over an :class:`~sandbox.cilium_model.AgentSnapshot`; this module prints it exactly the
+way the agent's CLI of that Cilium version would (1.13 to 1.19), so the pipeline's parsers are tested
+against real formats, not against a second copy of their own assumptions. The formatting is ported
+from Cilium's Go code: ``text/tabwriter`` (column padding and trailing spaces), ``time.Duration``'s
+``String()`` (``585.908µs``), ``encoding/json``'s ``MarshalIndent`` and cobra/pflag's error messages.
+
+Public API: :func:`run_agent_command`, plus :func:`go_duration` and :class:`TabWriter` for anyone who
+needs the same Go formatting.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sandbox.cilium_model import (
+    AgentSnapshot,
+    Backend,
+    HealthNode,
+    HealthReport,
+    PeerStatus,
+    Probe,
+    ProbedPath,
+    ServiceEntry,
+)
+
+__all__ = ["TabWriter", "go_duration", "run_agent_command"]
+
+Version = tuple[int, int]
+Result = tuple[int, str, str]
+
+# ---------------------------------------------------------------------------------------------------
+# Go formatting primitives
+# ---------------------------------------------------------------------------------------------------
+
+_NS_US = 1_000
+_NS_MS = 1_000_000
+_NS_S = 1_000_000_000
+_NS_M = 60 * _NS_S
+_NS_H = 60 * _NS_M
+
+
+def _frac(value: int, unit: int, digits: int) -> str:
+    """``value/unit`` with the fraction's trailing zeros dropped, as Go's ``fmtFrac`` does."""
+    whole, rest = divmod(value, unit)
+    if rest == 0:
+        return str(whole)
+    return f"{whole}.{str(rest).rjust(digits, '0').rstrip('0')}"
+
+
+def go_duration(ns: int) -> str:
+    """Go's ``time.Duration.String()``: RTTs and intervals must read exactly like the agent prints them."""
+    if ns == 0:
+        return "0s"
+    sign = "-" if ns < 0 else ""
+    u = abs(ns)
+    if u < _NS_US:
+        return f"{sign}{u}ns"
+    if u < _NS_MS:
+        return f"{sign}{_frac(u, _NS_US, 3)}µs"
+    if u < _NS_S:
+        return f"{sign}{_frac(u, _NS_MS, 6)}ms"
+    out = sign
+    if u >= _NS_H:
+        out += f"{u // _NS_H}h"
+        u %= _NS_H
+        out += f"{u // _NS_M}m"
+        u %= _NS_M
+    elif u >= _NS_M:
+        out += f"{u // _NS_M}m"
+        u %= _NS_M
+    return f"{out}{_frac(u, _NS_S, 9)}s"
+
+
+def _rfc3339(ts: datetime) -> str:
+    """Go's ``time.RFC3339`` in UTC (the agent's container runs in UTC); naive times count as UTC."""
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class TabWriter:
+    """A port of Go's ``text/tabwriter`` with a space pad character and no flags.
+
+    Cells are tab-terminated; the text after a line's last tab is not part of any column. A column block
+    is a run of consecutive lines that all have a cell in that column; its width is the widest cell plus
+    ``padding`` (at least ``minwidth``). Widths count runes, so ``µ`` is one column wide.
+    """
+
+    def __init__(self, minwidth: int, tabwidth: int, padding: int) -> None:
+        self.minwidth = minwidth
+        self.tabwidth = tabwidth  # only used for tab padding, which Cilium never asks for
+        self.padding = padding
+        self._buf: list[str] = []
+
+    def write(self, text: str) -> None:
+        self._buf.append(text)
+
+    def getvalue(self) -> str:
+        """Format everything written so far (like ``Flush``) and return it."""
+        raw = "".join(self._buf)
+        lines = [line.split("\t") for line in raw.split("\n")]
+        if lines[-1] == [""]:
+            lines[-1] = []  # the unterminated last line is empty: Go keeps it with no cells
+        out: list[str] = []
+        self._format(out, lines, 0, len(lines), [])
+        return "".join(out)
+
+    def _format(
+        self, out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]
+    ) -> None:
+        column = len(widths)
+        this = line0
+        while this < line1:
+            if column >= len(lines[this]) - 1:
+                this += 1
+                continue
+            self._write_lines(out, lines, line0, this, widths)
+            line0 = this
+            width = self.minwidth
+            while this < line1 and column < len(lines[this]) - 1:
+                width = max(width, len(lines[this][column]) + self.padding)
+                this += 1
+            widths.append(width)
+            self._format(out, lines, line0, this, widths)
+            widths.pop()
+            line0 = this
+            this += 1  # the line that ended the block has no cell in this column
+        self._write_lines(out, lines, line0, line1, widths)
+
+    @staticmethod
+    def _write_lines(
+        out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]
+    ) -> None:
+        for i in range(line0, line1):
+            for j, cell in enumerate(lines[i]):
+                out.append(cell)
+                if j < len(widths):
+                    out.append(" " * (widths[j] - len(cell)))
+            if i + 1 < len(lines):
+                out.append("\n")
+
+
+def _go_json(data: Any) -> str:
+    """``json.MarshalIndent(data, "", "  ")`` then the two ``Println`` calls of Cilium's ``dumpJSON``.
+
+    go-swagger models list their fields alphabetically, so sorted keys give Go's order; Go escapes
+    ``<``, ``>`` and ``&``. ``pkg/command`` prints the JSON and then an empty line (visible in real
+    captures such as ``service-list-1.18.json``).
+    """
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(char, escaped)
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return text + "\n\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Versions
+# ---------------------------------------------------------------------------------------------------
+
+
+def _parse_version(raw: str) -> Version:
+    """``"1.16.2"``, ``"v1.18.0-rc.1"`` → ``(1, 16)``; the minor line decides every format."""
+    text = raw.strip().lstrip("vV")
+    parts = text.split(".")
+    try:
+        major = int(parts[0])
+        minor = int("".join(ch for ch in parts[1] if ch.isdigit()) or 0) if len(parts) > 1 else 0
+    except ValueError:
+        return (1, 19)
+    return (major, minor)
+
+
+def _agent_binary(version: Version) -> str:
+    """The agent CLI's own name (cobra prints it in usage and errors); ``cilium`` is a link from 1.15."""
+    return "cilium-dbg" if version >= (1, 15) else "cilium"
+
+
+# ---------------------------------------------------------------------------------------------------
+# cilium-health status
+# ---------------------------------------------------------------------------------------------------
+
+_REACHABLE, _UNREACHABLE, _UNKNOWN = "reachable", "unreachable", "unknown"
+
+
+def _probe_state(probe: Probe) -> str:
+    """A probe with neither RTT nor error has not run yet: Cilium has no status object then (unknown)."""
+    if probe.error:
+        return _UNREACHABLE
+    if probe.rtt_ns is None:
+        return _UNKNOWN
+    return _REACHABLE
+
+
+def _path_state(path: ProbedPath | None) -> str:
+    if path is None:
+        return _UNREACHABLE
+    state = _REACHABLE
+    for probe in (path.icmp, path.http):
+        s = _probe_state(probe)
+        if s == _UNREACHABLE:
+            return _UNREACHABLE
+        if s == _UNKNOWN:
+            state = _UNKNOWN
+    return state
+
+
+def _node_display_name(node: HealthNode) -> str:
+    return node.name if node.cluster == "default" else f"{node.cluster}/{node.name}"
+
+
+def _node_healthy(node: HealthNode) -> bool:
+    """Healthy = no path explicitly unreachable (unknown paths count as healthy, as in Cilium)."""
+    if _path_state(node.host) == _UNREACHABLE:
+        return False
+    return node.endpoint is None or _path_state(node.endpoint) != _UNREACHABLE
+
+
+def _local_node(report: HealthReport, node_name: str) -> HealthNode | None:
+    for node in report.nodes:
+        if node.local:
+            return node
+    for node in report.nodes:
+        if node.name == node_name:
+            return node
+    return None
+
+
+@dataclass(frozen=True)
+class _HealthView:
+    """The health report as the formatter walks it: local node first, then the rest sorted by name."""
+
+    report: HealthReport
+    local: HealthNode | None
+    version: Version
+
+    @property
+    def ordered(self) -> list[HealthNode]:
+        rest = sorted((n for n in self.report.nodes if n is not self.local), key=_node_display_name)
+        return ([self.local] if self.local is not None else []) + rest
+
+    @property
+    def healthy(self) -> int:
+        return sum(1 for n in self.report.nodes if _node_healthy(n))
+
+    @property
+    def timestamp(self) -> str:
+        return _rfc3339(self.report.timestamp)
+
+    @property
+    def last_probed(self) -> str:
+        return _rfc3339(self.report.last_probed or self.report.timestamp)
+
+    @property
+    def probe_interval(self) -> str:
+        return go_duration(round(self.report.probe_interval_s * _NS_S))
+
+
+def _probe_text(probe: Probe) -> str:
+    if probe.error:
+        return probe.error
+    return f"OK, RTT={go_duration(probe.rtt_ns or 0)}"
+
+
+def _write_path(w: TabWriter, view: _HealthView, name: str, path: ProbedPath | None, verbose: bool) -> None:
+    """``Host connectivity to <ip>:`` and its ICMP/HTTP lines; probes never run are left out."""
+    indent = "    "
+    if path is None:
+        if verbose:
+            w.write(f"{indent}{name} connectivity:\tnil\n")
+        return
+    w.write(f"{indent}{name} connectivity to {path.ip}:\n")
+    for label, probe in (("ICMP to stack", path.icmp), ("HTTP to agent", path.http)):
+        if _probe_state(probe) == _UNKNOWN:
+            continue
+        line = f"{indent}  {label}:\t{_probe_text(probe)}"
+        if view.version >= (1, 18):
+            line += f"\t(Last probed: {view.last_probed})"
+        w.write(line + "\n")
+
+
+def _write_node_detail(w: TabWriter, view: _HealthView, node: HealthNode, verbose: bool) -> None:
+    local = " (localhost)" if node is view.local else ""
+    w.write(f"  {_node_display_name(node)}{local}:\n")
+    _write_path(w, view, "Host", node.host, verbose)
+    _write_path(w, view, "Endpoint", node.endpoint, verbose)
+
+
+def _format_health_legacy(
+    w: TabWriter, view: _HealthView, print_all: bool, succinct: bool, verbose: bool
+) -> None:
+    """1.13–1.16 ``FormatHealthStatusResponse``: ``Probe time:`` + detail blocks, or the succinct table."""
+    nodes = view.report.nodes
+    if succinct and not verbose:
+        w.write(f"Cluster health:\t{view.healthy}/{len(nodes)} reachable\t({view.timestamp})\n")
+        if print_all or view.healthy < len(nodes):
+            w.write("  Name\tIP\tNode\tEndpoints\n")
+    else:
+        w.write(f"Probe time:\t{view.timestamp}\n")
+        w.write("Nodes:\n")
+    for node in view.ordered:
+        if succinct and not verbose:
+            if print_all or not _node_healthy(node):
+                local = " (localhost)" if node is view.local else ""
+                endpoint = _path_state(node.endpoint) if node.endpoint is not None else _REACHABLE
+                host = _path_state(node.host)
+                w.write(f"  {_node_display_name(node)}{local}\t{node.host.ip}\t{host}\t{endpoint}\n")
+        else:
+            _write_node_detail(w, view, node, verbose)
+
+
+def _path_counts(path: ProbedPath | None) -> str:
+    """``reachable/total`` (+ `` (k unknown)``) for one primary address; no path at all is ``0/0``."""
+    if path is None:
+        return "0/0"
+    state = _path_state(path)
+    text = f"{1 if state == _REACHABLE else 0}/1"
+    return text + (" (1 unknown)" if state == _UNKNOWN else "")
+
+
+def _format_health_table(
+    w: TabWriter, view: _HealthView, all_nodes: bool, verbose: bool, max_lines: int
+) -> None:
+    """1.17+ ``FormatHealthStatusResponse``: summary, ``Name IP Node Endpoints`` and a row per node."""
+    nodes = view.report.nodes
+    summary = f"Cluster health:\t{view.healthy}/{len(nodes)} reachable\t({view.timestamp})"
+    if view.version >= (1, 18):
+        summary += f"\t(Probe interval: {view.probe_interval})"
+    w.write(summary + "\n")
+    w.write("Name\tIP\tNode\tEndpoints\n")
+    printed = 0
+    for node in view.ordered:
+        if node is not view.local and printed == max_lines:
+            break
+        if verbose:
+            _write_node_detail(w, view, node, verbose)
+            printed += 1
+        elif all_nodes or not _node_healthy(node):
+            local = " (localhost)" if node is view.local else ""
+            w.write(
+                f"  {_node_display_name(node)}{local}\t{node.host.ip}\t"
+                f"{_path_counts(node.host)}\t{_path_counts(node.endpoint)}\n"
+            )
+            printed += 1
+    if len(nodes) - printed - view.healthy > 0:
+        w.write("  ...\n")
+
+
+def _probe_json(probe: Probe, view: _HealthView) -> dict[str, Any] | None:
+    state = _probe_state(probe)
+    if state == _UNKNOWN:
+        return None
+    out: dict[str, Any] = {}
+    if state == _REACHABLE and probe.rtt_ns:
+        out["latency"] = probe.rtt_ns
+    if probe.error:
+        out["status"] = probe.error
+    if view.version >= (1, 18):
+        out["lastProbed"] = view.last_probed
+    return out
+
+
+def _path_json(path: ProbedPath, view: _HealthView) -> dict[str, Any]:
+    out: dict[str, Any] = {"ip": path.ip}
+    for key, probe in (("icmp", path.icmp), ("http", path.http)):
+        value = _probe_json(probe, view)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def _health_json(view: _HealthView) -> dict[str, Any]:
+    """The ``HealthStatusResponse`` model; ``endpoint`` is the deprecated copy of the health endpoint."""
+    nodes: list[dict[str, Any]] = []
+    for node in view.report.nodes:
+        item: dict[str, Any] = {
+            "name": _node_display_name(node),
+            "host": {"primary-address": _path_json(node.host, view), "secondary-addresses": []},
+        }
+        if node.endpoint is not None:
+            item["endpoint"] = _path_json(node.endpoint, view)
+            item["health-endpoint"] = {
+                "primary-address": _path_json(node.endpoint, view),
+                "secondary-addresses": [],
+            }
+        nodes.append(item)
+    out: dict[str, Any] = {"nodes": nodes, "timestamp": view.timestamp}
+    if view.local is not None:
+        out["local"] = {"name": _node_display_name(view.local)}
+    if view.version >= (1, 18):
+        out["probeInterval"] = view.probe_interval
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# cilium service list
+# ---------------------------------------------------------------------------------------------------
+
+
+def _addr(ip: str, port: int, protocol: str, scope: str, version: Version) -> str:
+    """``L3n4Addr.String()``: ``ip:port``, ``/TCP`` from 1.17, ``/i`` for the internal scope."""
+    host = f"[{ip}]" if ":" in ip else ip
+    text = f"{host}:{port}"
+    if version >= (1, 17):
+        text += f"/{protocol.upper()}"
+    if scope == "internal":
+        text += "/i"
+    return text
+
+
+def _listed_backends(svc: ServiceEntry, version: Version) -> list[tuple[Backend, bool]]:
+    """Backends as the agent's API lists them, with the ``preferred`` flag it reports.
+
+    1.18+ (cilium#43681): with any preferred backend only those are listed; with none, all are listed;
+    either way every listed backend is reported as preferred.
+    """
+    if version >= (1, 18):
+        preferred = [b for b in svc.backends if b.preferred]
+        return [(b, True) for b in (preferred or svc.backends)]
+    return [(b, b.preferred) for b in svc.backends]
+
+
+def _service_json(svc: ServiceEntry, version: Version) -> dict[str, Any]:
+    frontend: dict[str, Any] = {"ip": svc.frontend_ip, "port": svc.frontend_port, "scope": svc.scope}
+    if version >= (1, 17):
+        frontend["protocol"] = svc.protocol.upper()
+    flags: dict[str, Any] = {
+        "extTrafficPolicy": svc.ext_traffic_policy or svc.traffic_policy,
+        "intTrafficPolicy": svc.int_traffic_policy or svc.traffic_policy,
+        "name": svc.name,
+        "namespace": svc.namespace,
+        "trafficPolicy": svc.traffic_policy,
+        "type": svc.type,
+    }
+    if svc.remote or svc.cluster:
+        flags["cluster"] = svc.cluster or "remote"
+    backends: list[dict[str, Any]] = []
+    for backend, preferred in _listed_backends(svc, version):
+        item: dict[str, Any] = {"ip": backend.ip, "port": backend.port, "state": backend.state, "weight": 100}
+        if backend.node_name:
+            item["nodeName"] = backend.node_name
+        if preferred:
+            item["preferred"] = True
+        if version >= (1, 17):
+            item["protocol"] = backend.protocol.upper()
+        if backend.zone and version >= (1, 16):
+            item["zone"] = backend.zone
+        backends.append(item)
+    spec = {"backend-addresses": backends, "flags": flags, "frontend-address": frontend, "id": svc.id}
+    return {"spec": spec, "status": {"realized": copy.deepcopy(spec)}}
+
+
+def _format_service_list(services: Sequence[ServiceEntry], version: Version, affinity: bool) -> str:
+    """``printServiceList``: tabwriter(5, 0, 3), every cell tab-terminated, rows sorted by ID."""
+    w = TabWriter(5, 0, 3)
+    w.write("ID\tFrontend\tService Type\tBackend\t\n")
+    for svc in sorted(services, key=lambda s: s.id):
+        svc_type = svc.type + (" (Remote)" if (svc.remote or svc.cluster) and version >= (1, 14) else "")
+        frontend = _addr(svc.frontend_ip, svc.frontend_port, svc.protocol, svc.scope, version)
+        rows: list[str] = []
+        for i, (backend, preferred) in enumerate(_listed_backends(svc, version), start=1):
+            address = _addr(backend.ip, backend.port, backend.protocol, "external", version)
+            text = f"{i} => {address} ({backend.state})"
+            rows.append(text + (" (preferred)" if affinity and preferred else ""))
+        w.write(f"{svc.id}\t{frontend}\t{svc_type}\t{rows[0] if rows else ''}\t\n")
+        for row in rows[1:]:
+            w.write(f"\t\t\t{row}\t\n")
+    return w.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# cilium status
+# ---------------------------------------------------------------------------------------------------
+
+_ETCD_VERSION = {13: "3.5.7", 14: "3.5.9", 15: "3.5.12", 16: "3.5.14", 17: "3.5.17", 18: "3.6.1", 19: "3.6.4"}
+
+
+def _commit(snapshot: AgentSnapshot) -> str:
+    return hashlib.sha1(snapshot.cilium_version.encode()).hexdigest()[:8]
+
+
+def _time_since(when: datetime | None, now: datetime) -> str:
+    """Cilium's ``timeSince``: ``never`` or the age truncated to seconds, e.g. ``2m3s ago``."""
+    if when is None:
+        return "never"
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    seconds = max(0, int((now - when).total_seconds()))
+    return f"{go_duration(seconds * _NS_S)} ago"
+
+
+def _peer_status_text(peer: PeerStatus, version: Version) -> str:
+    if not peer.ready:
+        return peer.error or "Waiting for initial connection to be established"
+    etcd = _ETCD_VERSION.get(version[1], "3.5.17")
+    return (
+        f"etcd: 1/1 connected, leases=0, lock leases=0, has-quorum=true: "
+        f"https://{peer.name}.mesh.cilium.io:2379 - {etcd} (Leader)"
+    )
+
+
+def _clustermesh_lines(snapshot: AgentSnapshot, version: Version, all_clusters: bool) -> list[str]:
+    """The ``ClusterMesh:`` header and, per peer (not-ready only unless ``--all-clusters``), its details."""
+    peers = snapshot.peers
+    ready = sum(1 for p in peers if p.ready)
+    what = "remote clusters ready" if version >= (1, 16) else "clusters ready"
+    lines = [f"ClusterMesh:\t{ready}/{len(peers)} {what}, {snapshot.global_services} global-services\n"]
+    now = snapshot.health.timestamp
+    kvstoremesh = "true" if version >= (1, 16) else "false"
+    for peer in peers:
+        if peer.ready and not all_clusters:
+            continue
+        readiness = "ready" if peer.ready else "not-ready"
+        last = _time_since(peer.last_failure, now)
+        if version < (1, 14):
+            lines.append(
+                f"   {peer.name}: {readiness}, {peer.num_nodes} nodes, {peer.num_identities} identities, "
+                f"{peer.num_services} services, {peer.num_failures} failures (last: {last})\n"
+            )
+            lines.append(f"   └  {_peer_status_text(peer, version)}\n")
+            continue
+        counts = (
+            f"   {peer.name}: {readiness}, {peer.num_nodes} nodes, {peer.num_endpoints} endpoints, "
+            f"{peer.num_identities} identities, {peer.num_services} services, "
+        )
+        if version >= (1, 17):
+            counts += "0 MCS-API service exports, "
+        word = "reconnections" if version >= (1, 16) else "failures"
+        lines.append(f"{counts}{peer.num_failures} {word} (last: {last})\n")
+        lines.append(f"   └  {_peer_status_text(peer, version)}\n")
+        exports = ", service-exports=disabled" if version >= (1, 17) else ""
+        if peer.ready:
+            config = (
+                f"expected=true, retrieved=true, cluster-id={peer.cluster_id}, "
+                f"kvstoremesh={kvstoremesh}, sync-canaries=true{exports}"
+            )
+        else:
+            config = "expected=unknown, retrieved=unknown"
+        lines.append(f"   └  remote configuration: {config}\n")
+        synced = "true" if peer.ready else "false"
+        lines.append(
+            f"   └  synchronization status: nodes={synced}, endpoints={synced}, "
+            f"identities={synced}, services={synced}{exports}\n"
+        )
+    return lines
+
+
+def _kpr_disabled(mode: str) -> bool:
+    return mode.lower() in {"false", "disabled"}
+
+
+def _pod_cidr(snapshot: AgentSnapshot) -> str:
+    local = _local_node(snapshot.health, snapshot.node_name)
+    ip = (local.endpoint.ip if local and local.endpoint else None) or (local.host.ip if local else "10.0.0.1")
+    if ":" in ip:
+        return ip.rsplit(":", 1)[0] + ":/64"
+    return ".".join(ip.split(".")[:3]) + ".0/24"
+
+
+def _identity_range(cluster_id: int) -> tuple[int, int]:
+    if cluster_id == 0:
+        return 256, 65535
+    return cluster_id << 16, (cluster_id << 16) + 65535
+
+
+def _format_status(snapshot: AgentSnapshot, version: Version, all_clusters: bool, all_health: bool) -> str:
+    """``cilium status``: one tabwriter(2, 0, 3) for the agent's components, ClusterMesh and health."""
+    w = TabWriter(2, 0, 3)
+    local = _local_node(snapshot.health, snapshot.node_name)
+    host_ip = local.host.ip if local else "10.0.0.1"
+    ver = snapshot.cilium_version.lstrip("v")
+    w.write("KVStore:\tOk\tDisabled\n")
+    w.write("Kubernetes:\tOk\t1.29 (v1.29.4) [linux/amd64]\n")
+    w.write(
+        'Kubernetes APIs:\t["EndpointSliceOrEndpoint", "cilium/v2::CiliumClusterwideNetworkPolicy", '
+        '"cilium/v2::CiliumEndpoint", "cilium/v2::CiliumNetworkPolicy", "cilium/v2::CiliumNode", '
+        '"core/v1::Namespace", "core/v1::Pods", "core/v1::Service", "networking.k8s.io/v1::NetworkPolicy"]\n'
+    )
+    kpr = snapshot.kube_proxy_replacement
+    devices = "" if _kpr_disabled(kpr) else f"[eth0 {host_ip} (Direct Routing)]"
+    w.write(f"KubeProxyReplacement:\t{kpr}\t{devices}\n")
+    w.write("Host firewall:\tDisabled\n")
+    if version >= (1, 14):
+        w.write("CNI Chaining:\tnone\n")
+    w.write(f"Cilium:\tOk   {ver} (v{ver}-{_commit(snapshot)})\n")
+    w.write("NodeMonitor:\tListening for events on 4 CPUs with 64x4096 of shared memory\n")
+    w.write("Cilium health daemon:\tOk\t\n")
+    endpoints = 2 + sum(1 for n in snapshot.health.nodes if n.endpoint is not None)
+    w.write(f"IPAM:\tIPv4: {endpoints}/254 allocated from {_pod_cidr(snapshot)}, \n")
+    if snapshot.mesh_enabled:
+        for line in _clustermesh_lines(snapshot, version, all_clusters):
+            w.write(line)
+    if version >= (1, 14):
+        w.write("IPv4 BIG TCP:\tDisabled\n")
+        w.write("IPv6 BIG TCP:\tDisabled\n")
+    w.write("BandwidthManager:\tDisabled\n")
+    if version >= (1, 14):
+        w.write("Routing:\tNetwork: Tunnel [vxlan]\tHost: Legacy\n")
+    else:
+        w.write("Host Routing:\tLegacy\n")
+    if version >= (1, 16):
+        w.write("Attach Mode:\tLegacy TC\n")
+    if version >= (1, 17):
+        w.write("Device Mode:\tveth\n")
+    w.write("Masquerading:\tIPTables [IPv4: Enabled, IPv6: Disabled]\n")
+    w.write("Controller Status:\t42/42 healthy\n")
+    envoy = ", Envoy: external" if version >= (1, 16) else (", Envoy: embedded" if version >= (1, 14) else "")
+    router = _pod_cidr(snapshot).rsplit(".", 1)[0] + ".1" if "." in _pod_cidr(snapshot) else host_ip
+    w.write(f"Proxy Status:\tOK, ip {router}, 0 redirects active on ports 10000-20000{envoy}\n")
+    low, high = _identity_range(snapshot.cluster_id)
+    w.write(f"Global Identity Range:\tmin {low}, max {high}\n")
+    w.write("Hubble:\tOk\tCurrent/Max Flows: 4095/4095 (100.00%), Flows/s: 3.52\tMetrics: Disabled\n")
+    w.write("Encryption:\tDisabled\t\n")
+    view = _HealthView(snapshot.health, local, version)
+    if version >= (1, 17):
+        _format_health_table(w, view, all_nodes=all_health, verbose=False, max_lines=0 if all_health else 10)
+    else:
+        # 1.13–1.16: the succinct table, only unhealthy nodes unless --all-health
+        _format_health_legacy(w, view, print_all=all_health, succinct=True, verbose=False)
+    return w.getvalue()
+
+
+def _status_json(snapshot: AgentSnapshot, version: Version) -> dict[str, Any]:
+    """A trimmed ``StatusResponse``: the parts a mesh check reads, with Go's omitempty on zero values."""
+    ver = snapshot.cilium_version.lstrip("v")
+    out: dict[str, Any] = {
+        "cilium": {"msg": f"{ver} (v{ver}-{_commit(snapshot)})", "state": "Ok"},
+        "cluster": {"ciliumHealth": {"state": "Ok"}},
+        "kube-proxy-replacement": {"mode": snapshot.kube_proxy_replacement},
+        "kubernetes": {"msg": "1.29 (v1.29.4) [linux/amd64]", "state": "Ok"},
+        "kvstore": {"msg": "Disabled", "state": "Ok"},
+    }
+    if snapshot.mesh_enabled:
+        clusters: list[dict[str, Any]] = []
+        for peer in snapshot.peers:
+            item: dict[str, Any] = {"name": peer.name, "status": _peer_status_text(peer, version)}
+            numbers = {
+                "num-nodes": peer.num_nodes,
+                "num-identities": peer.num_identities,
+                "num-shared-services": peer.num_services,
+                "num-failures": peer.num_failures,
+            }
+            if version >= (1, 14):
+                numbers["num-endpoints"] = peer.num_endpoints
+            item.update({k: v for k, v in numbers.items() if v})
+            if peer.ready:
+                item["ready"] = True
+            if peer.last_failure is not None:
+                item["last-failure"] = _rfc3339(peer.last_failure)
+            if version >= (1, 14):
+                if peer.ready:
+                    item["connected"] = True
+                    config: dict[str, Any] = {"required": True, "retrieved": True, "sync-canaries": True}
+                    if peer.cluster_id:
+                        config["cluster-id"] = peer.cluster_id
+                    if version >= (1, 16):
+                        config["kvstoremesh"] = True
+                    item["config"] = config
+                    item["synced"] = {"endpoints": True, "identities": True, "nodes": True, "services": True}
+                else:
+                    item["synced"] = {}
+            clusters.append(item)
+        mesh: dict[str, Any] = {"clusters": clusters}
+        if snapshot.global_services:
+            mesh["num-global-services"] = snapshot.global_services
+        out["cluster-mesh"] = mesh
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small cobra/pflag: command tree, flag parsing, the errors and help cobra prints
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    usage: str
+    shorthand: str = ""
+    takes_value: bool = False  # string flag; otherwise bool
+    value_name: str = "string"
+
+
+_HELP_FLAG_NAME = "help"
+Runner = Callable[["_Command", dict[str, Any], list[str]], Result]
+
+
+@dataclass
+class _Command:
+    name: str
+    short: str
+    aliases: tuple[str, ...] = ()
+    flags: tuple[_Flag, ...] = ()
+    persistent: tuple[_Flag, ...] = ()
+    run: Runner | None = None
+    children: list[_Command] = field(default_factory=list)
+    parent: _Command | None = None
+
+    def add(self, *children: _Command) -> _Command:
+        for child in children:
+            child.parent = self
+            self.children.append(child)
+        return self
+
+    @property
+    def path(self) -> str:
+        return f"{self.parent.path} {self.name}" if self.parent else self.name
+
+    def find_child(self, name: str) -> _Command | None:
+        for child in self.children:
+            if name == child.name or name in child.aliases:
+                return child
+        return None
+
+    def inherited(self) -> list[_Flag]:
+        out: list[_Flag] = []
+        node = self.parent
+        while node is not None:
+            out.extend(node.persistent)
+            node = node.parent
+        return out
+
+    def local_flags(self) -> list[_Flag]:
+        return [*self.flags, *self.persistent, _Flag(_HELP_FLAG_NAME, f"help for {self.name}", "h")]
+
+    def all_flags(self) -> list[_Flag]:
+        return [*self.local_flags(), *self.inherited()]
+
+
+class _FlagError(Exception):
+    pass
+
+
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # strconv.ParseBool's spellings
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def _parse_bool(text: str, flag: _Flag, as_short: bool) -> bool:
+    if text in _GO_TRUE:
+        return True
+    if text in _GO_FALSE:
+        return False
+    shown = f"-{flag.shorthand}, --{flag.name}" if as_short and flag.shorthand else f"--{flag.name}"
+    raise _FlagError(
+        f'invalid argument "{text}" for "{shown}" flag: strconv.ParseBool: parsing "{text}": invalid syntax'
+    )
+
+
+def _parse_flags(cmd: _Command, args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """pflag's parser: ``--x=v``, ``--x v``, ``-x v``, ``-xv``, ``-x=v``, bundles of bools, ``--``."""
+    flags = cmd.all_flags()
+    by_name = {f.name: f for f in flags}
+    by_short = {f.shorthand: f for f in flags if f.shorthand}
+    values: dict[str, Any] = {}
+    positional: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            positional.extend(args[i:])
+            break
+        if not arg.startswith("-") or arg == "-":
+            positional.append(arg)
+            continue
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            flag = by_name.get(name)
+            if flag is None:
+                raise _FlagError(f"unknown flag: --{name}")
+            if flag.takes_value:
+                if not eq:
+                    if i >= len(args):
+                        raise _FlagError(f"flag needs an argument: --{name}")
+                    value = args[i]
+                    i += 1
+                values[flag.name] = value
+            else:
+                values[flag.name] = _parse_bool(value, flag, False) if eq else True
+            continue
+        shorts = arg[1:]
+        while shorts:
+            char, shorts = shorts[0], shorts[1:]
+            flag = by_short.get(char)
+            if flag is None:
+                raise _FlagError(f"unknown shorthand flag: '{char}' in {arg}")
+            if flag.takes_value:
+                if shorts.startswith("="):
+                    value = shorts[1:]
+                elif shorts:
+                    value = shorts
+                elif i < len(args):
+                    value = args[i]
+                    i += 1
+                else:
+                    raise _FlagError(f"flag needs an argument: '{char}' in -{char}")
+                values[flag.name] = value
+                shorts = ""
+            elif shorts.startswith("="):
+                values[flag.name] = _parse_bool(shorts[1:], flag, True)
+                shorts = ""
+            else:
+                values[flag.name] = True
+    return values, positional
+
+
+def _strip_flags(args: list[str], cmd: _Command) -> list[str]:
+    """cobra's ``stripFlags``: drop flags (and what looks like their values) to find subcommand names."""
+    bools = {f.name for f in cmd.all_flags() if not f.takes_value}
+    short_bools = {f.shorthand for f in cmd.all_flags() if not f.takes_value and f.shorthand}
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        s = rest.pop(0)
+        if s == "--":
+            break
+        if s.startswith("--") and "=" not in s and s[2:] not in bools:
+            if rest:
+                rest.pop(0)
+            continue
+        if (
+            s.startswith("-")
+            and not s.startswith("--")
+            and "=" not in s
+            and len(s) == 2
+            and s[1] not in short_bools
+        ):
+            if rest:
+                rest.pop(0)
+            continue
+        if s != "" and not s.startswith("-"):
+            out.append(s)
+    return out
+
+
+def _flag_usages(flags: Sequence[_Flag]) -> str:
+    """pflag ``FlagUsages``: names padded so usages start three spaces after the longest one."""
+    rows: list[tuple[str, str]] = []
+    for f in sorted(flags, key=lambda f: f.name):
+        left = f"  -{f.shorthand}, --{f.name}" if f.shorthand else f"      --{f.name}"
+        if f.takes_value:
+            left += f" {f.value_name}"
+        rows.append((left, f.usage))
+    width = max(len(left) for left, _ in rows)
+    return "".join(f"{left.ljust(width)}   {usage}\n" for left, usage in rows)
+
+
+def _usage(cmd: _Command) -> str:
+    """cobra's default usage template."""
+    parts = ["Usage:"]
+    if cmd.run is not None:
+        parts.append(f"\n  {cmd.path} [flags]")
+    if cmd.children:
+        parts.append(f"\n  {cmd.path} [command]")
+    if cmd.aliases:
+        parts.append(f"\n\nAliases:\n  {', '.join((cmd.name, *cmd.aliases))}")
+    if cmd.children:
+        pad = max(11, *(len(c.name) for c in cmd.children))  # cobra's minNamePadding
+        listed = "".join(
+            f"\n  {c.name.ljust(pad)} {c.short}" for c in sorted(cmd.children, key=lambda c: c.name)
+        )
+        parts.append(f"\n\nAvailable Commands:{listed}")
+    parts.append(f"\n\nFlags:\n{_flag_usages(cmd.local_flags()).rstrip()}")
+    inherited = cmd.inherited()
+    if inherited:
+        parts.append(f"\n\nGlobal Flags:\n{_flag_usages(inherited).rstrip()}")
+    if cmd.children:
+        parts.append(f'\n\nUse "{cmd.path} [command] --help" for more information about a command.')
+    return "".join(parts) + "\n"
+
+
+def _help(cmd: _Command) -> str:
+    return f"{cmd.short}\n\n{_usage(cmd)}"
+
+
+def _execute(root: _Command, args: list[str]) -> Result:
+    """cobra's ``ExecuteC``: find the command, parse its flags, run it; errors exit 1 like Cilium's mains."""
+    cmd = root
+    remaining = list(args)
+    while cmd.children:
+        names = _strip_flags(remaining, cmd)
+        if not names:
+            break
+        child = cmd.find_child(names[0])
+        if child is None:
+            if cmd is root:
+                return (
+                    1,
+                    "",
+                    f'Error: unknown command "{names[0]}" for "{root.path}"\n'
+                    f"Run '{root.path} --help' for usage.\n",
+                )
+            break  # cobra accepts stray args below the root; a non-runnable command then prints its help
+        remaining.remove(names[0])
+        cmd = child
+    try:
+        values, positional = _parse_flags(cmd, remaining)
+    except _FlagError as err:
+        return 1, "", f"Error: {err}\n{_usage(cmd)}\n"
+    if values.get(_HELP_FLAG_NAME) or cmd.run is None:
+        return 0, _help(cmd), ""
+    return cmd.run(cmd, values, positional)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The two CLIs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _output_flag(version: Version) -> _Flag:
+    usage = "json| yaml| jsonpath='{}'" if version >= (1, 14) else "json| jsonpath='{}'"
+    return _Flag("output", usage, "o", takes_value=True)
+
+
+def _unsupported_output(fmt: str) -> Result:
+    """Only ``json`` is simulated; Cilium's own printer failure is silent, so say why on stderr."""
+    return 1, "", f"couldn't find output printer for {fmt!r} (the simulated agent prints only json)\n"
+
+
+def _health_cli(snapshot: AgentSnapshot, version: Version) -> _Command:
+    def status(cmd: _Command, opts: dict[str, Any], args: list[str]) -> Result:
+        local = _local_node(snapshot.health, snapshot.node_name)
+        view = _HealthView(snapshot.health, local, version)
+        output = opts.get("output", "")
+        if output:
+            if output != "json":
+                return _unsupported_output(output)
+            return 0, _go_json(_health_json(view)), ""
+        w = TabWriter(2, 0, 3)
+        verbose = bool(opts.get("verbose"))
+        if version >= (1, 17):
+            _format_health_table(w, view, all_nodes=True, verbose=verbose, max_lines=0)
+        else:
+            _format_health_legacy(
+                w, view, print_all=True, succinct=bool(opts.get("succinct")), verbose=verbose
+            )
+        return 0, w.getvalue(), ""
+
+    root = _Command(
+        "cilium-health",
+        "Cilium Health Client",
+        persistent=(
+            _Flag("debug", "Enable debug messages", "D"),
+            _Flag("host", "URI to cilium-health server API", "H", takes_value=True),
+            _Flag(
+                "log-driver",
+                "Logging endpoints to use for example syslog",
+                takes_value=True,
+                value_name="strings",
+            ),
+            _Flag("log-opt", "Log driver options for cilium-health", takes_value=True, value_name="map"),
+        ),
+    )
+    return root.add(
+        _Command(
+            "status",
+            "Display cilium connectivity to other nodes",
+            aliases=("connectivity",),
+            flags=(
+                _Flag("probe", "Synchronously probe connectivity status"),
+                _Flag("succinct", "Print the result succinctly (one node per line)"),
+                _Flag("verbose", "Print more information in results"),
+                _output_flag(version),
+            ),
+            run=status,
+        )
+    )
+
+
+def _agent_cli(snapshot: AgentSnapshot, version: Version) -> _Command:
+    def service_list(cmd: _Command, opts: dict[str, Any], args: list[str]) -> Result:
+        output = opts.get("output", "")
+        if output:
+            if output != "json":
+                return _unsupported_output(output)
+            return 0, _go_json([_service_json(s, version) for s in snapshot.services]), ""
+        return 0, _format_service_list(snapshot.services, version, bool(opts.get("clustermesh-affinity"))), ""
+
+    def status(cmd: _Command, opts: dict[str, Any], args: list[str]) -> Result:
+        output = opts.get("output", "")
+        if output:
+            if output != "json":
+                return _unsupported_output(output)
+            return 0, _go_json(_status_json(snapshot, version)), ""
+        if opts.get("brief"):
+            return 0, "OK\n", ""
+        verbose = bool(opts.get("verbose"))
+        all_clusters = verbose or bool(opts.get("all-clusters"))
+        all_health = verbose or bool(opts.get("all-health"))
+        return 0, _format_status(snapshot, version, all_clusters, all_health), ""
+
+    def show_version(cmd: _Command, opts: dict[str, Any], args: list[str]) -> Result:
+        ver = snapshot.cilium_version.lstrip("v")
+        line = f"{ver} {_commit(snapshot)} 2025-01-01T00:00:00+00:00 go version go1.23.4 linux/amd64"
+        return 0, f"Client: {line}\nDaemon: {line}\n", ""
+
+    name = _agent_binary(version)
+    root = _Command(
+        name,
+        "CLI for interacting with the local Cilium Agent",
+        persistent=(
+            _Flag("config", f"Config file (default is $HOME/.{name}.yaml)", takes_value=True),
+            _Flag("debug", "Enable debug messages", "D"),
+            _Flag("host", "URI to server-side API", "H", takes_value=True),
+        ),
+    )
+    service = _Command("service", "Manage services & loadbalancers").add(
+        _Command(
+            "list",
+            "List services",
+            aliases=("ls",),
+            flags=(
+                _Flag("clustermesh-affinity", "Print clustermesh affinity if available"),
+                _output_flag(version),
+            ),
+            run=service_list,
+        )
+    )
+    status_cmd = _Command(
+        "status",
+        "Display status of daemon",
+        flags=(
+            _Flag("all-addresses", "Show all allocated addresses, not just count"),
+            _Flag("all-clusters", "Show all clusters"),
+            _Flag("all-controllers", "Show all controllers, not just failing"),
+            _Flag("all-health", "Show all health status, not just failing"),
+            _Flag("all-nodes", "Show all nodes, not just localhost"),
+            _Flag("all-redirects", "Show all redirects"),
+            _Flag("brief", "Only print a one-line status message"),
+            _Flag("verbose", "Equivalent to --all-addresses --all-controllers --all-nodes --all-redirects"),
+            _Flag(
+                "timeout",
+                "Sets the timeout to use when querying for health",
+                takes_value=True,
+                value_name="duration",
+            ),
+            _output_flag(version),
+        ),
+        run=status,
+    )
+    version_cmd = _Command("version", "Print version information", run=show_version)
+    return root.add(service, status_cmd, version_cmd)
+
+
+def _not_found(executable: str) -> Result:
+    """What kubectl exec shows when the container has no such binary (the runtime's message)."""
+    return (
+        127,
+        "",
+        "OCI runtime exec failed: exec failed: unable to start container process: "
+        f'exec: "{executable}": executable file not found in $PATH: unknown\n',
+    )
+
+
+def run_agent_command(snapshot: AgentSnapshot, argv: list[str]) -> tuple[int, str, str]:
+    """Run one command in the agent container and return (exit code, stdout, stderr).
+
+    ``argv[0]`` is the executable as exec'd (a path is fine): ``cilium`` on every version,
+    ``cilium-dbg`` from 1.15 on, ``cilium-health`` always. Anything else is not in the container.
+    """
+    if not argv:
+        return _not_found("")
+    executable = argv[0].rsplit("/", 1)[-1]
+    version = _parse_version(snapshot.cilium_version)
+    if executable == "cilium-health":
+        return _execute(_health_cli(snapshot, version), argv[1:])
+    if executable == "cilium" or (executable == "cilium-dbg" and version >= (1, 15)):
+        return _execute(_agent_cli(snapshot, version), argv[1:])
+    return _not_found(argv[0])
