@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -125,9 +126,7 @@ def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
         cert = x509.load_pem_x509_certificate(cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, x509.InvalidSignature):
-        return False
-    except Exception:  # noqa: BLE001 - any malformed input means "not issued by"
+    except (ValueError, TypeError, InvalidSignature):
         return False
     return True
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 Obj = dict[str, Any]
+INITIAL_RESOURCE_VERSION = 999  # what an empty store reports; watches from before it are "too old"
 Listener = Callable[[str, "ResourceType", Obj], None]
 
 
@@ -91,12 +92,15 @@ class WatchEvent:
 class Store:
     types: dict[str, ResourceType] = field(default_factory=dict)
     _objects: dict[str, dict[tuple[str, str], Obj]] = field(default_factory=dict)
-    _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1000))
-    _last_rv: int = 999
+    _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(INITIAL_RESOURCE_VERSION + 1))
+    _last_rv: int = INITIAL_RESOURCE_VERSION
     _listeners: list[Listener] = field(default_factory=list)
     # a short history of events per type, for watches that start from a resourceVersion
     _history: dict[str, list[WatchEvent]] = field(default_factory=dict)
     history_limit: int = 5000
+    # per type: the newest resourceVersion whose events were dropped from the history (initially
+    # everything before the store existed), so a watch from before it gets 410 Expired
+    _compacted: dict[str, int] = field(default_factory=dict)
 
     def register(self, types: Iterable[ResourceType]) -> None:
         for rt in types:
@@ -108,7 +112,9 @@ class Store:
         try:
             return self.types[key]
         except KeyError:
-            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({key})") from None
+            raise ApiError(
+                404, "NotFound", f"the server could not find the requested resource ({key})"
+            ) from None
 
     @property
     def resource_version(self) -> str:
@@ -158,14 +164,10 @@ class Store:
 
     def events_since(self, key: str, resource_version: int) -> list[WatchEvent] | None:
         """Events after ``resource_version``; None when the history no longer reaches back that far."""
-        hist = self._history[key]
-        if hist and hist[0].resource_version > resource_version + 1 and resource_version < self._oldest(key):
+        self.type(key)
+        if resource_version < self._compacted.get(key, INITIAL_RESOURCE_VERSION):
             return None
-        return [e for e in hist if e.resource_version > resource_version]
-
-    def _oldest(self, key: str) -> int:
-        hist = self._history[key]
-        return hist[0].resource_version - 1 if hist else self._last_rv
+        return [e for e in self._history[key] if e.resource_version > resource_version]
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -190,7 +192,9 @@ class Store:
             name = meta["generateName"] + uuid.uuid4().hex[:5]
             meta["name"] = name
         if not name:
-            raise ApiError(422, "Invalid", f"{rt.kind} is invalid: metadata.name: Required value: name is required")
+            raise ApiError(
+                422, "Invalid", f"{rt.kind} is invalid: metadata.name: Required value: name is required"
+            )
         if (ns, name) in self._objects[key]:
             raise ApiError(
                 409,
@@ -298,7 +302,9 @@ class Store:
         hist = self._history[rt.key]
         hist.append(WatchEvent(event, obj, rv))
         if len(hist) > self.history_limit:
-            del hist[: len(hist) - self.history_limit]
+            dropped = len(hist) - self.history_limit
+            self._compacted[rt.key] = hist[dropped - 1].resource_version
+            del hist[:dropped]
         for fn in list(self._listeners):
             fn(event, rt, obj)
 

@@ -1,0 +1,494 @@
+"""Runs a sandbox: N simulated KKP user clusters, each a Kubernetes API over HTTPS on 127.0.0.1.
+
+One event loop (in a background thread) holds every cluster's store, the world's controllers and one
+uvicorn server per cluster, so every API call and controller step is atomic without locks. A small
+HTTP control endpoint (plain HTTP on loopback, bearer token) injects and clears faults.
+
+Files written to the sandbox directory:
+
+- ``cluster-<i>.kubeconfig``: verified TLS (the cluster's own CA) and a bearer token;
+- ``mesh.yaml``: a mesh spec for these clusters, ready for ``clustermesh setup --config``;
+- ``sandbox.json``: ports, control URL and token, pid;
+- ``ready``: written last, once every API answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import ssl
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from sandbox import pki
+from sandbox.httpserver import LoopThread, start_https_server
+from sandbox.kubeapi import ApiFaults, ExecResult, create_app
+from sandbox.mesh import ClusterState, MeshFaults, exec_command
+from sandbox.resources import builtin_types
+from sandbox.store import Store
+from sandbox.world import World
+
+CILIUM_LINES = ("1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19")
+# The oldest KKP release that ships each Cilium line as its default (reference/kkp.md §2).
+DEFAULT_KKP_FOR_LINE = {
+    "1.13": "2.22",
+    "1.14": "2.25",
+    "1.15": "2.26",
+    "1.16": "2.27",
+    "1.17": "2.30",
+    "1.18": "2.29",
+    "1.19": "2.31",
+}
+FAULT_KINDS = (
+    "block-port",
+    "unblock-port",
+    "lb-never",
+    "certgen-delay",
+    "api-errors",
+    "api-latency",
+    "api-down",
+    "expire-certs",
+    "rotate-ca",
+    "pod-cidr",
+    "clear",
+)
+
+
+class SandboxError(Exception):
+    """Bad sandbox options or a sandbox that did not come up; the message says what to change."""
+
+
+@dataclass
+class ClusterEndpoint:
+    name: str
+    index: int
+    store: Store
+    token: str
+    ca: pki.KeyPair
+    faults: ApiFaults
+    port: int = 0
+    kubeconfig: Path | None = None
+    server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def _line(version: str) -> str:
+    v = version.lstrip("v")
+    parts = v.split(".")
+    if len(parts) < 2 or f"{parts[0]}.{parts[1]}" not in CILIUM_LINES:
+        raise SandboxError(
+            f"--cilium-version {version!r} is not supported: use one of {', '.join(CILIUM_LINES)} "
+            "(optionally with a patch, e.g. 1.16.9)"
+        )
+    return f"{parts[0]}.{parts[1]}"
+
+
+@dataclass
+class Sandbox:
+    """A running sandbox. Use as a context manager, or ``start()`` / ``stop()``."""
+
+    directory: Path
+    clusters: int = 2
+    cilium_version: str = "1.13"
+    nodes: int = 2
+    time_scale: float = 1.0
+    kkp_version: str | None = None
+    overlap_pod_cidrs: bool = False
+    seed: int = 0
+    endpoints: list[ClusterEndpoint] = field(default_factory=list)
+    mesh_faults: MeshFaults = field(default_factory=MeshFaults)
+    control_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    control_port: int = 0
+    world: World | None = None
+    _loop: LoopThread | None = None
+    _control: Any = None
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if not 1 <= self.clusters <= 64:
+            raise SandboxError(f"--clusters {self.clusters} is out of range: use 1 to 64")
+        if not 1 <= self.nodes <= 200:
+            raise SandboxError(f"--nodes {self.nodes} is out of range: use 1 to 200")
+        if self.time_scale < 0:
+            raise SandboxError(f"--time-scale {self.time_scale} is negative: use 0 (instant) or more")
+        line = _line(self.cilium_version)
+        self.kkp_version = self.kkp_version or DEFAULT_KKP_FOR_LINE[line]
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Sandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "ready").unlink(missing_ok=True)
+        self._tmp = tempfile.TemporaryDirectory(prefix="clustermesh-sandbox-tls-")
+        self._loop = LoopThread()
+        self._loop.start()
+        try:
+            self._loop.run(self._start_async())
+            self._write_files()
+            self._wait_ready()
+            (self.directory / "ready").write_text("ready\n")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.run(self._stop_async())
+            finally:
+                self._loop.stop()
+                self._loop = None
+        (self.directory / "ready").unlink(missing_ok=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def _start_async(self) -> None:
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        world = World(
+            cilium_version=self.cilium_version,
+            kkp_version=self.kkp_version or "2.22",
+            time_scale=self.time_scale,
+            seed=self.seed,
+        )
+        self.world = world
+        assert self._tmp is not None
+        tmp = Path(self._tmp.name)
+        for i in range(1, self.clusters + 1):
+            store = Store()
+            store.register(builtin_types())
+            pod_cidr = "172.25.0.0/16" if (self.overlap_pod_cidrs and i == 2) else None
+            sim = world.add_cluster(store, index=i, nodes=self.nodes, pod_cidr=pod_cidr)
+            ca = pki.make_ca(f"{sim.name}-apiserver-ca")
+            serving = pki.issue(
+                ca, "kube-apiserver", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False
+            )
+            certfile, keyfile = tmp / f"{sim.name}.crt", tmp / f"{sim.name}.key"
+            certfile.write_bytes(serving.cert_pem)
+            keyfile.write_bytes(serving.key_pem)
+            keyfile.chmod(0o600)
+            ep = ClusterEndpoint(
+                name=sim.name,
+                index=i,
+                store=store,
+                token=secrets.token_urlsafe(32),
+                ca=ca,
+                faults=ApiFaults(seed=self.seed + i),
+            )
+            app = create_app(
+                store,
+                token=ep.token,
+                exec_handler=self._exec_handler(sim.name),
+                faults=ep.faults,
+            )
+            ep.server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile))
+            ep.port = ep.server.port
+            self.endpoints.append(ep)
+        world.start(loop)
+        control = Starlette(routes=[Route("/faults", self._control_faults, methods=["POST", "GET"])])
+        self._control = await _start_http_server(control)
+        self.control_port = self._control.port
+
+    async def _stop_async(self) -> None:
+        for ep in self.endpoints:
+            if ep.server is not None:
+                await ep.server.stop()
+                ep.server = None
+        if self._control is not None:
+            await self._control.stop()
+            self._control = None
+        if self.world is not None and hasattr(self.world, "stop"):
+            self.world.stop()
+
+    def _exec_handler(self, cluster: str) -> Any:
+        def handle(namespace: str, pod: str, container: str, argv: list[str]) -> ExecResult:
+            assert self.world is not None
+            states = [ClusterState(c.name, c.store) for c in self.world.clusters]
+            code, out, err = exec_command(states, self.mesh_faults, cluster, namespace, pod, container, argv)
+            return ExecResult(code, out, err)
+
+        return handle
+
+    # ---- files ----------------------------------------------------------------------------------
+
+    def kubeconfig(self, ep: ClusterEndpoint) -> dict[str, Any]:
+        import base64
+
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": ep.name,
+                    "cluster": {
+                        "server": ep.url,
+                        "certificate-authority-data": base64.b64encode(ep.ca.cert_pem).decode(),
+                    },
+                }
+            ],
+            "users": [{"name": f"{ep.name}-admin", "user": {"token": ep.token}}],
+            "contexts": [
+                {"name": ep.name, "context": {"cluster": ep.name, "user": f"{ep.name}-admin"}},
+            ],
+            "current-context": ep.name,
+        }
+
+    def _write_files(self) -> None:
+        assert self.world is not None
+        mesh_clusters = []
+        for ep, sim in zip(self.endpoints, self.world.clusters, strict=True):
+            path = self.directory / f"{ep.name}.kubeconfig"
+            _write_private(path, yaml.safe_dump(self.kubeconfig(ep), sort_keys=False))
+            ep.kubeconfig = path
+            mesh_clusters.append(
+                {
+                    "name": ep.name,
+                    "id": ep.index,
+                    "kubeconfig": {"path": str(path.resolve()), "context": ep.name},
+                    "pod_cidrs": [str(sim.pod_cidr)],
+                }
+            )
+        mesh = {
+            "name": f"sandbox-{self.directory.resolve().name}",
+            "clusters": mesh_clusters,
+            "cilium": {"service_type": "LoadBalancer"},
+        }
+        header = (
+            "# A mesh spec for the sandbox in this folder (written by `clustermesh sandbox up`).\n"
+            "# Run: clustermesh setup --config " + str((self.directory / "mesh.yaml").resolve()) + "\n"
+        )
+        (self.directory / "mesh.yaml").write_text(header + yaml.safe_dump(mesh, sort_keys=False))
+        info = {
+            "pid": os.getpid(),
+            "cilium_version": self.cilium_version,
+            "kkp_version": self.kkp_version,
+            "time_scale": self.time_scale,
+            "control_url": f"http://127.0.0.1:{self.control_port}",
+            "control_token": self.control_token,
+            "clusters": [
+                {"name": ep.name, "port": ep.port, "url": ep.url, "kubeconfig": str(ep.kubeconfig)}
+                for ep in self.endpoints
+            ],
+        }
+        _write_private(self.directory / "sandbox.json", json.dumps(info, indent=2) + "\n")
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        """Every API answers /version over verified TLS with its token."""
+        deadline = time.monotonic() + timeout
+        for ep in self.endpoints:
+            ctx = ssl.create_default_context(cadata=ep.ca.cert_pem.decode())
+            while True:
+                req = urllib.request.Request(
+                    ep.url + "/version", headers={"Authorization": f"Bearer {ep.token}"}
+                )
+                try:
+                    with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
+                        if resp.status == 200:
+                            break
+                except OSError as exc:
+                    if time.monotonic() > deadline:
+                        raise SandboxError(
+                            f"{ep.name} did not answer on {ep.url} within {timeout}s: {exc}"
+                        ) from exc
+                    time.sleep(0.05)
+
+    # ---- faults ---------------------------------------------------------------------------------
+
+    def endpoint(self, name: str) -> ClusterEndpoint:
+        for ep in self.endpoints:
+            if ep.name == name:
+                return ep
+        raise SandboxError(
+            f"no cluster named {name!r}: the sandbox has {', '.join(e.name for e in self.endpoints)}"
+        )
+
+    def fault(self, kind: str, **args: Any) -> dict[str, Any]:
+        """Inject or clear a fault. Runs on the loop thread; returns what was done."""
+        assert self._loop is not None
+        return self._loop.call(self._apply_fault, kind, args)  # type: ignore[no-any-return]
+
+    def _apply_fault(self, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+        assert self.world is not None
+        if kind not in FAULT_KINDS:
+            raise SandboxError(f"unknown fault {kind!r}: use one of {', '.join(FAULT_KINDS)}")
+        cluster = args.get("cluster")
+        if kind in ("block-port", "unblock-port"):
+            a, b, what = args["a"], args["b"], args["port"]
+            self.endpoint(a), self.endpoint(b)
+            (self.mesh_faults.block if kind == "block-port" else self.mesh_faults.unblock)(a, b, what)
+        elif kind == "lb-never":
+            self.world.set_lb_never(self.endpoint(cluster).name, bool(args.get("on", True)))
+        elif kind == "certgen-delay":
+            self.world.set_certgen_delay(self.endpoint(cluster).name, float(args["seconds"]))
+        elif kind == "expire-certs":
+            self.world.expire_certificates(self.endpoint(cluster).name)
+        elif kind == "rotate-ca":
+            self.world.rotate_ca(self.endpoint(cluster).name)
+        elif kind == "pod-cidr":
+            self.world.set_pod_cidr(self.endpoint(cluster).name, str(args["cidr"]))
+        elif kind == "api-errors":
+            for ep in self._targets(cluster):
+                ep.faults.error_rate = float(args.get("rate", 0.2))
+        elif kind == "api-latency":
+            for ep in self._targets(cluster):
+                ep.faults.latency_s = float(args.get("seconds", 1.0))
+        elif kind == "api-down":
+            for ep in self._targets(cluster):
+                ep.faults.down = bool(args.get("on", True))
+        elif kind == "clear":
+            self.mesh_faults.clear()
+            for ep in self.endpoints:
+                ep.faults.error_rate, ep.faults.latency_s, ep.faults.down = 0.0, 0.0, False
+                self.world.set_lb_never(ep.name, False)
+        return {"ok": True, "fault": kind, **{k: v for k, v in args.items()}}
+
+    def _targets(self, cluster: str | None) -> list[ClusterEndpoint]:
+        return [self.endpoint(cluster)] if cluster else list(self.endpoints)
+
+    async def _control_faults(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {self.control_token}":
+            return JSONResponse({"ok": False, "error": "missing or wrong control token"}, status_code=401)
+        if request.method == "GET":
+            return JSONResponse({"ok": True, "kinds": list(FAULT_KINDS)})
+        body = await request.json()
+        try:
+            kind = body.pop("kind")
+            return JSONResponse(self._apply_fault(kind, body))
+        except (SandboxError, KeyError, ValueError) as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (kubeconfigs and the control token are credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    path.chmod(0o600)
+
+
+async def _start_http_server(app: Starlette) -> Any:
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+
+    class Running:
+        def __init__(self) -> None:
+            self.task = asyncio.ensure_future(_serve(server))
+            self.port = 0
+
+        async def stop(self) -> None:
+            server.should_exit = True
+            await self.task
+
+    async def _serve(srv: uvicorn.Server) -> None:
+        await srv.serve()
+
+    running = Running()
+    while not server.started:
+        if running.task.done():
+            running.task.result()
+        await asyncio.sleep(0.01)
+    running.port = server.servers[0].sockets[0].getsockname()[1]
+    return running
+
+
+def run_foreground(sandbox: Sandbox) -> None:
+    """``clustermesh sandbox up``: serve until SIGINT or SIGTERM, then stop cleanly."""
+    stop = threading.Event()
+
+    def _handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    old_int = signal.signal(signal.SIGINT, _handler)
+    old_term = signal.signal(signal.SIGTERM, _handler)
+    try:
+        sandbox.start()
+        print(
+            f"sandbox ready: {len(sandbox.endpoints)} clusters, Cilium {sandbox.cilium_version}, "
+            f"KKP {sandbox.kkp_version}, files in {sandbox.directory}",
+            flush=True,
+        )
+        for ep in sandbox.endpoints:
+            print(f"  {ep.name}: {ep.url}  kubeconfig {ep.kubeconfig}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        sandbox.stop()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / "sandbox.json"
+    if not path.exists():
+        raise SandboxError(
+            f"no sandbox in {directory}: {path} does not exist (start one with `clustermesh sandbox up`)"
+        )
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def stop_running(directory: Path, timeout: float = 15.0) -> int:
+    """``clustermesh sandbox down``: SIGTERM the serving process and wait until it has cleaned up."""
+    info = read_info(directory)
+    pid = int(info["pid"])
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (Path(directory) / "ready").unlink(missing_ok=True)
+        return pid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        time.sleep(0.1)
+    raise SandboxError(f"sandbox process {pid} did not stop within {timeout}s; kill it with `kill -9 {pid}`")
+
+
+def send_fault(directory: Path, kind: str, **args: Any) -> dict[str, Any]:
+    """``clustermesh sandbox fault``: call the control endpoint of a running sandbox."""
+    info = read_info(directory)
+    body = json.dumps({"kind": kind, **args}).encode()
+    req = urllib.request.Request(
+        info["control_url"] + "/faults",
+        data=body,
+        headers={"Authorization": f"Bearer {info['control_token']}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", str(exc))
+        raise SandboxError(f"fault {kind!r} refused: {detail}") from exc

@@ -1,0 +1,52 @@
+"""Fixtures shared by every test group: running sandboxes and clients that talk to them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# Keep kubectl's and the DynamicClient's caches out of the user's home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def find_shared() -> Path | None:
+    """The project's ``shared/`` folder sits beside the checkout (CI lays it there too)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "shared"
+        if (candidate / "fixtures" / "cilium").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Start sandboxes in-process (instant by default); every one is stopped after the test."""
+    from sandbox.server import Sandbox
+
+    started: list[Sandbox] = []
+
+    def make(**options: Any) -> Sandbox:
+        options.setdefault("time_scale", 0.0)
+        directory = tmp_path / f"sandbox-{len(started) + 1}"
+        sb = Sandbox(directory, **options)
+        sb.start()
+        started.append(sb)
+        return sb
+
+    yield make
+    for sb in reversed(started):
+        sb.stop()
+
+
+def kube_client(kubeconfig: Path) -> Any:
+    """An official ``kubernetes`` ApiClient for one sandbox kubeconfig (verified TLS, bearer token)."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    return client.ApiClient(configuration)
