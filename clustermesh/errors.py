@@ -19,6 +19,7 @@ __all__ = [
     "KkpOwnedKeyError",
     "KubeApiError",
     "KubeconfigError",
+    "MeshUnhealthyError",
     "NotFoundError",
     "SlackConfigError",
     "SpecError",
@@ -353,3 +354,34 @@ class SlackConfigError(ClusterMeshError):
 
 def _rebuild_slack_config_error(setting: str, problem: str, fix: str) -> SlackConfigError:
     return SlackConfigError(setting, problem, fix=fix)
+
+
+class MeshUnhealthyError(ClusterMeshError):
+    """The mesh did not become healthy in time; ``matrix`` (a ``HealthMatrix``) holds what was last seen.
+
+    Typed as ``Any`` here so the error module stays free of domain models; the matrix never carries
+    secrets (node names, IPs and probe errors only).
+    """
+
+    def __init__(self, expected: str, last_seen: str, *, timeout: float, check: str, matrix: Any) -> None:
+        self.expected = expected
+        self.last_seen = last_seen
+        self.timeout = timeout
+        self.check = check
+        self.matrix = matrix
+        super().__init__(
+            f"mesh not healthy after {timeout:g}s: expected {expected}; "
+            f"last seen: {last_seen} — check {check}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_mesh_unhealthy_error,
+            (self.expected, self.last_seen, self.timeout, self.check, self.matrix),
+        )
+
+
+def _rebuild_mesh_unhealthy_error(
+    expected: str, last_seen: str, timeout: float, check: str, matrix: Any
+) -> MeshUnhealthyError:
+    return MeshUnhealthyError(expected, last_seen, timeout=timeout, check=check, matrix=matrix)

@@ -1,0 +1,165 @@
+"""Per-line Cilium facts: the matrix of reference/cilium.md §1, pinned line by line."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from clustermesh.errors import ClusterMeshError, UnsupportedVersionError
+from clustermesh.profiles import PROFILES, SUPPORTED_LINES, parse_cilium_version, profile_for
+
+LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19"]
+
+
+def test_every_line_from_1_13_to_1_19_has_a_profile() -> None:
+    assert list(SUPPORTED_LINES) == LINES
+    assert all(PROFILES[line].line == line for line in LINES)
+
+
+@pytest.mark.parametrize("text", ["1.16", "1.16.9", "v1.16.9", " 1.16.9 ", "1.16.0-rc.1", "v1.16.3+build.7"])
+def test_profile_for_accepts_line_patch_and_v_prefix(text: str) -> None:
+    assert profile_for(text).line == "1.16"
+
+
+@pytest.mark.parametrize("text", ["1.12.9", "1.20", "2.0", "1", "latest", "", "1.x", "1.16.9.1"])
+def test_unsupported_versions_name_the_supported_lines(text: str) -> None:
+    with pytest.raises(UnsupportedVersionError) as info:
+        profile_for(text)
+    assert isinstance(info.value, ClusterMeshError)
+    assert "1.13" in str(info.value) and "1.19" in str(info.value)
+    assert info.value.supported == tuple(LINES)
+
+
+def test_unsupported_version_error_survives_pickling() -> None:
+    error = UnsupportedVersionError("1.20", tuple(LINES))
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == str(error)
+
+
+def test_parse_keeps_patch_or_none() -> None:
+    assert parse_cilium_version("v1.15.8") == (1, 15, 8)
+    assert parse_cilium_version("1.15").patch is None
+    assert str(parse_cilium_version("v1.15.8")) == "1.15.8"
+
+
+# line, agent_cli, ca_placement, per-peer, default ca mode, safe tls method, ca secrets
+MATRIX = [
+    ("1.13", "cilium", ("clustermesh", "apiserver", "tls", "ca"), False, "shared", "cronJob",
+     ("clustermesh-apiserver-ca-cert", "cilium-ca")),
+    ("1.14", "cilium", ("tls", "ca"), True, "per-peer", "helm",
+     ("cilium-ca", "clustermesh-apiserver-ca-cert")),
+    ("1.15", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
+    ("1.16", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
+    ("1.17", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
+    ("1.18", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
+    ("1.19", "cilium-dbg", ("tls", "ca"), True, "per-peer", "cronJob", ("cilium-ca",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "cli", "placement", "per_peer", "ca_mode", "tls", "secrets"), MATRIX)
+def test_profile_matrix_per_line(
+    line: str,
+    cli: str,
+    placement: tuple[str, ...],
+    per_peer: bool,
+    ca_mode: str,
+    tls: str,
+    secrets: tuple[str, ...],
+) -> None:
+    profile = profile_for(line)
+    assert profile.agent_cli == cli
+    assert profile.ca_placement == placement
+    assert profile.supports_per_peer_ca_cert is per_peer
+    assert profile.default_ca_mode == ca_mode
+    assert profile.safe_tls_method_under_kkp == tls
+    assert profile.ca_secret_names == secrets
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_cronjob_is_safe_exactly_where_certgen_is_not_a_helm_hook(line: str) -> None:
+    profile = profile_for(line)
+    assert (profile.safe_tls_method_under_kkp == "cronJob") is (not profile.certgen_is_helm_hook)
+
+
+@pytest.mark.parametrize(
+    ("version", "effect"),
+    [
+        ("1.13.4", "used"),
+        ("1.14.16", "used"),
+        ("1.15.7", "ignored"),
+        ("1.15.8", "rejected"),
+        ("1.15", "rejected"),
+        ("1.16.1", "ignored"),
+        ("1.16.2", "rejected"),
+        ("1.17.0", "rejected"),
+        ("1.18.10", "rejected"),
+        ("1.19.4", "rejected"),
+    ],
+)
+def test_old_ca_key_is_rejected_from_1_15_8_and_1_16_2(version: str, effect: str) -> None:
+    parsed = parse_cilium_version(version)
+    profile = profile_for(version)
+    assert profile.old_ca_key_effect(parsed.patch) == effect
+    assert profile.old_ca_key_rejected(parsed.patch) is (effect == "rejected")
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_global_annotations_write_both_families_on_every_line(line: str) -> None:
+    annotations = profile_for(line).global_annotations()
+    assert annotations == {"io.cilium/global-service": "true", "service.cilium.io/global": "true"}
+
+
+def test_only_1_13_reads_just_the_old_annotation_family() -> None:
+    assert profile_for("1.13").annotation_prefixes_read == ("io.cilium/",)
+    assert "service.cilium.io/" in profile_for("1.14").annotation_prefixes_read
+
+
+@pytest.mark.parametrize(("line", "dropped"), [("1.17", False), ("1.18", True), ("1.19", True)])
+def test_none_affinity_is_deleted_where_it_black_holes_remote_backends(line: str, dropped: bool) -> None:
+    annotations = profile_for(line).affinity_annotations("none")
+    assert (annotations == {}) is dropped
+    assert profile_for(line).affinity_annotations("local") == {
+        "io.cilium/service-affinity": "local",
+        "service.cilium.io/affinity": "local",
+    }
+
+
+@pytest.mark.parametrize(
+    ("line", "preferred", "layout", "protocol", "header", "max_ids"),
+    [
+        ("1.13", True, "probe-time", False, "clusters ready", 255),
+        ("1.14", True, "probe-time", False, "clusters ready", 255),
+        ("1.15", True, "probe-time", False, "clusters ready", 511),
+        ("1.16", True, "probe-time", False, "remote clusters ready", 511),
+        ("1.17", True, "cluster-health-table", True, "remote clusters ready", 511),
+        ("1.18", False, "cluster-health-table-probe-interval", True, "remote clusters ready", 511),
+        ("1.19", False, "cluster-health-table-probe-interval", True, "remote clusters ready", 511),
+    ],
+)
+def test_output_format_facts_per_line(
+    line: str, preferred: bool, layout: str, protocol: bool, header: str, max_ids: int
+) -> None:
+    profile = profile_for(line)
+    assert profile.preferred_marker_reliable is preferred
+    assert profile.health_layout == layout
+    assert profile.service_list_has_protocol is protocol
+    assert profile.status_header == header
+    assert profile.max_ids == max_ids
+    assert profile.supports_max_connected_clusters(511) is (max_ids == 511)
+
+
+def test_1_13_needs_tls_on_every_peer_entry() -> None:
+    assert profile_for("1.13").peer_tls_required
+    assert not profile_for("1.14").peer_tls_required
+
+
+def test_only_1_19_is_marked_partly_unverified() -> None:
+    assert profile_for("1.19").unverified
+    assert all(not profile_for(line).unverified for line in LINES[:-1])
+
+
+def test_profiles_are_immutable() -> None:
+    profile = profile_for("1.16")
+    with pytest.raises(AttributeError):
+        profile.agent_cli = "cilium"  # type: ignore[misc]
