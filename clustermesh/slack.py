@@ -1,0 +1,692 @@
+"""Telling the team in Slack: the nightly summary (one parent, edited in place, details in its thread)
+and run alerts.
+
+Slack is a side channel: a failed post must never fail a verification or a drill, so every
+``Notifier`` method returns a ``PostResult`` instead of raising. Message building is pure (models in,
+Block Kit dicts out) and stays inside Slack's limits, because Slack answers an oversized payload with
+``ok: false`` rather than truncating it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+from urllib.error import URLError
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.handler import RetryHandler
+from slack_sdk.web import WebClient
+from slack_sdk.webhook import WebhookClient
+
+from clustermesh.errors import SlackConfigError
+
+__all__ = [
+    "Alert",
+    "Finding",
+    "Notifier",
+    "PostResult",
+    "SlackTarget",
+    "Summary",
+    "alert_blocks",
+    "alert_text",
+    "render_plain",
+    "resolve_target",
+    "summary_blocks",
+    "summary_text",
+]
+
+DEFAULT_API_URL = "https://slack.com/api/"
+DEFAULT_TIMEOUT = 10
+
+# Slack's Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks), and our own budget
+# below the undocumented ~12k characters of block text per message (msg_blocks_too_long).
+MAX_BLOCKS = 50
+MAX_HEADER = 150
+MAX_SECTION_TEXT = 3000
+MAX_FIELDS = 10
+MAX_FIELD_TEXT = 2000
+FINDINGS_BUDGET = 9000
+MAX_LINE = 500
+MAX_REPLY_TEXT = 3500
+MAX_REPLIES = 5
+MAX_FALLBACK_TEXT = 3000
+
+# Answers Slack gives for a payload it will not take: worth one retry as plain text.
+PAYLOAD_ERRORS = frozenset(
+    {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long", "too_many_attachments"}
+)
+
+_log = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------------
+# Secrets out of logs: slack-sdk logs request URLs (a webhook URL *is* the credential) on retries and
+# at debug level, so its clients log through a logger that scrubs anything credential-shaped.
+# ---------------------------------------------------------------------------------------------------
+
+_SECRET_PATTERNS = (
+    re.compile(r"xox[a-z]-[A-Za-z0-9-]+"),
+    re.compile(r"(?i)(bearer\s+)\S+"),
+    re.compile(r"(/services/)[^\s'\",]+"),
+)
+
+
+def _scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+    return text
+
+
+class _ScrubSecrets(logging.Filter):
+    """Rewrites each record's message with credentials replaced, before any handler sees it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        record.msg = _scrub(message)
+        record.args = None
+        return True
+
+
+_sdk_log = logging.getLogger(f"{__name__}.sdk")
+if not any(isinstance(f, _ScrubSecrets) for f in _sdk_log.filters):
+    _sdk_log.addFilter(_ScrubSecrets())
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+
+Status = Literal["PASS", "WARN", "FAIL", "RUNNING"]
+_STATUS_WORD: dict[str, str] = {"PASS": "PASSED", "WARN": "WARNINGS", "FAIL": "FAILED", "RUNNING": "RUNNING"}
+_LEVEL_WORD: dict[str, str] = {"failure": "FAILURE", "warning": "WARNING", "ok": "OK"}
+
+
+class Finding(BaseModel):
+    """One check result; warnings and failures are listed in the summary, ``ok`` ones only counted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: Literal["ok", "warning", "failure"]
+    subject: str
+    reason: str
+    fix: str = ""
+
+
+class Summary(BaseModel):
+    """What the team reads the morning after: verdict, the few figures that matter, what to fix."""
+
+    model_config = ConfigDict(frozen=True)
+
+    title: str
+    status: Status
+    mesh: str
+    clusters: int | None = None
+    nodes_reachable: int | None = None
+    nodes_total: int | None = None
+    drill: str | None = None
+    failover_seconds: float | None = None
+    cert_expiry_days: int | None = None
+    run_url: str | None = None
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class Alert(BaseModel):
+    """A flow run that ended Failed or Crashed: posted on its own, not into the nightly thread."""
+
+    model_config = ConfigDict(frozen=True)
+
+    flow: str
+    run: str
+    state: Literal["Failed", "Crashed"]
+    error: str
+    cluster: str | None = None
+    run_url: str | None = None
+
+
+class PostResult(BaseModel):
+    """How a post went; ``error`` is Slack's code (``channel_not_found``) or ours (``timeout``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    ts: str | None = None
+    channel: str | None = None
+    posted: int = 0
+    error: str | None = None
+    detail: str | None = None
+
+
+class SlackTarget(BaseModel):
+    """Where messages go. Secrets are ``SecretStr``: they print as ``**********``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["bot", "webhook"]
+    token: SecretStr | None = None
+    channel: str | None = None
+    webhook_url: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SlackTarget:
+        """A half-filled target would only fail at the first post, after the run did its work."""
+        if self.kind == "bot" and (self.token is None or not self.channel):
+            raise ValueError("a bot target needs a token and a channel")
+        if self.kind == "webhook" and self.webhook_url is None:
+            raise ValueError("a webhook target needs a webhook URL")
+        return self
+
+    def describe(self) -> str:
+        """A safe one-liner for logs and the CLI."""
+        if self.kind == "bot":
+            return f"Slack bot token, channel {self.channel}"
+        return "Slack incoming webhook"
+
+
+def _blank(value: str | None) -> str | None:
+    return value.strip() if value is not None and value.strip() else None
+
+
+def resolve_target(token: str | None, channel: str | None, webhook_url: str | None) -> SlackTarget | None:
+    """Pick the Slack target from settings; ``None`` means nothing is configured (print instead).
+
+    A bot token wins over a webhook: only it can thread replies and edit the parent in place.
+    Empty strings count as unset (an exported but empty environment variable).
+    """
+    token, channel, webhook_url = _blank(token), _blank(channel), _blank(webhook_url)
+    if token is not None:
+        if any(c.isspace() for c in token):
+            raise SlackConfigError(
+                "slack token", "contains whitespace", fix="copy the bot token (xoxb-…) again, without spaces"
+            )
+        if channel is None:
+            raise SlackConfigError(
+                "slack channel",
+                "a bot token needs a channel to post to",
+                fix="set the channel by name (#mesh-alerts) or ID (C0123456789)",
+            )
+        return SlackTarget(kind="bot", token=SecretStr(token), channel=channel)
+    if webhook_url is not None:
+        parts = urlsplit(webhook_url)
+        if parts.scheme not in ("https", "http") or not parts.netloc or not parts.path.strip("/"):
+            raise SlackConfigError(
+                "slack webhook URL",
+                "is not an http(s) URL with a path",
+                fix="use the incoming-webhook URL from the Slack app (https://hooks.slack.com/services/…)",
+            )
+        return SlackTarget(kind="webhook", webhook_url=SecretStr(webhook_url))
+    if channel is not None:
+        raise SlackConfigError(
+            "slack channel",
+            f"is set to {channel!r} but there is no bot token or webhook URL to post with",
+            fix="set the bot token (e.g. SLACK_BOT_TOKEN) or a webhook URL, or unset the channel",
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Message building (pure)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _escape(text: str) -> str:
+    """mrkdwn treats <, > and & as control characters (links, mentions)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _link(url: str, label: str) -> str:
+    return f"<{url.replace('|', '%7C').replace('>', '%3E')}|{_escape(label)}>"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _figures(summary: Summary) -> list[tuple[str, str]]:
+    """The figures in a fixed order, so every night's message reads the same."""
+
+    def or_not(value: object | None, fmt: str = "{}") -> str:
+        return "not measured" if value is None else fmt.format(value)
+
+    if summary.nodes_total is None:
+        nodes = "not measured"
+    else:
+        nodes = (
+            f"{summary.nodes_reachable if summary.nodes_reachable is not None else '?'}/{summary.nodes_total}"
+        )
+    days = summary.cert_expiry_days
+    if days is None:
+        expiry = "not measured"
+    elif days < 0:
+        expiry = f"expired {_plural(-days, 'day')} ago"
+    else:
+        expiry = f"in {_plural(days, 'day')}"
+    return [
+        ("Mesh", summary.mesh),
+        ("Clusters", or_not(summary.clusters)),
+        ("Nodes reachable", nodes),
+        ("Failover drill", or_not(summary.drill)),
+        ("Failover time", or_not(summary.failover_seconds, "{:.1f} s")),
+        ("Nearest certificate expiry", expiry),
+    ]
+
+
+def _problems(summary: Summary) -> list[Finding]:
+    """Failures first, then warnings: the reader fixes from the top."""
+    failures = [f for f in summary.findings if f.level == "failure"]
+    warnings = [f for f in summary.findings if f.level == "warning"]
+    return failures + warnings
+
+
+def _finding_line(finding: Finding, *, markdown: bool) -> str:
+    word = _LEVEL_WORD[finding.level]
+    if markdown:
+        line = f"*{word}* {_escape(finding.subject)}: {_escape(finding.reason)}"
+        if finding.fix:
+            line += f" Fix: {_escape(finding.fix)}"
+    else:
+        line = f"{word} {finding.subject}: {finding.reason}"
+        if finding.fix:
+            line += f" Fix: {finding.fix}"
+    return _cut(line, MAX_LINE)
+
+
+def _counts(summary: Summary) -> str:
+    failures = sum(1 for f in summary.findings if f.level == "failure")
+    warnings = sum(1 for f in summary.findings if f.level == "warning")
+    oks = sum(1 for f in summary.findings if f.level == "ok")
+    return f"{_plural(failures, 'failure')}, {_plural(warnings, 'warning')}, {oks} ok"
+
+
+def _pack_lines(lines: list[str], *, chunk: int, budget: int, max_chunks: int, unit: str) -> list[str]:
+    """Join lines into at most ``max_chunks`` texts of ≤ ``chunk`` chars, ≤ ``budget`` in total.
+
+    What does not fit is replaced by ``… and N more <unit>s`` at the end, which itself always fits.
+    """
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    used = 0
+    reserve = 40  # room for the "… and N more" line
+    for index, line in enumerate(lines):
+        is_last = index == len(lines) - 1
+        room_chunk = chunk - (0 if is_last else reserve)
+        need = len(line) + (1 if current else 0)
+        if size + need > room_chunk and current and len(chunks) + 1 < max_chunks:
+            chunks.append("\n".join(current))
+            used += size
+            current, size = [], 0
+            need = len(line)
+        if size + need > room_chunk or used + size + need > budget - (0 if is_last else reserve):
+            rest = len(lines) - index
+            current.append(f"… and {rest} more {unit}{'' if rest == 1 else 's'}")
+            break
+        current.append(line)
+        size += need
+    if current:
+        chunks.append("\n".join(current))
+    return chunks
+
+
+def summary_blocks(summary: Summary) -> list[dict[str, Any]]:
+    """Block Kit for the parent message: header, figures, warnings/failures, run link.
+
+    Stays within Slack's limits whatever the input: ≤50 blocks, section text ≤3000, ≤10 fields of
+    ≤2000, and a findings budget below the undocumented per-message total.
+    """
+    header = _cut(f"{_STATUS_WORD[summary.status]}: {summary.title}", MAX_HEADER)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": header}},
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": _cut(f"*{name}*\n{_escape(value)}", MAX_FIELD_TEXT)}
+                for name, value in _figures(summary)[:MAX_FIELDS]
+            ],
+        },
+    ]
+    problems = _problems(summary)
+    if problems:
+        lines = [f"*Checks: {_counts(summary)}*"] + [_finding_line(f, markdown=True) for f in problems]
+        spare = MAX_BLOCKS - len(blocks) - 1  # keep one for the context line
+        for text in _pack_lines(
+            lines, chunk=MAX_SECTION_TEXT, budget=FINDINGS_BUDGET, max_chunks=spare, unit="finding"
+        ):
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": text}})
+    elif summary.findings:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"All checks passed ({_counts(summary)})."},
+            }
+        )
+    if summary.run_url:
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": _link(summary.run_url, "Open the flow run")}],
+            }
+        )
+    return blocks
+
+
+def summary_text(summary: Summary) -> str:
+    """Notification and screen-reader fallback: verdict first, then the counts."""
+    text = f"{_STATUS_WORD[summary.status]}: {summary.title} (mesh {summary.mesh})"
+    if summary.findings:
+        text += f" — {_counts(summary)}"
+    problems = _problems(summary)
+    if problems:
+        text += f". First: {_finding_line(problems[0], markdown=False)}"
+    return _cut(text, MAX_FALLBACK_TEXT)
+
+
+def render_plain(summary: Summary) -> str:
+    """The whole summary as plain text, for the console and the flow artifact; nothing is cut."""
+    lines = [f"{_STATUS_WORD[summary.status]}: {summary.title}", ""]
+    figures = _figures(summary)
+    width = max(len(name) for name, _ in figures) + 1
+    lines += [f"  {name + ':':<{width}} {value}" for name, value in figures]
+    if summary.findings:
+        lines += ["", f"Checks: {_counts(summary)}"]
+        for finding in _problems(summary):
+            lines.append(f"  {_LEVEL_WORD[finding.level]:<8} {finding.subject}: {finding.reason}")
+            if finding.fix:
+                lines.append(f"  {'':<8} fix: {finding.fix}")
+    if summary.run_url:
+        lines += ["", f"Run: {summary.run_url}"]
+    return "\n".join(lines) + "\n"
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return "(no error message)"
+
+
+def alert_text(alert: Alert) -> str:
+    """One line a phone notification can show whole."""
+    where = f" on cluster {alert.cluster}" if alert.cluster else ""
+    return _cut(
+        f"{alert.state.upper()}: flow {alert.flow}, run {alert.run}{where} — {_first_line(alert.error)}",
+        MAX_FALLBACK_TEXT,
+    )
+
+
+def alert_blocks(alert: Alert) -> list[dict[str, Any]]:
+    """Block Kit for a failed or crashed run: what, where, the first error line, the link."""
+    fields = [("Flow", alert.flow), ("Run", alert.run), ("State", alert.state)]
+    if alert.cluster:
+        fields.append(("Cluster", alert.cluster))
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": _cut(f"{alert.state.upper()}: {alert.flow}", MAX_HEADER)},
+        },
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": _cut(f"*{name}*\n{_escape(value)}", MAX_FIELD_TEXT)}
+                for name, value in fields
+            ],
+        },
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": _cut(f"*Error*\n{_escape(_first_line(alert.error))}", MAX_SECTION_TEXT),
+            },
+        },
+    ]
+    if alert.run_url:
+        blocks.append(
+            {
+                "type": "context",
+                "elements": [{"type": "mrkdwn", "text": _link(alert.run_url, "Open the flow run")}],
+            }
+        )
+    return blocks
+
+
+def _detail_chunks(lines: Sequence[str]) -> list[str]:
+    cut = [_escape(_cut(line, MAX_LINE)) for line in lines]
+    return _pack_lines(
+        cut, chunk=MAX_REPLY_TEXT, budget=MAX_REPLY_TEXT * MAX_REPLIES, max_chunks=MAX_REPLIES, unit="line"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Posting
+# ---------------------------------------------------------------------------------------------------
+
+
+def _retry_handlers() -> list[RetryHandler]:
+    # TimeoutError (a read timeout) is deliberately absent: chat.postMessage is not idempotent and the
+    # first request may already have landed, so retrying it could post the summary twice.
+    return [
+        ConnectionErrorRetryHandler(max_retry_count=2),
+        RateLimitErrorRetryHandler(max_retry_count=3),
+        ServerErrorRetryHandler(max_retry_count=2),
+    ]
+
+
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class Notifier:
+    """Posts summaries and alerts to one Slack target; never raises for Slack's sake.
+
+    Bot token: the summary is a parent message edited in place (``update_summary``) with details as
+    thread replies. Webhook: one message per post, no thread, no edit (Slack gives a webhook no ``ts``).
+    """
+
+    def __init__(
+        self,
+        target: SlackTarget,
+        *,
+        base_url: str | None = None,
+        timeout: int = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._target = target
+        self._channel_id: str | None = None
+        self._secrets: tuple[str, ...] = tuple(
+            s.get_secret_value() for s in (target.token, target.webhook_url) if s is not None
+        )
+        self._web: WebClient | None = None
+        self._hook: WebhookClient | None = None
+        if target.kind == "bot":
+            assert target.token is not None and target.channel is not None
+            url = base_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
+            self._web = WebClient(
+                token=target.token.get_secret_value(),
+                base_url=url,
+                timeout=timeout,
+                logger=_sdk_log,
+                retry_handlers=_retry_handlers(),
+            )
+            if _CHANNEL_ID.match(target.channel):
+                self._channel_id = target.channel
+            if urlsplit(url).hostname in _LOOPBACK:
+                self._web.proxy = None  # slack-sdk ignores NO_PROXY; a proxy cannot reach our loopback
+        else:
+            assert target.webhook_url is not None
+            hook_url = target.webhook_url.get_secret_value()
+            self._hook = WebhookClient(
+                url=hook_url, timeout=timeout, logger=_sdk_log, retry_handlers=_retry_handlers()
+            )
+            if urlsplit(hook_url).hostname in _LOOPBACK:
+                self._hook.proxy = None
+
+    def __repr__(self) -> str:
+        return f"Notifier({self._target.describe()})"
+
+    @property
+    def supports_threads(self) -> bool:
+        """Only a bot token gets a ``ts`` back, which threads and edits need."""
+        return self._web is not None
+
+    # -- public operations ----------------------------------------------------------------------
+
+    def post_summary(self, summary: Summary) -> PostResult:
+        """Post the parent message; keep ``result.ts`` (and ``result.channel``) to update it later."""
+        return self._post(summary_text(summary), summary_blocks(summary), what="summary")
+
+    def post_alert(self, alert: Alert) -> PostResult:
+        """Post a run alert as its own top-level message."""
+        return self._post(alert_text(alert), alert_blocks(alert), what="alert")
+
+    def update_summary(self, ts: str, summary: Summary, *, channel: str | None = None) -> PostResult:
+        """Edit the parent in place (same ``ts``), e.g. RUNNING → FAILED.
+
+        ``chat.update`` only takes a channel ID: pass ``channel`` from the ``PostResult`` when this
+        notifier did not post the parent itself and the target channel is a name.
+        """
+        if self._web is None:
+            return self._failed(
+                "update summary", "not_supported_by_webhook", "an incoming webhook cannot edit messages"
+            )
+        channel_id = channel or self._channel_id
+        if channel_id is None:
+            return self._failed(
+                "update summary",
+                "channel_id_unknown",
+                "chat.update needs the channel ID; pass channel= from the PostResult of the parent",
+            )
+        text, blocks = summary_text(summary), summary_blocks(summary)
+        try:
+            try:
+                self._web.chat_update(channel=channel_id, ts=ts, text=text, blocks=blocks)
+                return PostResult(ok=True, ts=ts, channel=channel_id, posted=1)
+            except SlackApiError as e:
+                if self._api_error(e) not in PAYLOAD_ERRORS:
+                    raise
+                # blocks=[] clears the old blocks: leaving them would show the stale status.
+                self._web.chat_update(channel=channel_id, ts=ts, text=text, blocks=[])
+                _log.warning(
+                    "Slack refused the summary blocks (%s); updated with plain text", self._api_error(e)
+                )
+                return PostResult(ok=True, ts=ts, channel=channel_id, posted=1, detail="plain text only")
+        except Exception as e:  # noqa: BLE001 - Slack must never fail the run
+            return self._failure("update summary", e)
+
+    def post_details(self, ts: str, lines: Sequence[str], *, channel: str | None = None) -> PostResult:
+        """Reply in the parent's thread, batched into at most a few messages.
+
+        Slack allows about one message per second per channel; batching keeps a run's details to a
+        short burst instead of sleeping between replies.
+        """
+        if self._web is None:
+            return self._failed(
+                "post details", "not_supported_by_webhook", "an incoming webhook cannot reply in a thread"
+            )
+        if not lines:
+            return PostResult(ok=True, ts=ts, channel=channel or self._channel_id, posted=0)
+        target = channel or self._channel_id or self._target.channel
+        assert target is not None
+        posted = 0
+        try:
+            for chunk in _detail_chunks(lines):
+                self._web.chat_postMessage(
+                    channel=target, thread_ts=ts, text=chunk, unfurl_links=False, unfurl_media=False
+                )
+                posted += 1
+        except Exception as e:  # noqa: BLE001 - Slack must never fail the run
+            result = self._failure("post details", e)
+            return result.model_copy(update={"ts": ts, "posted": posted})
+        return PostResult(ok=True, ts=ts, channel=self._channel_id, posted=posted)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _post(self, text: str, blocks: list[dict[str, Any]], *, what: str) -> PostResult:
+        try:
+            if self._web is not None:
+                return self._post_bot(text, blocks, what=what)
+            return self._post_webhook(text, blocks, what=what)
+        except Exception as e:  # noqa: BLE001 - Slack must never fail the run
+            return self._failure(f"post {what}", e)
+
+    def _post_bot(self, text: str, blocks: list[dict[str, Any]], *, what: str) -> PostResult:
+        assert self._web is not None and self._target.channel is not None
+        detail = None
+        try:
+            response = self._web.chat_postMessage(
+                channel=self._target.channel, text=text, blocks=blocks, unfurl_links=False, unfurl_media=False
+            )
+        except SlackApiError as e:
+            if self._api_error(e) not in PAYLOAD_ERRORS:
+                raise
+            _log.warning("Slack refused the %s blocks (%s); posting plain text", what, self._api_error(e))
+            response = self._web.chat_postMessage(
+                channel=self._target.channel, text=text, unfurl_links=False, unfurl_media=False
+            )
+            detail = "plain text only"
+        channel_id = str(response.get("channel") or "") or None
+        if channel_id:
+            self._channel_id = channel_id
+        ts = response.get("ts")
+        return PostResult(ok=True, ts=str(ts) if ts else None, channel=channel_id, posted=1, detail=detail)
+
+    def _post_webhook(self, text: str, blocks: list[dict[str, Any]], *, what: str) -> PostResult:
+        assert self._hook is not None
+        response = self._hook.send(text=text, blocks=blocks, unfurl_links=False, unfurl_media=False)
+        detail = None
+        if response.status_code == 400 and response.body in PAYLOAD_ERRORS:
+            _log.warning("Slack refused the %s blocks (%s); posting plain text", what, response.body)
+            response = self._hook.send(text=text, unfurl_links=False, unfurl_media=False)
+            detail = "plain text only"
+        if response.status_code == 200 and response.body == "ok":
+            return PostResult(ok=True, posted=1, detail=detail)
+        code = _scrub(str(response.body or "").strip(), self._secrets)[:100] or f"http_{response.status_code}"
+        if response.status_code == 429:
+            code = "ratelimited"
+        return self._failed(f"post {what}", code, f"webhook answered HTTP {response.status_code}")
+
+    @staticmethod
+    def _api_error(e: SlackApiError) -> str:
+        response = e.response
+        if response.status_code == 429:
+            return "ratelimited"
+        error = response.get("error") if isinstance(response.data, dict) else None
+        return str(error) if error else f"http_{response.status_code}"
+
+    def _failure(self, action: str, e: Exception) -> PostResult:
+        """Turn whatever went wrong into a code and a secret-free detail."""
+        if isinstance(e, SlackApiError):
+            code = self._api_error(e)
+            detail = f"Slack answered HTTP {e.response.status_code}"
+            needed = e.response.get("needed") if isinstance(e.response.data, dict) else None
+            if needed:
+                detail += f", needs scope {needed}"
+        elif isinstance(e, TimeoutError) or (isinstance(e, URLError) and isinstance(e.reason, TimeoutError)):
+            code, detail = "timeout", "no answer within the timeout; not retried (the post may have landed)"
+        elif isinstance(e, URLError | ConnectionError | OSError):
+            code, detail = "connection_error", f"cannot reach Slack: {type(e).__name__}"
+        elif isinstance(e, SlackClientError):
+            code, detail = "client_error", type(e).__name__
+        else:
+            code, detail = "unexpected_error", type(e).__name__
+        return self._failed(action, code, detail)
+
+    def _failed(self, action: str, code: str, detail: str) -> PostResult:
+        code, detail = _scrub(code, self._secrets), _scrub(detail, self._secrets)
+        _log.warning("Slack %s failed (%s): %s; target: %s", action, code, detail, self._target.describe())
+        return PostResult(ok=False, channel=self._channel_id, error=code, detail=detail)
