@@ -8,9 +8,12 @@ of ``clustermesh/`` allowed to reach the flows and the sandbox (import-linter kn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from clustermesh.spec import MeshSpec
 
 app = typer.Typer(
     help="Cilium Cluster Mesh between KKP user clusters: set up, verify, rehearse failover, report.",
@@ -132,6 +135,80 @@ def sandbox_fault(
     except SandboxError as exc:
         _fail(str(exc))
     typer.echo(f"ok: {result}")
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="The mesh spec (YAML), e.g. the sandbox's mesh.yaml.")]
+
+
+def _load(config: Path) -> MeshSpec:
+    from clustermesh.errors import SpecError
+    from clustermesh.spec import load_spec
+
+    try:
+        return load_spec(config)
+    except SpecError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+
+
+@app.command("setup")
+def setup(
+    config: ConfigOption,
+    plan: Annotated[bool, typer.Option("--plan", help="Print each cluster's values diff; write nothing.")] = False,
+) -> None:
+    """Set up Cluster Mesh between the spec's clusters (the KKP guide's steps 1-8). Exit 0 only when healthy."""
+    from clustermesh.errors import ClusterMeshError
+
+    spec = _load(config)
+    if plan:
+        from clustermesh.credentials import open_cluster
+        from clustermesh.plan import plan_setup
+
+        try:
+            result = plan_setup(spec, lambda c: open_cluster(c, request_timeout=spec.timeouts.api))
+        except ClusterMeshError as exc:
+            _fail(str(exc), 1)
+        typer.echo(result.render_text())
+        return
+    raise typer.Exit(_run_setup(spec))
+
+
+def _run_setup(spec: MeshSpec) -> int:
+    from clustermesh.errors import ClusterMeshError
+    from flows.mesh_setup import cluster_mesh_setup
+
+    try:
+        result = cluster_mesh_setup(spec)
+    except ClusterMeshError as exc:
+        typer.echo(f"setup failed: {exc}", err=True)
+        return 1
+    typer.echo(result.describe())
+    typer.echo(result.health.render_text())
+    return 0 if result.health.healthy else 1
+
+
+@app.command("demo")
+def demo(
+    clusters: Annotated[int, typer.Option(help="How many sandbox clusters.")] = 2,
+    cilium_version: Annotated[str, typer.Option(help="Cilium line of the sandbox, 1.13 to 1.19.")] = "1.13",
+    time_scale: Annotated[float, typer.Option(help="Sandbox delays: 0 = instant, 1 = realistic.")] = 0.0,
+) -> None:
+    """Start a sandbox in this process, run the setup on it, print the health matrix, stop the sandbox."""
+    import tempfile
+
+    from clustermesh.spec import load_spec
+    from sandbox.server import Sandbox, SandboxError
+
+    with tempfile.TemporaryDirectory(prefix="clustermesh-demo-") as tmp:
+        try:
+            sb = Sandbox(Path(tmp), clusters=clusters, cilium_version=cilium_version, time_scale=time_scale)
+        except SandboxError as exc:
+            _fail(str(exc))
+        with sb:
+            typer.echo(f"sandbox: {clusters} clusters, Cilium {cilium_version}, KKP {sb.kkp_version}, in {tmp}")
+            spec = load_spec(Path(tmp) / "mesh.yaml")
+            code = _run_setup(spec)
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -13,6 +13,10 @@ __all__ = [
     "CertificateError",
     "CiliumOutputError",
     "ClusterMeshError",
+    "ClusterStateError",
+    "EndpointError",
+    "InstallFailedError",
+    "PrerequisiteError",
     "ConflictError",
     "ForbiddenError",
     "InvalidError",
@@ -385,3 +389,38 @@ def _rebuild_mesh_unhealthy_error(
     expected: str, last_seen: str, timeout: float, check: str, matrix: Any
 ) -> MeshUnhealthyError:
     return MeshUnhealthyError(expected, last_seen, timeout=timeout, check=check, matrix=matrix)
+
+
+class ClusterStateError(ClusterMeshError):
+    """A cluster is not in a state the pipeline may build on; nothing is written on top of it.
+
+    Raised by the prerequisite checks and when KKP reports an installation failed: names the cluster,
+    the object, what is wrong and the fix.
+    """
+
+    def __init__(self, cluster: str, problem: str, *, fix: str) -> None:
+        self.cluster = cluster
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"cluster {cluster!r}: {problem} — {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_cluster_state_error, (type(self), self.cluster, self.problem, self.fix))
+
+
+def _rebuild_cluster_state_error(
+    cls: type[ClusterStateError], cluster: str, problem: str, fix: str
+) -> ClusterStateError:
+    return cls(cluster, problem, fix=fix)
+
+
+class PrerequisiteError(ClusterStateError):
+    """Step 1 found something the guide's prerequisites rule out (no eBPF, overlapping CIDRs, …)."""
+
+
+class InstallFailedError(ClusterStateError):
+    """KKP reported the cilium ApplicationInstallation failed for the values we wrote."""
+
+
+class EndpointError(ClusterStateError):
+    """A cluster's clustermesh-apiserver data is unusable (e.g. a remote certificate not matching its key)."""

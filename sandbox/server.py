@@ -15,6 +15,7 @@ Files written to the sandbox directory:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -156,6 +157,8 @@ class Sandbox:
             raise
 
     def stop(self) -> None:
+        # uvicorn reports keep-alive connections it cuts at shutdown as errors; they are expected here
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         if self._loop is not None:
             try:
                 self._loop.run(self._stop_async())
@@ -275,10 +278,13 @@ class Sandbox:
                 }
             )
         mesh = {
-            "name": f"sandbox-{self.directory.resolve().name}",
+            "name": "sandbox",
             "clusters": mesh_clusters,
             "cilium": {"service_type": "LoadBalancer"},
         }
+        if self.time_scale < 1:
+            # simulated delays are shorter than real ones: look more often than the 2 s default
+            mesh["timeouts"] = {"poll_interval": 0.2}
         header = (
             "# A mesh spec for the sandbox in this folder (written by `clustermesh sandbox up`).\n"
             "# Run: clustermesh setup --config " + str((self.directory / "mesh.yaml").resolve()) + "\n"

@@ -1,0 +1,136 @@
+"""The guide's steps 2, 4 and 6: write the mesh values into the ``cilium`` ApplicationInstallation.
+
+Every call computes the desired values (the cluster's current values with our overlay merged in,
+``clusters[]`` by name), compares them semantically and writes only what differs, carrying the
+resourceVersion it read: a 409 means someone else wrote in between, so it reads again and recomputes
+(their unrelated change is kept), never overwrites. Then it waits until KKP reports the installation
+applied for the new generation, and turns a KKP failure into an error with KKP's own message.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from clustermesh.errors import ConflictError, InstallFailedError
+from clustermesh.kube import ClusterClient
+from clustermesh.models import ClusterFacts, StepChange
+from clustermesh.profiles import parse_cilium_version, profile_for
+from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.values import (
+    CaMaterial,
+    PeerEntry,
+    ValuesChange,
+    dump_values,
+    legacy_paths_to_remove,
+    plan_change,
+    read_values,
+    render_mesh_values,
+)
+
+MAX_CONFLICT_RETRIES = 8
+FAILED_REASONS = ("InstallationFailed", "InstallationFailedRetriesExceeded")
+
+
+def plan_mesh_values(
+    ai: dict[str, Any],
+    facts: ClusterFacts,
+    cluster: ClusterSpec,
+    spec: MeshSpec,
+    *,
+    peers: list[PeerEntry],
+    shared_ca: CaMaterial | None,
+) -> ValuesChange:
+    """What the values of ``cluster`` must become; pure, so ``--plan`` and the write share it."""
+    profile = profile_for(facts.cilium_version)
+    current, _field = read_values(ai)
+    overlay = render_mesh_values(profile, cluster, spec, shared_ca=shared_ca, peers=peers)
+    remove = legacy_paths_to_remove(profile, current, parse_cilium_version(facts.cilium_version).patch)
+    return plan_change(current, overlay, remove=remove)
+
+
+def configure_mesh(
+    client: ClusterClient,
+    facts: ClusterFacts,
+    cluster: ClusterSpec,
+    spec: MeshSpec,
+    *,
+    step: str,
+    peers: list[PeerEntry],
+    shared_ca: CaMaterial | None = None,
+    write: bool = True,
+) -> StepChange:
+    """Bring ``cluster``'s mesh values to the desired state and wait for KKP; see the module docstring."""
+    conflicts = 0
+    written = False
+    while True:
+        ai = client.get_application_installation()
+        _, field = read_values(ai)
+        change = plan_mesh_values(ai, facts, cluster, spec, peers=peers, shared_ca=shared_ca)
+        if not change.changed or not write:
+            break
+        updated = copy.deepcopy(ai)
+        updated.setdefault("spec", {})[field] = dump_values(change.new_values, field)
+        try:
+            ai = client.replace_application_installation(updated)
+        except ConflictError:
+            conflicts += 1
+            if conflicts > MAX_CONFLICT_RETRIES:
+                raise
+            continue
+        written = True
+        break
+    applied = False
+    if write:
+        ai = wait_applied(client, spec, cluster.name)
+        applied = True
+    return StepChange(
+        cluster=cluster.name,
+        step=step,
+        changed=change.changed,
+        written=written,
+        diff=change.diff_lines(redact=True),
+        values_field=field,
+        generation=int(ai.get("metadata", {}).get("generation", 0)),
+        conflicts_retried=conflicts,
+        applied=applied,
+    )
+
+
+def install_state(ai: dict[str, Any]) -> tuple[str, str]:
+    """("applied" | "failed" | "pending", why) for the installation's current generation (kkp.md §1)."""
+    generation = ai.get("metadata", {}).get("generation")
+    status = ai.get("status") or {}
+    conditions = status.get("conditions") or {}
+    ready = conditions.get("Ready") if isinstance(conditions, dict) else None
+    if not isinstance(ready, dict) or ready.get("observedGeneration") != generation:
+        return "pending", f"KKP has not observed generation {generation} yet"
+    release = ((status.get("helmRelease") or {}).get("info") or {}).get("status")
+    if ready.get("status") == "True" and release == "deployed":
+        return "applied", "Ready=True, release deployed"
+    if ready.get("status") == "False" and ready.get("reason") in FAILED_REASONS:
+        return "failed", f"{ready.get('reason')}: {ready.get('message', '')}"
+    return "pending", f"Ready={ready.get('status')} ({ready.get('reason')}), release {release}"
+
+
+def wait_applied(client: ClusterClient, spec: MeshSpec, cluster: str) -> dict[str, Any]:
+    """Wait until KKP applied the current generation; a KKP failure ends the wait with its message."""
+    ai = client.wait_for(
+        client.get_application_installation,
+        lambda obj: install_state(obj)[0] != "pending",
+        timeout=spec.timeouts.install,
+        expected="KKP to apply the cilium ApplicationInstallation (Ready=True for the new generation)",
+        check="kubectl get applicationinstallation cilium -n kube-system -o yaml (status.conditions), "
+        "and the clustermesh-apiserver pods",
+        poll_interval=spec.timeouts.poll_interval,
+        describe=lambda obj: install_state(obj)[1],
+    )
+    state, why = install_state(ai)
+    if state == "failed":
+        raise InstallFailedError(
+            cluster,
+            f"KKP could not apply the mesh values: {why[:500]}",
+            fix="read the message above; values the chart refuses must be corrected in the spec "
+            "(the previous values stay deployed when KKP rolls back)",
+        )
+    return ai

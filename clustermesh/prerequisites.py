@@ -1,0 +1,162 @@
+"""The guide's step 1: clusters with Cilium, eBPF proxy mode and pod CIDRs that do not overlap.
+
+Read-only. Everything that would make a later write wrong is refused here, before anything is written:
+a missing or failing ``cilium`` ApplicationInstallation, kube-proxy replacement off, pod CIDRs that
+differ from the spec or overlap another cluster's, a cluster already named or numbered differently.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from clustermesh.errors import NotFoundError, PrerequisiteError
+from clustermesh.kube import ClusterClient
+from clustermesh.models import ClusterFacts
+from clustermesh.profiles import parse_cilium_version, profile_for
+from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.values import read_values
+
+KPR_ON = ("true", "strict")
+
+
+def check_prerequisites(client: ClusterClient, cluster: ClusterSpec, spec: MeshSpec) -> ClusterFacts:
+    """Facts about one cluster, or a :class:`PrerequisiteError` that says what to fix."""
+    kubernetes_version = client.version()
+    try:
+        ai = client.get_application_installation()
+    except NotFoundError:
+        raise PrerequisiteError(
+            cluster.name,
+            "no ApplicationInstallation kube-system/cilium: Cilium is not installed as KKP's system application",
+            fix="create the KKP user cluster with CNI cilium (1.13 or newer); older Cilium was an Addon",
+        ) from None
+    _refuse_failing_install(cluster.name, ai)
+    values, field = read_values(ai)
+    detected = str(((ai.get("spec") or {}).get("applicationRef") or {}).get("version") or "")
+    if not detected:
+        raise PrerequisiteError(
+            cluster.name,
+            "ApplicationInstallation kube-system/cilium has no spec.applicationRef.version",
+            fix="set cilium.version in the spec to the Cilium version this cluster runs",
+        )
+    version = spec.cilium.version or detected
+    profile = profile_for(version)
+    patch = parse_cilium_version(version).patch
+    spec.cilium.resolve(profile)  # settings this line cannot honour fail here, before any write
+    del patch
+
+    kpr = str(values.get("kubeProxyReplacement", "")).lower()
+    if kpr not in KPR_ON:
+        raise PrerequisiteError(
+            cluster.name,
+            f"kube-proxy replacement is off (kubeProxyReplacement: {values.get('kubeProxyReplacement')!r}): "
+            "the cluster was not created with proxy mode ebpf",
+            fix="create the cluster with spec.clusterNetwork.proxyMode: ebpf (immutable after creation)",
+        )
+
+    nodes = client.list_nodes()
+    pod_cidrs = _pod_cidrs(values, nodes)
+    if not pod_cidrs:
+        raise PrerequisiteError(
+            cluster.name,
+            "no pod CIDR found (ipam.operator.clusterPoolIPv4PodCIDRList in the values, spec.podCIDR on nodes)",
+            fix="check the cluster's spec.clusterNetwork.pods.cidrBlocks in KKP",
+        )
+    for expected in cluster.pod_cidrs:
+        if not any(ipaddress.ip_network(c, strict=False) == expected for c in pod_cidrs):
+            raise PrerequisiteError(
+                cluster.name,
+                f"pod CIDRs are {', '.join(pod_cidrs)}, the spec expects {expected}",
+                fix="correct clusters[].pod_cidrs in the spec, or point the entry at the right cluster",
+            )
+
+    cluster_values = values.get("cluster") if isinstance(values.get("cluster"), dict) else {}
+    assert isinstance(cluster_values, dict)
+    current_name = cluster_values.get("name")
+    current_id = cluster_values.get("id")
+    if current_name not in (None, "", "default", cluster.name):
+        raise PrerequisiteError(
+            cluster.name,
+            f"Cilium already calls this cluster {current_name!r} (cluster.name), the spec says {cluster.name!r}",
+            fix="use the existing name in the spec; renaming a meshed cluster means restarting every workload",
+        )
+    if current_id not in (None, 0, cluster.id):
+        raise PrerequisiteError(
+            cluster.name,
+            f"Cilium already uses cluster.id {current_id} here, the spec says {cluster.id}",
+            fix=f"use id {current_id} for {cluster.name} in the spec (changing it live restarts workloads)",
+        )
+    mesh = values.get("clustermesh") if isinstance(values.get("clustermesh"), dict) else {}
+    assert isinstance(mesh, dict)
+    config = mesh.get("config") if isinstance(mesh.get("config"), dict) else {}
+    assert isinstance(config, dict)
+    peers = [str(e.get("name")) for e in config.get("clusters") or [] if isinstance(e, dict)]
+    return ClusterFacts(
+        name=cluster.name,
+        id=cluster.id,
+        kubernetes_version=kubernetes_version,
+        cilium_version=version,
+        detected_cilium_version=detected,
+        profile_line=profile.line,
+        values_field=field,
+        kube_proxy_replacement=kpr,
+        pod_cidrs=pod_cidrs,
+        nodes=len(nodes),
+        current_cluster_name=current_name if isinstance(current_name, str) else None,
+        current_cluster_id=current_id if isinstance(current_id, int) else None,
+        mesh_enabled=bool(mesh.get("useAPIServer")),
+        peers_configured=peers,
+    )
+
+
+def check_mesh_prerequisites(facts: Sequence[ClusterFacts]) -> list[str]:
+    """Cross-cluster rules: pod CIDRs must not overlap (refused); version skew (returned as warnings)."""
+    for a, b in itertools.combinations(facts, 2):
+        for ca, cb in itertools.product(a.pod_cidrs, b.pod_cidrs):
+            if ipaddress.ip_network(ca, strict=False).overlaps(ipaddress.ip_network(cb, strict=False)):
+                raise PrerequisiteError(
+                    b.name,
+                    f"pod CIDR {cb} overlaps {ca} of {a.name}: Cluster Mesh needs non-overlapping pod CIDRs",
+                    fix="pod CIDRs are immutable in KKP: create one of the clusters anew with another "
+                    "spec.clusterNetwork.pods.cidrBlocks (e.g. 172.27.0.0/16)",
+                )
+    warnings = []
+    minors = sorted({int(f.profile_line.split(".")[1]) for f in facts})
+    if minors and minors[-1] - minors[0] > 1:
+        warnings.append(
+            f"Cilium lines differ by more than one minor ({', '.join(f'1.{m}' for m in minors)}): "
+            "Cluster Mesh is supported between adjacent minors only; upgrade the older clusters"
+        )
+    return warnings
+
+
+def _refuse_failing_install(name: str, ai: dict[str, Any]) -> None:
+    conditions = (ai.get("status") or {}).get("conditions") or {}
+    ready = conditions.get("Ready") if isinstance(conditions, dict) else None
+    if isinstance(ready, dict) and ready.get("status") == "False":
+        raise PrerequisiteError(
+            name,
+            f"ApplicationInstallation kube-system/cilium is failing ({ready.get('reason')}): "
+            f"{str(ready.get('message', ''))[:300]}",
+            fix="repair the Cilium installation first (KKP UI → Applications); nothing is written on top of it",
+        )
+
+
+def _pod_cidrs(values: dict[str, Any], nodes: list[dict[str, Any]]) -> list[str]:
+    ipam = values.get("ipam") if isinstance(values.get("ipam"), dict) else {}
+    assert isinstance(ipam, dict)
+    operator = ipam.get("operator") if isinstance(ipam.get("operator"), dict) else {}
+    assert isinstance(operator, dict)
+    found = operator.get("clusterPoolIPv4PodCIDRList") or operator.get("clusterPoolIPv4PodCIDR") or []
+    if isinstance(found, str):
+        found = [found]
+    cidrs = [str(c) for c in found]
+    if cidrs:
+        return cidrs
+    node_cidrs = {
+        str((n.get("spec") or {}).get("podCIDR")) for n in nodes if (n.get("spec") or {}).get("podCIDR")
+    }
+    return sorted(node_cidrs)

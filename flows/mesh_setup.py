@@ -1,0 +1,182 @@
+"""``cluster_mesh_setup``: the KKP guide "Cilium Cluster Mesh Setup", step by step, for N clusters.
+
+For two clusters this is exactly the guide; with more, the first cluster plays "Cluster 1" and every
+cluster ends up with all the others as peers. Each step is a task named like the guide's heading.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from clustermesh.health import HealthMatrix
+from clustermesh.models import ClusterFacts, MeshEndpoint, StepChange
+from clustermesh.profiles import profile_for
+from clustermesh.reachability import FirewallReport, rules_table
+from clustermesh.spec import MeshSpec
+from clustermesh.values import CaMaterial, PeerEntry
+from tasks import setup_steps
+from tasks.results import RESULT_KEY_ENV, caching_enabled
+
+
+class SetupResult(BaseModel):
+    """What a setup run did and found; nothing secret (endpoints appear as fingerprints)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mesh: str
+    facts: list[ClusterFacts]
+    warnings: list[str]
+    changes: list[StepChange]
+    endpoints: list[dict[str, object]]
+    firewall: FirewallReport
+    health: HealthMatrix
+
+    @property
+    def wrote_anything(self) -> bool:
+        return any(c.written for c in self.changes)
+
+    def describe(self) -> str:
+        lines = [f"mesh {self.mesh}: {len(self.facts)} clusters, health: {self.health.summary()}"]
+        if not self.wrote_anything:
+            lines.append("nothing written: every cluster already had the desired mesh values")
+        for change in self.changes:
+            lines.append(f"  {change.step}: {change.describe()}")
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        return "\n".join(lines)
+
+
+def _endpoint_task(spec: MeshSpec) -> Any:
+    """Endpoints carry key material: persisted only encrypted, never in clear (see tasks.results)."""
+    if caching_enabled():
+        return setup_steps.collect_mesh_endpoint
+    return setup_steps.collect_mesh_endpoint.with_options(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _artifact_key(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
+
+
+@flow(name="cluster-mesh-setup", log_prints=False, validate_parameters=True)
+def cluster_mesh_setup(spec: MeshSpec) -> SetupResult:
+    """Set up Cilium Cluster Mesh between the spec's KKP clusters, following the KKP guide's steps."""
+    logger = get_run_logger()
+    os.umask(0o077)  # result files and anything else this run writes: owner-only
+    if not caching_enabled():
+        logger.warning(
+            "Results holding certificate keys are not cached: set %s to a Fernet key to enable it "
+            "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')",
+            RESULT_KEY_ENV,
+        )
+    first, others = spec.first, spec.others
+
+    # 1. Prerequisites, per cluster in parallel, then across clusters
+    futures = [
+        setup_steps.check_prerequisites.with_options(
+            task_run_name=f"1. Check prerequisites of {c.name}"
+        ).submit(spec, c.name)
+        for c in spec.clusters
+    ]
+    facts = [f.result() for f in futures]
+    warnings = setup_steps.check_mesh_prerequisites(facts)
+    by_name = {f.name: f for f in facts}
+    for w in warnings:
+        logger.warning(w)
+    profile_line = by_name[first.name].profile_line
+    shared = spec.cilium.resolve(profile_for(profile_line)).ca_mode == "shared"
+    collect = _endpoint_task(spec)
+    changes: list[StepChange] = []
+
+    def configure(step: str, cluster: str, peers: list[PeerEntry], ca: CaMaterial | None) -> Any:
+        name = f"{step} in {cluster}"
+        task = setup_steps.configure_mesh.with_options(name=name, task_run_name=name)
+        return task.submit(spec, by_name[cluster], name, peers, ca)
+
+    def retrieve(step: str, cluster: str, *, want_ca_key: bool, expected_ca: str | None) -> Any:
+        name = f"{step} from {cluster}"
+        task = collect.with_options(name=name, task_run_name=name)
+        return task.submit(spec, by_name[cluster], want_ca_key, expected_ca)
+
+    # 2. Enable Cluster Mesh in the first cluster
+    changes.append(configure("2. Enable Cluster Mesh", first.name, [], None).result())
+    # 3. Retrieve the first cluster's mesh data (its CA key only where a shared CA is used)
+    first_endpoint: MeshEndpoint = retrieve(
+        "3. Retrieve Cluster Mesh data", first.name, want_ca_key=shared, expected_ca=None
+    ).result()
+    shared_ca = first_endpoint.shared_ca() if shared else None
+    # 4. Enable Cluster Mesh in every other cluster, pointing at the first
+    step4 = [
+        configure("4. Enable Cluster Mesh", c.name, [first_endpoint.peer_entry()], shared_ca) for c in others
+    ]
+    changes.extend(f.result() for f in step4)
+    # 5. Retrieve every other cluster's data; with a shared CA, wait until certgen re-issued with it
+    step5 = [
+        retrieve(
+            "5. Retrieve Cluster Mesh data",
+            c.name,
+            want_ca_key=False,
+            expected_ca=first_endpoint.ca_cert if shared else None,
+        )
+        for c in others
+    ]
+    mesh_endpoints = [first_endpoint, *(f.result() for f in step5)]
+    by_endpoint = {e.cluster: e for e in mesh_endpoints}
+    # 6. Connect: every cluster gets all the others as peers
+    step6 = [
+        configure(
+            "6. Update Cluster Mesh config",
+            c.name,
+            [by_endpoint[o.name].peer_entry() for o in spec.clusters if o.name != c.name],
+            shared_ca,
+        )
+        for c in spec.clusters
+    ]
+    changes.extend(f.result() for f in step6)
+    _plan_artifact(spec, changes)
+    # 7. Node reachability: the rules the mesh needs, and what the probes show blocked
+    firewall = setup_steps.check_node_reachability(spec, mesh_endpoints)
+    create_table_artifact(
+        key=_artifact_key(f"{spec.name}-firewall-rules"),
+        table=rules_table(firewall.rules),
+        description="7. Firewall rules the mesh needs (UDP 8472, TCP 4240, ICMP, TCP to clustermesh-apiserver)",
+    )
+    # 8. Mesh health: every node of every cluster reachable from every cluster
+    matrix = setup_steps.check_mesh_health(spec)
+    create_table_artifact(
+        key=_artifact_key(f"{spec.name}-health-matrix"),
+        table=matrix.table_rows(),
+        description="8. cilium-health status: reachable nodes, cluster × cluster",
+    )
+    result = SetupResult(
+        mesh=spec.name,
+        facts=facts,
+        warnings=warnings,
+        changes=changes,
+        endpoints=[e.public() for e in mesh_endpoints],
+        firewall=firewall,
+        health=matrix,
+    )
+    logger.info(result.describe())
+    return result
+
+
+def _plan_artifact(spec: MeshSpec, changes: list[StepChange]) -> None:
+    parts = [f"# Values changes for mesh `{spec.name}`", ""]
+    for change in changes:
+        parts.append(f"## {change.step}: {'written' if change.written else 'no change'}")
+        if change.diff:
+            parts.extend(["```diff", *change.diff, "```"])
+        parts.append("")
+    create_markdown_artifact(
+        key=_artifact_key(f"{spec.name}-values-changes"),
+        markdown="\n".join(parts),
+        description="Steps 2, 4, 6: the values diff per cluster (key material as fingerprints)",
+    )
+
+
+__all__ = ["SetupResult", "cluster_mesh_setup"]
