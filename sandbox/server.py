@@ -23,6 +23,7 @@ import ssl
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,9 @@ class Sandbox:
                 self._loop.stop()
                 self._loop = None
         (self.directory / "ready").unlink(missing_ok=True)
+        info = self.directory / "sandbox.json"
+        if info.exists() and read_info(self.directory).get("pid") == os.getpid():
+            info.unlink()  # a stale file would send `down` or `fault` to a pid that is no longer ours
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -219,10 +223,12 @@ class Sandbox:
         self.control_port = self._control.port
 
     async def _stop_async(self) -> None:
+        import asyncio
+
+        # together: each server may wait its graceful-shutdown second for idle keep-alive clients
+        await asyncio.gather(*(ep.server.stop() for ep in self.endpoints if ep.server is not None))
         for ep in self.endpoints:
-            if ep.server is not None:
-                await ep.server.stop()
-                ep.server = None
+            ep.server = None
         if self._control is not None:
             await self._control.stop()
             self._control = None
@@ -474,12 +480,23 @@ def stop_running(directory: Path, timeout: float = 15.0) -> int:
         return pid
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return pid
         time.sleep(0.1)
     raise SandboxError(f"sandbox process {pid} did not stop within {timeout}s; kill it with `kill -9 {pid}`")
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie its parent has yet to reap (that one has stopped already)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def send_fault(directory: Path, kind: str, **args: Any) -> dict[str, Any]:
@@ -498,3 +515,8 @@ def send_fault(directory: Path, kind: str, **args: Any) -> dict[str, Any]:
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", str(exc))
         raise SandboxError(f"fault {kind!r} refused: {detail}") from exc
+    except urllib.error.URLError as exc:
+        raise SandboxError(
+            f"no sandbox answers for {directory} ({exc.reason}); "
+            f"start one with `clustermesh sandbox up --dir {directory}`"
+        ) from None

@@ -13,7 +13,10 @@ Addressing (cluster index ``i``, node ``k`` counted from 0):
   on the Node (``network.cilium.io/ipv4-health-ip``, ``network.cilium.io/ipv4-cilium-host``);
 - services: ClusterIPs from ``10.240.16.0/20`` (``kubernetes`` .1, ``kube-dns`` .10), nodePorts
   30000–32767 (``clustermesh-apiserver`` 32379);
-- LoadBalancer pool ``203.0.113.<10*i>`` … ``203.0.113.<10*i+9>``.
+- LoadBalancer pool ``203.0.113.<10*i>`` … ``203.0.113.<10*i+9>`` for clusters 1–24, then
+  ``198.18.<i>.10`` … ``198.18.<i>.19`` (both documentation/benchmark ranges).
+- Pod CIDRs ``172.<24+i>.0.0/16`` for clusters 1–7 (the guide's 172.25 and 172.26), then
+  ``10.<100+i>.0.0/16``, so that every default stays in a private range and none overlap.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import logging
 import random
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +83,18 @@ AGENT_RESTART = 20.0
 POD_START = 2.0
 RETRY_DELAY = 10.0
 MAX_FAILURES = 5
+
+
+def default_pod_cidr(index: int) -> str:
+    """The guide's 172.25/16, 172.26/16, … while that stays in 172.16/12; then 10.<100+i>/16."""
+    return f"172.{24 + index}.0.0/16" if index <= 7 else f"10.{100 + index}.0.0/16"
+
+
+def lb_pool(index: int) -> list[str]:
+    """Ten LoadBalancer addresses per cluster, always valid IPs (documentation and benchmark ranges)."""
+    if index <= 24:
+        return [f"203.0.113.{10 * index + k}" for k in range(10)]
+    return [f"198.18.{index}.{10 + k}" for k in range(10)]
 
 
 def concrete_version(version: str) -> str:
@@ -347,10 +363,10 @@ class World:
             name=f"cluster-{index}",
             index=index,
             store=store,
-            pod_cidr=pod_cidr or f"172.{24 + index}.0.0/16",
+            pod_cidr=pod_cidr or default_pod_cidr(index),
             node_cidr=f"10.{index}.0.0/24",
             cilium_version=concrete_version(cilium_version or self.cilium_version),
-            lb_pool=[f"203.0.113.{10 * index + k}" for k in range(10)],
+            lb_pool=lb_pool(index),
             kkp_id=kkp_id,
             api_host=f"{kkp_id}.europe-west3-c.kkp.example.com",
             rng=rng,
@@ -635,6 +651,10 @@ class World:
                 "capacity": {"cpu": "2", "memory": "4025836Ki", "pods": "110"},
                 "allocatable": {"cpu": "2", "memory": "3923436Ki", "pods": "110"},
                 "nodeInfo": {
+                    # the official client (37.x) requires these three, as a kubelet always reports them
+                    "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, f"machine.{name}").hex,
+                    "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"system.{name}")),
+                    "bootID": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"boot.{name}")),
                     "architecture": "amd64",
                     "operatingSystem": "linux",
                     "osImage": "Ubuntu 22.04.4 LTS",

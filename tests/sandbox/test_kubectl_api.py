@@ -172,7 +172,7 @@ def test_edit_application_installation(kubectl: Kubectl, tmp_path: Path, kube_se
         "cilium",
         "-n",
         "kube-system",
-        env=_editor(tmp_path, "s/id: 1/id: 7/"),
+        env=_editor(tmp_path, "s/ id: 1$/ id: 7/"),  # not "uid: 1…": UIDs are random
     )
     assert "edited" in _ok(out)
     stored = kube_server.loop.call(
