@@ -21,6 +21,7 @@ from clustermesh.reachability import FirewallReport, rules_table
 from clustermesh.spec import MeshSpec
 from clustermesh.values import CaMaterial, PeerEntry
 from tasks import setup_steps
+from tasks.notify import alert_on_failure
 from tasks.results import RESULT_KEY_ENV, caching_enabled
 
 
@@ -62,7 +63,13 @@ def _artifact_key(text: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
 
 
-@flow(name="cluster-mesh-setup", log_prints=False, validate_parameters=True)
+@flow(
+    name="cluster-mesh-setup",
+    log_prints=False,
+    validate_parameters=True,
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+)
 def cluster_mesh_setup(spec: MeshSpec) -> SetupResult:
     """Set up Cilium Cluster Mesh between the spec's KKP clusters, following the KKP guide's steps."""
     logger = get_run_logger()
