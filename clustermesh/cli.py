@@ -8,7 +8,7 @@ of ``clustermesh/`` allowed to reach the flows and the sandbox (import-linter kn
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -187,13 +187,46 @@ def _run_setup(spec: MeshSpec) -> int:
     return 0 if result.health.healthy else 1
 
 
+@app.command("verify")
+def verify(
+    config: ConfigOption,
+    drill: Annotated[bool, typer.Option("--drill/--no-drill", help="Run the failover drill as part of it.")] = True,
+) -> None:
+    """The nightly verification, now: exit 0 when it passes (warnings allowed), 1 when it fails."""
+    raise typer.Exit(_run_verify(_load(config), drill))
+
+
+def _run_verify(spec: MeshSpec, drill: bool) -> int:
+    from flows.mesh_verify import nightly_mesh_verification
+
+    state: Any = nightly_mesh_verification(spec, run_drill=drill, return_state=True)
+    result: Any = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        typer.echo(f"verification could not run: {result}", err=True)
+        return 1
+    typer.echo(result.describe())
+    return 1 if result.status == "FAIL" else 0
+
+
+@app.command("drill")
+def drill_command(config: ConfigOption) -> None:
+    """The failover drill alone: exit 0 only when it passed."""
+    from flows.failover_drill import failover_drill
+
+    result = failover_drill(_load(config))
+    typer.echo(result.summary())
+    for row in result.table_rows():
+        typer.echo("  " + " | ".join(f"{k}: {v}" for k, v in row.items() if v))
+    raise typer.Exit(0 if result.status == "passed" else 1)
+
+
 @app.command("demo")
 def demo(
     clusters: Annotated[int, typer.Option(help="How many sandbox clusters.")] = 2,
     cilium_version: Annotated[str, typer.Option(help="Cilium line of the sandbox, 1.13 to 1.19.")] = "1.13",
     time_scale: Annotated[float, typer.Option(help="Sandbox delays: 0 = instant, 1 = realistic.")] = 0.0,
 ) -> None:
-    """Start a sandbox in this process, run the setup on it, print the health matrix, stop the sandbox."""
+    """Start a sandbox in this process, set up the mesh, verify it with the drill, stop the sandbox."""
     import tempfile
 
     from clustermesh.spec import load_spec
@@ -208,6 +241,9 @@ def demo(
             typer.echo(f"sandbox: {clusters} clusters, Cilium {cilium_version}, KKP {sb.kkp_version}, in {tmp}")
             spec = load_spec(Path(tmp) / "mesh.yaml")
             code = _run_setup(spec)
+            if code == 0:
+                typer.echo("\nnightly verification with the failover drill:")
+                code = _run_verify(spec, drill=True)
     raise typer.Exit(code)
 
 

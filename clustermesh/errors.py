@@ -18,6 +18,7 @@ __all__ = [
     "InstallFailedError",
     "PrerequisiteError",
     "ConflictError",
+    "DrillError",
     "ForbiddenError",
     "InvalidError",
     "KkpOwnedKeyError",
@@ -424,3 +425,20 @@ class InstallFailedError(ClusterStateError):
 
 class EndpointError(ClusterStateError):
     """A cluster's clustermesh-apiserver data is unusable (e.g. a remote certificate not matching its key)."""
+
+
+class DrillError(ClusterMeshError):
+    """The failover drill cannot start or continue as asked; names the cluster, the object and the fix."""
+
+    def __init__(self, cluster: str, problem: str, *, fix: str) -> None:
+        self.cluster = cluster
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"cluster {cluster!r}: {problem} — {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_drill_error, (self.cluster, self.problem, self.fix))
+
+
+def _rebuild_drill_error(cluster: str, problem: str, fix: str) -> DrillError:
+    return DrillError(cluster, problem, fix=fix)

@@ -67,11 +67,13 @@ def alert_on_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any])
     """``on_failure`` / ``on_crashed`` hook: what failed, which cluster, the error's first line, the link."""
     error: BaseException | None = None
     try:
-        state.result(raise_on_failure=True)
-    except BaseException as exc:  # noqa: BLE001 - we report whatever ended the run
-        error = exc
-    if isinstance(error, ReportedFailure):
-        return
+        data = state.result(raise_on_failure=False)
+    except BaseException as exc:  # noqa: BLE001 - a result that cannot be read is reported as the error
+        data = exc
+    if isinstance(data, BaseException):
+        error = data
+    if isinstance(error, ReportedFailure) or getattr(data, "reported", False):
+        return  # the flow's own summary already told Slack why
     spec = _spec_from(flow_run)
     message = str(error or state.message or state.name).strip().splitlines()
     alert = Alert(

@@ -1,0 +1,63 @@
+"""``failover_drill``: the guide's failover demonstration as a repeatable drill that always rolls back.
+
+Phases (each a Prefect task, so the UI shows them): recover leftovers of a crashed drill, ensure the
+nginx backends and the global Service in every cluster, check the steady state (a failing baseline
+means "not run", nothing disrupted), then per cluster: scale to zero and watch the agents fail over to
+remote backends while the service keeps answering, scale back and watch local backends return. The
+rollback runs whatever happens. The order lives in ``clustermesh.drill.run_drill``; this flow only
+makes its phases visible and reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from clustermesh.drill import DrillPhase, DrillResult, run_drill
+from clustermesh.models import ClusterFacts
+from clustermesh.spec import MeshSpec
+from tasks.notify import alert_on_failure
+from tasks.verify_steps import all_clients, check_reachability_and_versions
+
+
+@task(cache_policy=NO_CACHE)
+def drill_phase(run: Callable[[], DrillPhase]) -> DrillPhase:
+    """One phase; disruptive phases are never retried by Prefect (the drill decides what to undo)."""
+    return run()
+
+
+def _as_task(name: str, run: Callable[[], DrillPhase]) -> DrillPhase:
+    phase: DrillPhase = drill_phase.with_options(name=f"drill: {name}", task_run_name=f"drill: {name}")(run)
+    return phase
+
+
+@flow(name="failover-drill", on_failure=[alert_on_failure], on_crashed=[alert_on_failure])
+def failover_drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None = None) -> DrillResult:
+    """Rehearse failover one cluster at a time; the result says passed, failed or "not run" and why."""
+    logger = get_run_logger()
+    if facts is None:
+        facts, findings = check_reachability_and_versions(spec)
+        missing = [f.subject for f in findings if f.level == "failure"]
+        if missing:
+            return DrillResult(
+                status="not run",
+                reason=f"prerequisites failed for {', '.join(missing)}: nothing disrupted",
+                phases=[],
+                recovered=[],
+                failover_seconds={},
+                failed_probes=0,
+            )
+    with all_clients(spec) as clients:
+        result = run_drill(clients, facts, spec, run_phase=_as_task)
+    create_table_artifact(
+        key=f"{spec.name}-failover-drill",
+        table=result.table_rows() or [{"phase": "-", "status": result.status, "detail": result.reason}],
+        description=result.summary(),
+    )
+    for line in result.recovered:
+        logger.warning("restored before the drill: %s", line)
+    logger.info(result.summary())
+    return result

@@ -1,0 +1,165 @@
+"""``nightly_mesh_verification``: is the mesh still what the setup built, and does failover still work?
+
+Read-only apart from the drill: prerequisites (reachability, versions) → drift → certificates → mesh
+health → the failover drill (optional) → one Slack message, posted at the start and updated in place
+with PASS / WARN / FAIL, details in its thread. A run whose verdict is FAIL ends Failed (so Prefect
+automations see it) after the summary has been delivered; the failure hook then does not post twice.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+from pydantic import BaseModel, ConfigDict
+
+from clustermesh.drill import DrillResult
+from clustermesh.health import HealthMatrix
+from clustermesh.slack import Finding, PostResult, Summary, render_plain
+from clustermesh.spec import MeshSpec
+from clustermesh.verify import Verdict, nearest_expiry_days, overall
+from flows.failover_drill import failover_drill
+from tasks import verify_steps
+from tasks.notify import alert_on_failure, log_post, notifier, run_url
+
+
+class VerificationResult(BaseModel):
+    """The night's verdict and everything behind it; nothing secret (fingerprints at most)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mesh: str
+    status: Verdict
+    findings: list[Finding]
+    health: HealthMatrix | None
+    drill: DrillResult | None
+    nearest_expiry_days: int | None
+    slack: str
+    reported: bool = True  # the summary went out (or was printed): hooks need not alert again
+
+    def describe(self) -> str:
+        lines = [f"{self.status}: mesh {self.mesh}"]
+        for finding in self.findings:
+            if finding.level != "ok":
+                lines.append(f"  {finding.level}: {finding.subject}: {finding.reason} — {finding.fix}")
+        if self.drill is not None:
+            lines.append(f"  {self.drill.summary()}")
+        if self.nearest_expiry_days is not None:
+            lines.append(f"  nearest certificate expiry: {self.nearest_expiry_days} days")
+        lines.append(f"  slack: {self.slack}")
+        return "\n".join(lines)
+
+
+def drill_findings(result: DrillResult) -> list[Finding]:
+    if result.status == "passed":
+        return [Finding(level="ok", subject="failover drill", reason=result.summary())]
+    level: Literal["warning", "failure"] = "failure" if result.status == "failed" else "warning"
+    return [Finding(level=level, subject="failover drill", reason=result.summary()[:300], fix=_drill_fix(result))]
+
+
+def _drill_fix(result: DrillResult) -> str:
+    if result.status == "not run":
+        return "fix the findings above; the drill runs only on a healthy mesh"
+    return "read the drill artifact: which phase failed and the backends the agents listed"
+
+
+@flow(
+    name="nightly-mesh-verification",
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+    validate_parameters=True,
+)
+def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[VerificationResult]:
+    """Verify the mesh (read-only), rehearse failover, and report PASS / WARN / FAIL to Slack."""
+    logger = get_run_logger()
+    link = run_url(spec, flow_run.get_id())
+    slack = notifier(spec)
+    title = f"Cluster Mesh {spec.name}: nightly verification"
+    parent: PostResult | None = None
+    if slack is not None:
+        parent = slack.post_summary(Summary(title=title, status="RUNNING", mesh=spec.name, run_url=link))
+        log_post(parent, "start message")
+
+    facts, findings = verify_steps.check_reachability_and_versions(spec)
+    matrix: HealthMatrix | None = None
+    drill: DrillResult | None = None
+    expiry: int | None = None
+    if facts:
+        findings += verify_steps.check_drift(spec, facts)
+        report = verify_steps.check_certificates(spec, facts)
+        findings += report.findings
+        expiry = nearest_expiry_days(report)
+        matrix, health = verify_steps.check_mesh_health(spec)
+        findings += health
+        create_table_artifact(
+            key=f"{spec.name}-nightly-health-matrix", table=matrix.table_rows(), description=matrix.summary()
+        )
+    if run_drill and spec.drill.enabled:
+        if len(facts) == len(spec.clusters):
+            drill = failover_drill(spec, facts)
+        else:
+            drill = DrillResult(
+                status="not run",
+                reason="not every cluster passed its prerequisites: nothing disrupted",
+                phases=[],
+                recovered=[],
+                failover_seconds={},
+                failed_probes=0,
+            )
+        findings += drill_findings(drill)
+
+    status = overall(findings)
+    nodes_total = sum(cell.expected for cell in matrix.cells) if matrix else None
+    nodes_reachable = sum(cell.reachable for cell in matrix.cells) if matrix else None
+    summary = Summary(
+        title=title,
+        status=status,
+        mesh=spec.name,
+        clusters=len(spec.clusters),
+        nodes_reachable=nodes_reachable,
+        nodes_total=nodes_total,
+        drill=drill.status if drill else "skipped",
+        failover_seconds=max(drill.failover_seconds.values()) if drill and drill.failover_seconds else None,
+        cert_expiry_days=expiry,
+        run_url=link,
+        findings=findings,
+    )
+    delivery = _deliver(slack, parent, summary)
+    plain = render_plain(summary)
+    create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=f"```\n{plain}\n```", description=status)
+    result = VerificationResult(
+        mesh=spec.name,
+        status=status,
+        findings=findings,
+        health=matrix,
+        drill=drill,
+        nearest_expiry_days=expiry,
+        slack=delivery,
+    )
+    logger.info(result.describe())
+    if status == "FAIL":
+        return Failed(message=f"verification FAIL for mesh {spec.name}", data=result)
+    return Completed(message=f"verification {status}", data=result)
+
+
+def _deliver(slack: object, parent: PostResult | None, summary: Summary) -> str:
+    """Update the start message in place (or post one), details in its thread; print without Slack."""
+    from clustermesh.slack import Notifier
+
+    if not isinstance(slack, Notifier):
+        print(render_plain(summary), flush=True)
+        return "not configured: printed and saved as an artifact"
+    if parent is not None and parent.ok and parent.ts:
+        posted = slack.update_summary(parent.ts, summary, channel=parent.channel)
+        log_post(posted, "summary update")
+        details = [f"{f.level}: {f.subject}: {f.reason}" + (f" — {f.fix}" if f.fix else "") for f in summary.findings]
+        if posted.ok and slack.supports_threads:
+            log_post(slack.post_details(parent.ts, details, channel=parent.channel), "details")
+    else:
+        posted = slack.post_summary(summary)
+        log_post(posted, "summary")
+    return "delivered" if posted.ok else f"not delivered ({posted.error})"
