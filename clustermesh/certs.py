@@ -45,10 +45,13 @@ def _as_bytes(data: str | bytes) -> bytes:
 
 
 def _to_pem_or_der(data: str | bytes) -> bytes:
-    """PEM stays PEM; the base64 of PEM or DER (a Secret's data) is decoded once."""
-    raw = _as_bytes(data).strip()
+    """PEM stays PEM; the base64 of PEM or DER (a Secret's data) is decoded once; DER stays as it is.
+
+    Raw DER is never stripped: its last byte may happen to be a whitespace byte.
+    """
+    raw = _as_bytes(data)
     if b"-----BEGIN" in raw:
-        return raw
+        return raw.strip()
     try:
         return base64.b64decode(b"".join(raw.split()), validate=True)
     except (binascii.Error, ValueError):
