@@ -52,6 +52,14 @@ def sandbox_up(
     overlap_pod_cidrs: Annotated[
         bool, typer.Option(help="Give cluster-2 the pod CIDR of cluster-1 (to see step 1 refuse it).")
     ] = False,
+    kkp: Annotated[
+        bool,
+        typer.Option(
+            "--kkp",
+            help="Serve a simulated KKP API with no clusters yet (kkp.json, mesh-kkp.yaml); --clusters is "
+            "then the number of KKP references in mesh-kkp.yaml.",
+        ),
+    ] = False,
 ) -> None:
     """Serve simulated clusters in the foreground until Ctrl-C or SIGTERM."""
     from sandbox.server import Sandbox, SandboxError, run_foreground
@@ -59,12 +67,14 @@ def sandbox_up(
     try:
         sb = Sandbox(
             directory,
-            clusters=clusters,
+            clusters=0 if kkp else clusters,
             cilium_version=cilium_version,
             nodes=nodes,
             time_scale=time_scale,
             kkp_version=kkp_version,
             overlap_pod_cidrs=overlap_pod_cidrs,
+            kkp=kkp,
+            kkp_spec_clusters=clusters if kkp else 2,
         )
         run_foreground(sb)
     except SandboxError as exc:
@@ -187,6 +197,34 @@ def _run_setup(spec: MeshSpec) -> int:
     return 0 if result.health.healthy else 1
 
 
+clusters_app = typer.Typer(help="KKP user clusters of the mesh, through the KKP REST API.", no_args_is_help=True)
+app.add_typer(clusters_app, name="clusters")
+
+
+@clusters_app.command("create")
+def clusters_create(
+    config: ConfigOption,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what would be created; create nothing.")] = False,
+) -> None:
+    """Create the spec's missing KKP user clusters (Cilium, ebpf, free pod CIDRs); wait until healthy."""
+    from clustermesh.errors import ClusterMeshError
+
+    spec = _load(config)
+    try:
+        if plan:
+            from clustermesh.clusters import plan_user_clusters
+
+            typer.echo(plan_user_clusters(spec).describe())
+            return
+        from flows.create_clusters import create_user_clusters
+
+        result = create_user_clusters(spec)
+    except ClusterMeshError as exc:
+        typer.echo(f"clusters create failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(result.describe())
+
+
 @app.command("verify")
 def verify(
     config: ConfigOption,
@@ -245,6 +283,44 @@ def demo(
                 typer.echo("\nnightly verification with the failover drill:")
                 code = _run_verify(spec, drill=True)
     raise typer.Exit(code)
+
+
+blocks_app = typer.Typer(help="Prefect blocks, limits and alerts a deployed mesh needs.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+
+@blocks_app.command("register")
+def blocks_register(
+    config: ConfigOption,
+    slack_token_env: Annotated[
+        str, typer.Option(help="NAME of the env var holding the Slack bot token ('' = skip).")
+    ] = "SLACK_BOT_TOKEN",
+    result_key_env: Annotated[
+        str, typer.Option(help="NAME of the env var holding the result-encryption (Fernet) key ('' = skip).")
+    ] = "CLUSTERMESH_RESULT_KEY",
+    webhook_env: Annotated[
+        str,
+        typer.Option(help="NAME of the env var holding a Slack incoming-webhook URL for the failure automation."),
+    ] = "CLUSTERMESH_ALERT_WEBHOOK_URL",
+) -> None:
+    """Store kubeconfigs and tokens as Secret blocks, create the mesh's concurrency limit and failure alert.
+
+    Idempotent: re-running updates. Prints a spec that references the blocks by name (for deployment runs).
+    """
+    from deployments.blocks import RegistrationError, register
+
+    spec = _load(config)
+    try:
+        result = register(
+            spec,
+            slack_token_env=slack_token_env or None,
+            result_key_env=result_key_env or None,
+            webhook_env=webhook_env or None,
+        )
+    except RegistrationError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits
+    typer.echo(result.render())
 
 
 def main() -> None:

@@ -67,6 +67,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
+"""Pauses before re-sending a read that failed transiently (see ``ClusterClient._call``)."""
+
 AI_GROUP = "apps.kubermatic.k8c.io"
 AI_VERSION = "v1"
 AI_PLURAL = "applicationinstallations"
@@ -639,7 +642,21 @@ class ClusterClient:
             ) from None
 
     def _call(self, verb: str, target: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """One request, answered with the server's JSON as plain Python data."""
+        """One request, answered with the server's JSON as plain Python data.
+
+        Reads (``get``, ``list``) are retried a few times after a transient error, with short pauses:
+        they are idempotent, and a check that makes dozens of reads would otherwise fail on any one
+        dropped connection. Writes are never retried here; that is the caller's decision.
+        """
+        pauses = READ_RETRY_PAUSES if verb in ("get", "list") else ()
+        for pause in pauses:
+            try:
+                return self._call_once(verb, target, method, *args, **kwargs)
+            except TransientKubeError:
+                time.sleep(pause)
+        return self._call_once(verb, target, method, *args, **kwargs)
+
+    def _call_once(self, verb: str, target: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self._translated(verb, target):
             response = method(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
             try:

@@ -129,8 +129,22 @@ def wait_applied(client: ClusterClient, spec: MeshSpec, cluster: str) -> dict[st
     if state == "failed":
         raise InstallFailedError(
             cluster,
-            f"KKP could not apply the mesh values: {why[:500]}",
+            f"KKP could not apply the mesh values: {why[:500]}{_helm_wait_hint(spec, why)}",
             fix="read the message above; values the chart refuses must be corrected in the spec "
             "(the previous values stay deployed when KKP rolls back)",
         )
     return ai
+
+
+def _helm_wait_hint(spec: MeshSpec, why: str) -> str:
+    """Helm ``--wait`` timing out says only "context deadline exceeded": name what it waits for."""
+    if "deadline exceeded" not in why:
+        return ""
+    hint = "; Helm --wait timed out waiting for the cilium and clustermesh-apiserver pods to be ready"
+    if spec.cilium.service_type == "LoadBalancer":
+        hint += (
+            " and for an address on Service kube-system/clustermesh-apiserver (kubectl get svc "
+            "clustermesh-apiserver -n kube-system: EXTERNAL-IP <pending> means no LoadBalancer address is "
+            "assigned; cilium.service_type NodePort avoids it)"
+        )
+    return hint

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from clustermesh.errors import NotFoundError, PrerequisiteError
@@ -22,8 +22,20 @@ from clustermesh.values import read_values
 KPR_ON = ("true", "strict")
 
 
-def check_prerequisites(client: ClusterClient, cluster: ClusterSpec, spec: MeshSpec) -> ClusterFacts:
-    """Facts about one cluster, or a :class:`PrerequisiteError` that says what to fix."""
+def check_prerequisites(
+    client: ClusterClient,
+    cluster: ClusterSpec,
+    spec: MeshSpec,
+    *,
+    load_secret: Callable[[str], str] | None = None,
+) -> ClusterFacts:
+    """Facts about one cluster, or a :class:`PrerequisiteError` that says what to fix.
+
+    For a KKP reference the KKP Cluster object is checked first (:func:`check_kkp_cluster`):
+    ``load_secret`` resolves a token kept in a Prefect Secret block.
+    """
+    if cluster.kkp is not None:
+        check_kkp_prerequisites(cluster, load_secret=load_secret, request_timeout=spec.timeouts.api)
     kubernetes_version = client.version()
     try:
         ai = client.get_application_installation()
@@ -160,3 +172,32 @@ def _pod_cidrs(values: dict[str, Any], nodes: list[dict[str, Any]]) -> list[str]
         str((n.get("spec") or {}).get("podCIDR")) for n in nodes if (n.get("spec") or {}).get("podCIDR")
     }
     return sorted(node_cidrs)
+
+
+def check_kkp_prerequisites(
+    cluster: ClusterSpec, *, load_secret: Callable[[str], str] | None = None, request_timeout: float = 30.0
+) -> None:
+    """Step 1 on the KKP side: read the cluster's KKP object and refuse what Cluster Mesh cannot use."""
+    from clustermesh import kkp
+
+    with kkp.client_for(cluster, load_secret=load_secret, timeout=request_timeout) as api:
+        found = kkp.find_cluster(api, cluster)
+    check_kkp_cluster(cluster, found)
+
+
+def check_kkp_cluster(cluster: ClusterSpec, found: Any) -> None:
+    """The KKP Cluster object (a ``clustermesh.kkp.KkpCluster``): Cilium ≥1.13, ebpf, the expected pod CIDRs.
+
+    What the user cluster shows can lag or hide these (e.g. kube-proxy replacement is read from values
+    KKP may rewrite); the KKP object is where they are decided, and they are immutable there.
+    """
+    from clustermesh.clusters import cluster_problems
+
+    problems = cluster_problems(found, cluster)
+    if problems:
+        raise PrerequisiteError(
+            cluster.name,
+            f"KKP cluster {found.id}: " + "; ".join(problems),
+            fix="these settings cannot be changed after creation: create a new cluster "
+            "(`clustermesh clusters create` picks Cilium, ebpf and a free pod CIDR)",
+        )

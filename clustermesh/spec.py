@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Self
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -34,6 +35,8 @@ __all__ = [
     "CiliumSettings",
     "ClusterSpec",
     "DrillSettings",
+    "KkpRef",
+    "KkpSettings",
     "KubeconfigRef",
     "MeshSpec",
     "NotifySettings",
@@ -68,6 +71,21 @@ def _looks_secret(text: str) -> bool:
 def _custom(kind: str, message: str, fix: str) -> PydanticCustomError:
     """A validation error carrying its fix, so ``load_spec`` can print "field: message — fix"."""
     return PydanticCustomError(kind, message, {"fix": fix})
+
+
+def _network_input(value: object) -> object:
+    """Only text (or an address object) reaches ``ipaddress``, which calls str() on anything else.
+
+    str() of a YAML alias bomb expands it in full: a ten-line spec would take all memory.
+    """
+    if isinstance(value, str | bytes | int | ipaddress.IPv4Network | ipaddress.IPv6Network) and not isinstance(
+        value, bool
+    ):
+        return value
+    raise _custom("cidr_type", "not a network", "give a network like 172.26.0.0/16 (host bits zero)")
+
+
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -167,6 +185,124 @@ class KubeconfigRef(_Model):
         return f"env var {self.env}"
 
 
+DEFAULT_POD_CIDR_POOL = tuple(f"172.{n}.0.0/16" for n in range(25, 32))
+KKP_PROJECT_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SEMVER_RE = re.compile(r"^v?\d+\.\d+\.\d+$")
+
+
+class KkpRef(_Model):
+    """A KKP user cluster reached through the KKP REST API; its admin kubeconfig is fetched at run time.
+
+    The bearer token (OIDC or project service-account token) is referenced: exactly one of
+    ``token_block`` (Prefect Secret block) or ``token_env`` (env var holding the token).
+    """
+
+    api_url: Annotated[
+        str,
+        Field(title="KKP API URL", description="Base URL of the KKP dashboard/API, e.g. https://kkp.example.com."),
+    ]
+    project: Annotated[
+        str,
+        Field(title="Project ID", description="The KKP project ID (not its display name).", min_length=1),
+    ]
+    cluster_id: Annotated[
+        str | None,
+        Field(
+            title="Cluster ID",
+            description="The KKP cluster ID; empty = find the cluster by its name (the entry's name), "
+            "as before `clustermesh clusters create` has made it.",
+        ),
+    ] = None
+    token_block: Annotated[
+        str | None,
+        Field(title="Token Secret block", description="Prefect Secret block holding the KKP API token."),
+    ] = None
+    token_env: Annotated[
+        str | None,
+        Field(title="Token env var", description="Name of the env var holding the KKP API token."),
+    ] = None
+    ca_file: Annotated[
+        str | None,
+        Field(
+            title="CA bundle",
+            description="PEM file of the CA that signed the KKP API's certificate; empty = system trust.",
+        ),
+    ] = None
+
+    @field_validator("api_url", "project", "cluster_id", "token_block", "token_env", "ca_file", mode="after")
+    @classmethod
+    def _references_only(cls, value: str | None) -> str | None:
+        if value is not None and _looks_secret(value):
+            raise _custom(
+                "kkp_inline_secret",
+                "this looks like a token or key text, not a reference",
+                "store the KKP token in a Prefect Secret block (token_block) or an env var (token_env) "
+                "and give its name",
+            )
+        if value is not None and not value.strip():
+            raise _custom("blank", "must not be blank", "remove the field or give a value")
+        return value
+
+    @field_validator("api_url", mode="after")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
+            raise _custom(
+                "url", "not an http(s) URL", "give the KKP API's base URL, e.g. https://kkp.example.com"
+            )
+        return value.rstrip("/")
+
+    @field_validator("project", "cluster_id", mode="after")
+    @classmethod
+    def _kkp_id(cls, value: str | None) -> str | None:
+        if value is not None and not KKP_PROJECT_RE.match(value):
+            raise _custom(
+                "kkp_id",
+                "not a KKP ID",
+                "give the ID as shown in the KKP dashboard (lowercase letters and digits, e.g. x7k2pq9wzn)",
+            )
+        return value
+
+    @field_validator("token_env", mode="after")
+    @classmethod
+    def _env_is_a_name(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME_RE.match(value):
+            raise _custom(
+                "env_name",
+                "not an environment variable name",
+                "give the variable's NAME (letters, digits, _), e.g. KKP_TOKEN",
+            )
+        return value
+
+    @field_validator("token_block", mode="after")
+    @classmethod
+    def _block_is_a_slug(cls, value: str | None) -> str | None:
+        if value is not None and not BLOCK_NAME_RE.match(value):
+            raise _custom(
+                "block_name",
+                "not a Prefect block name",
+                "use the block's name: lowercase letters, digits and dashes, e.g. kkp-token",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one_token(self) -> Self:
+        chosen = [n for n in ("token_block", "token_env") if getattr(self, n) is not None]
+        if len(chosen) != 1:
+            got = ", ".join(chosen) if chosen else "none"
+            raise _custom(
+                "kkp_token_source",
+                f"exactly one of token_block, token_env must be set (set: {got})",
+                "keep one way to find the KKP API token",
+            )
+        return self
+
+    def describe(self) -> str:
+        """Safe one-line description for logs: says where, never the token."""
+        what = f"cluster {self.cluster_id}" if self.cluster_id else "cluster by name"
+        return f"KKP {self.api_url} project {self.project}, {what}"
+
+
 class ClusterSpec(_Model):
     """One KKP user cluster of the mesh."""
 
@@ -189,11 +325,19 @@ class ClusterSpec(_Model):
         ),
     ]
     kubeconfig: Annotated[
-        KubeconfigRef,
+        KubeconfigRef | None,
         Field(title="Kubeconfig", description="Where the admin kubeconfig of this user cluster is found."),
-    ]
+    ] = None
+    kkp: Annotated[
+        KkpRef | None,
+        Field(
+            title="KKP reference",
+            description="Instead of a kubeconfig: the cluster in KKP; the admin kubeconfig is fetched "
+            "through the KKP API at run time and never stored.",
+        ),
+    ] = None
     pod_cidrs: Annotated[
-        list[IPvAnyNetwork],
+        list[Annotated[IPvAnyNetwork, BeforeValidator(_network_input)]],
         Field(
             title="Expected pod CIDRs",
             description="Pod CIDRs this cluster should have (checked live); empty = not checked.",
@@ -216,6 +360,17 @@ class ClusterSpec(_Model):
                 "use lowercase letters, digits and '-', starting and ending with a letter or digit",
             )
         return value
+
+    @model_validator(mode="after")
+    def _one_way_in(self) -> Self:
+        if (self.kubeconfig is None) == (self.kkp is None):
+            got = "both" if self.kubeconfig is not None else "neither"
+            raise _custom(
+                "cluster_access",
+                f"give exactly one of kubeconfig or kkp (got {got})",
+                "reference the admin kubeconfig (kubeconfig: ...) or the KKP cluster (kkp: ...), not both",
+            )
+        return self
 
 
 class CiliumSettings(_Model):
@@ -327,6 +482,102 @@ class CiliumSettings(_Model):
         )
 
 
+class KkpSettings(_Model):
+    """How ``clustermesh clusters create`` makes missing KKP user clusters (immutable choices included)."""
+
+    datacenter: Annotated[
+        str, Field(title="Datacenter", description="KKP datacenter (spec.cloud.dc) of new clusters.", min_length=1)
+    ]
+    provider: Annotated[
+        str,
+        Field(
+            title="Cloud provider",
+            description="Provider key of spec.cloud (e.g. openstack, aws, bringyourown); its settings "
+            "come from the preset.",
+            min_length=1,
+        ),
+    ] = "bringyourown"
+    preset: Annotated[
+        str | None,
+        Field(title="Preset", description="KKP preset (credential) name with the provider's credentials."),
+    ] = None
+    kubernetes_version: Annotated[
+        str, Field(title="Kubernetes version", description="spec.version of new clusters, e.g. 1.32.4.")
+    ]
+    cilium_version: Annotated[
+        str,
+        Field(
+            title="Cilium version",
+            description="spec.cniPlugin.version of new clusters (a version KKP offers, e.g. 1.19.4).",
+        ),
+    ] = "1.19.4"
+    pod_cidr_pool: Annotated[
+        list[Annotated[IPvAnyNetwork, BeforeValidator(_network_input)]],
+        Field(
+            title="Pod CIDR pool",
+            description="Pod CIDRs handed to new clusters in order, skipping any that overlap a cluster "
+            "of the mesh; a cluster's own pod_cidrs win.",
+            min_length=1,
+            max_length=511,
+        ),
+    ] = [ipaddress.ip_network(c) for c in DEFAULT_POD_CIDR_POOL]
+    services_cidr: Annotated[
+        Annotated[IPvAnyNetwork, BeforeValidator(_network_input)],
+        Field(title="Services CIDR", description="spec.clusterNetwork.services of new clusters."),
+    ] = ipaddress.ip_network("10.240.16.0/20")
+    health_timeout: Annotated[
+        PositiveSeconds,
+        Field(title="Health timeout", description="Seconds new clusters may take to become healthy in KKP."),
+    ] = 1200
+
+    @field_validator("kubernetes_version", "cilium_version", mode="after")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        if not SEMVER_RE.match(value):
+            raise _custom("semver", "not a full version", "give major.minor.patch, e.g. 1.32.4")
+        return value.lstrip("v")
+
+    @field_validator("cilium_version", mode="after")
+    @classmethod
+    def _supported_cilium(cls, value: str) -> str:
+        try:
+            profile_for(value)
+        except UnsupportedVersionError:
+            raise _custom(
+                "cilium_version",
+                "not a supported Cilium version",
+                f"use a version of the lines {', '.join(SUPPORTED_LINES)} that your KKP offers (e.g. 1.19.4)",
+            ) from None
+        return value
+
+    @field_validator("datacenter", "provider", "preset", mode="after")
+    @classmethod
+    def _plain(cls, value: str | None) -> str | None:
+        if value is not None and (_looks_secret(value) or not DNS_LABEL_RE.match(value.lower())):
+            raise _custom(
+                "kkp_name", "not a KKP name", "give the name as KKP shows it (letters, digits and '-')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _pool_ok(self) -> Self:
+        seen: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for cidr in self.pod_cidr_pool:
+            if cidr.version != 4:
+                raise _custom(
+                    "pool_ipv6", f"{cidr} is not IPv4", "give IPv4 networks (KKP's pod CIDR is IPv4 first)"
+                )
+            for other in seen:
+                if other.overlaps(cidr):
+                    raise _custom(
+                        "pool_overlap",
+                        f"pool entries overlap: {cidr} and {other}",
+                        "give each pool entry its own range",
+                    )
+            seen.append(cidr)
+        return self
+
+
 @dataclass(frozen=True)
 class ResolvedCilium:
     """CiliumSettings with "auto" decided for one Cilium line: what the values renderer writes."""
@@ -337,8 +588,6 @@ class ResolvedCilium:
     ca_mode: CaMode
     max_connected_clusters: Literal[255, 511]
 
-
-PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
 class Timeouts(_Model):
@@ -543,6 +792,14 @@ class MeshSpec(_Model):
     notify: Annotated[NotifySettings, Field(title="Notifications", description="Slack and links.")] = (
         NotifySettings()
     )
+    kkp: Annotated[
+        KkpSettings | None,
+        Field(
+            title="KKP cluster creation",
+            description="Datacenter, versions and pod CIDR pool for `clustermesh clusters create`; "
+            "empty = clusters are not created by the pipeline.",
+        ),
+    ] = None
 
     @field_validator("name", mode="after")
     @classmethod
@@ -775,6 +1032,16 @@ def _parse_yaml(text: str, source: str | None) -> object:
             [SpecProblem("", f"YAML error: {type(exc).__name__}", "-", "check the file is YAML")],
             source=source,
         ) from None
+    except RecursionError:
+        raise SpecError(
+            [SpecProblem("", "YAML nested too deeply to read", "-", "a mesh spec needs only a few levels")],
+            source=source,
+        ) from None
+    except ValueError:  # e.g. an integer of thousands of digits (Python's int string limit)
+        raise SpecError(
+            [SpecProblem("", "YAML holds a value too large to read", "-", "check the numbers in the spec")],
+            source=source,
+        ) from None
 
 
 _GENERIC_FIXES: dict[str, str] = {
@@ -784,6 +1051,7 @@ _GENERIC_FIXES: dict[str, str] = {
     "int_from_float": "give a whole number",
     "float_parsing": "give a number of seconds",
     "float_type": "give a number of seconds",
+    "finite_number": "give a finite number",
     "string_type": "give a text value",
     "bool_parsing": "use true or false",
     "bool_type": "use true or false",
@@ -812,12 +1080,28 @@ def _field_path(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
-            out += f"[{part}]"
+            out += f"[{_int_text(part)}]"
         elif "[" in part or part.startswith("function-"):
             continue
         else:
+            part = _key_text(part)
             out += f".{part}" if out else part
     return out
+
+
+def _key_text(key: object) -> str:
+    """A mapping key for a field path or a summary: cut, and hidden when it looks like secret text."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return _int_text(key)
+    text = str(key)
+    if _looks_secret(text):
+        return "<hidden key>"
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _int_text(value: int) -> str:
+    """Digits of a sane integer; a huge one is summarised (str() of >4300 digits raises ValueError)."""
+    return str(value) if value.bit_length() <= 200 else f"<integer of {value.bit_length()} bits>"
 
 
 def _display(value: object, *, redact: bool = False) -> str:
@@ -826,10 +1110,12 @@ def _display(value: object, *, redact: bool = False) -> str:
         if redact or _looks_secret(value):
             return "<hidden: looks like secret text>"
         return repr(value if len(value) <= 60 else value[:59] + "…")
-    if value is None or isinstance(value, bool | int | float):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int_text(value)
+    if value is None or isinstance(value, bool | float):
         return repr(value)
     if isinstance(value, dict):
-        keys = ", ".join(str(k) for k in list(value)[:8])
+        keys = ", ".join(_key_text(k) for k in list(value)[:8])
         return f"<mapping with keys: {keys}>" if keys else "<empty mapping>"
     if isinstance(value, list | tuple):
         return f"<list of {len(value)} items>"

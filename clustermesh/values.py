@@ -143,6 +143,9 @@ def read_values(ai: Mapping[str, Any]) -> tuple[Values, ValuesField]:
         return _parse_block(obj, block), "valuesBlock"
     if values_set:
         assert values is not None
+        problem = _shape_problem(values)
+        if problem is not None:
+            raise ValuesError(obj, f"spec.values {problem}", fix="write the values out plainly")
         return copy.deepcopy(dict(values)), "values"
     return {}, "valuesBlock" if "valuesBlock" in spec else "values"
 
@@ -162,8 +165,22 @@ def _parse_block(obj: str, block: str) -> Values:
         ) from None
     except yaml.YAMLError:
         raise ValuesError(obj, "spec.valuesBlock is not valid YAML", fix="fix the block") from None
+    except (RecursionError, ValueError):  # nesting deeper than Python's stack; integers of >4300 digits
+        raise ValuesError(
+            obj,
+            "spec.valuesBlock cannot be read: nested too deeply or a value too large",
+            fix="fix the block (KKP cannot deploy it either)",
+        ) from None
     if parsed is None:
         return {}
+    problem = _shape_problem(parsed)
+    if problem is not None:
+        raise ValuesError(
+            obj,
+            f"spec.valuesBlock {problem}",
+            fix="write the values out plainly, without recursive or heavily repeated aliases (KKP refuses "
+            "excessive aliasing too)",
+        )
     if not isinstance(parsed, dict):
         raise ValuesError(
             obj,
@@ -171,6 +188,45 @@ def _parse_block(obj: str, block: str) -> Values:
             fix="make the block a mapping of Helm values (key: value at the top level)",
         )
     return parsed
+
+
+MAX_VALUES_NODES = 200_000
+"""Far more mappings, lists and scalars than any Cilium values hold: beyond it a block is an alias bomb."""
+MAX_VALUES_DEPTH = 100
+"""Cilium's values nest about ten levels; far deeper ones would overflow the stack when merged or dumped."""
+
+
+def _shape_problem(root: Any) -> str | None:
+    """Why parsed values cannot be handled (alias bomb, self-reference, absurd nesting), else None.
+
+    Iterative and memoised, so neither deep nesting nor a "billion laughs" block is walked in full.
+    """
+    done: dict[int, tuple[int, int]] = {}  # id → (nodes with aliases expanded, depth)
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        key = id(node)
+        children = list(node.values()) if isinstance(node, dict) else node
+        if leaving:
+            on_path.discard(key)
+            shapes = [done[id(c)] if isinstance(c, dict | list) else (1, 0) for c in children]
+            size = 1 + sum(s for s, _ in shapes)
+            depth = 1 + max((d for _, d in shapes), default=0)
+            if size > MAX_VALUES_NODES:
+                return f"expands to more than {MAX_VALUES_NODES} entries (YAML anchors and aliases)"
+            if depth > MAX_VALUES_DEPTH:
+                return f"nests deeper than {MAX_VALUES_DEPTH} levels"
+            done[key] = (size, depth)
+        elif key in on_path:
+            return "refers to itself (a recursive YAML alias)"
+        elif key not in done:
+            on_path.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children)
+    return None
 
 
 def _merge(base: Any, overlay: Any, path: Path) -> Any:
@@ -189,13 +245,14 @@ def _merge_by_name(base: list[Any], overlay: list[Any]) -> list[Any]:
     incoming: dict[Any, Any] = {}
     unnamed: list[Any] = []
     for entry in overlay:
-        if isinstance(entry, dict) and "name" in entry:
-            incoming[entry["name"]] = entry
+        name = _entry_name(entry)
+        if name is not None:
+            incoming[name] = entry
         else:
             unnamed.append(entry)
     merged: list[Any] = []
     for entry in base:
-        name = entry.get("name") if isinstance(entry, dict) else None
+        name = _entry_name(entry)
         if name is not None and name in incoming:
             merged.append(copy.deepcopy(incoming.pop(name)))
         else:
@@ -203,6 +260,12 @@ def _merge_by_name(base: list[Any], overlay: list[Any]) -> list[Any]:
     merged.extend(copy.deepcopy(e) for e in incoming.values())
     merged.extend(copy.deepcopy(e) for e in unnamed)
     return merged
+
+
+def _entry_name(entry: Any) -> Any:
+    """An entry's ``name`` when it can key a dict; a hand-written list or mapping as name is no name."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return None if isinstance(name, dict | list) else name
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> Values:

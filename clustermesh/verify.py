@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, cast
@@ -30,7 +32,7 @@ from clustermesh.errors import (
     PrerequisiteError,
     SpecError,
 )
-from clustermesh.kube import ClusterClient
+from clustermesh.kube import ClusterClient, is_transient
 from clustermesh.mesh_config import install_state
 from clustermesh.models import ClusterFacts
 from clustermesh.prerequisites import check_mesh_prerequisites, check_prerequisites
@@ -127,8 +129,31 @@ def _safe_text(text: str, limit: int = _MAX_REASON) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+_RAISE_TRANSIENT: ContextVar[bool] = ContextVar("clustermesh_verify_raise_transient", default=False)
+
+
+@contextmanager
+def transient_errors_raise(enabled: bool = True) -> Iterator[None]:
+    """Inside, a transient API error (connection, 5xx, 429) propagates instead of becoming a finding.
+
+    A caller with retries left uses it so that one dropped connection at night is retried, not
+    reported as a failure; on its last attempt it records the error as a finding like any other.
+    """
+    token = _RAISE_TRANSIENT.set(enabled)
+    try:
+        yield
+    finally:
+        _RAISE_TRANSIENT.reset(token)
+
+
 def _error_parts(exc: ClusterMeshError) -> tuple[str, str]:
-    """(reason, fix) of one of our errors: the first line of what went wrong, and its own fix."""
+    """(reason, fix) of one of our errors: the first line of what went wrong, and its own fix.
+
+    Every place that turns an error into a finding passes through here, so this is also where a
+    transient error is sent back to a caller that will retry (see :func:`transient_errors_raise`).
+    """
+    if _RAISE_TRANSIENT.get() and is_transient(exc):
+        raise exc
     if isinstance(exc, KubeApiError):
         http = f"HTTP {exc.status}{' ' + exc.reason if exc.reason else ''}: " if exc.status else ""
         return _safe_text(f"{exc.verb} {exc.target} failed: {http}{exc.problem}"), exc.fix

@@ -7,15 +7,25 @@ cluster ends up with all the others as peers. Each step is a task named like the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment
+from prefect.states import Cancelled
+from pydantic import BaseModel, ConfigDict, Field
 
+from clustermesh.errors import ClusterMeshError
 from clustermesh.health import HealthMatrix
 from clustermesh.models import ClusterFacts, MeshEndpoint, StepChange
+from clustermesh.plan import SetupPlan, plan_setup
 from clustermesh.profiles import profile_for
 from clustermesh.reachability import FirewallReport, rules_table
 from clustermesh.spec import MeshSpec
@@ -52,6 +62,97 @@ class SetupResult(BaseModel):
         return "\n".join(lines)
 
 
+# ------------------------------------------------------------------- one run per mesh at a time
+
+LOCK_WAIT_SECONDS = 3600.0  # how long a run waits for another setup / nightly of the same mesh
+
+
+class MeshBusyError(ClusterMeshError):
+    """Another setup or nightly run holds the mesh, or the mesh's concurrency limit is missing."""
+
+
+def mesh_lock_name(spec: MeshSpec) -> str:
+    return f"mesh-{spec.name}"
+
+
+@contextmanager
+def mesh_lock(spec: MeshSpec, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold the mesh's global concurrency limit (``mesh-<name>``, limit 1) shared by setup and nightly.
+
+    Strict when the run comes from a deployment: there a missing limit is a configuration error
+    (``clustermesh blocks register`` creates it), and running unlimited would let the nightly drill
+    scale down backends in the middle of a setup. Ad-hoc runs (``clustermesh setup``, the demo,
+    tests) have no registered limits, so a missing limit only skips the lock (Prefect logs it).
+    """
+    name = mesh_lock_name(spec)
+    strict = deployment.id is not None
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=strict))
+        except ConcurrencySlotAcquisitionError as exc:
+            raise MeshBusyError(
+                f"cannot take global concurrency limit {name!r} ({exc}); without it this run could overlap "
+                f"another setup or nightly of mesh {spec.name!r}. If it does not exist, create it with "
+                f"`clustermesh blocks register --config <mesh.yaml>` (or `prefect gcl create {name} --limit 1`)"
+            ) from None
+        except TimeoutError:
+            raise MeshBusyError(
+                f"another run of mesh {spec.name!r} (setup or nightly verification) held {name!r} for more "
+                f"than {wait_seconds:g}s; see the runs in the Prefect UI and retry once it has finished"
+            ) from None
+        yield
+
+
+# ------------------------------------------------------------------------------ approval gate
+
+APPROVAL_TIMEOUT_SECONDS = 3600  # an unanswered approval fails the run (Prefect's pause timeout)
+
+
+class SetupApproval(RunInput):
+    """Resume form of a setup run paused for approval (shown in the Prefect UI)."""
+
+    approve: bool = Field(
+        default=False,
+        title="Approve",
+        description="Write the values changes shown in the plan artifact. Leave off to cancel: nothing is written.",
+    )
+    comment: str | None = Field(default=None, title="Comment", description="Why (kept in the flow run's logs).")
+
+
+def _plan_markdown(plan: SetupPlan) -> str:
+    parts = [f"# Plan for mesh `{plan.mesh}`: approve to write", ""]
+    parts.extend(f"- warning: {w}" for w in plan.warnings)
+    for cluster in plan.clusters:
+        parts.extend(["", f"## {cluster.cluster}: {'changes' if cluster.changed else 'no change'}"])
+        if cluster.diff:
+            parts.extend(["```diff", *cluster.diff, "```"])
+        if cluster.pending_peers:
+            parts.append(
+                f"Pending: entries for {', '.join(cluster.pending_peers)} are added once their "
+                "clustermesh-apiserver has an address and certificates."
+            )
+    return "\n".join(parts)
+
+
+def _approved(spec: MeshSpec) -> bool:
+    """Show the plan (key material as fingerprints) and wait for a human's answer in the UI."""
+    logger = get_run_logger()
+    plan = plan_setup(spec, lambda c: setup_steps.connect(spec, c.name))
+    create_markdown_artifact(
+        key=_artifact_key(f"{spec.name}-setup-plan"),
+        markdown=_plan_markdown(plan),
+        description="What the setup would write; the run is paused until someone approves or rejects it",
+    )
+    logger.info("Plan ready (artifact %s-setup-plan); waiting for approval", spec.name)
+    answer = pause_flow_run(wait_for_input=SetupApproval, timeout=APPROVAL_TIMEOUT_SECONDS, poll_interval=2)
+    logger.info(
+        "Approval answer: %s%s",
+        "approved" if answer.approve else "rejected",
+        f" ({answer.comment})" if answer.comment else "",
+    )
+    return bool(answer.approve)
+
+
 def _endpoint_task(spec: MeshSpec) -> Any:
     """Endpoints carry key material: persisted only encrypted, never in clear (see tasks.results)."""
     if caching_enabled():
@@ -70,8 +171,22 @@ def _artifact_key(text: str) -> str:
     on_failure=[alert_on_failure],
     on_crashed=[alert_on_failure],
 )
-def cluster_mesh_setup(spec: MeshSpec) -> SetupResult:
-    """Set up Cilium Cluster Mesh between the spec's KKP clusters, following the KKP guide's steps."""
+def cluster_mesh_setup(spec: MeshSpec, require_approval: bool = False) -> SetupResult:
+    """Set up Cilium Cluster Mesh between the spec's KKP clusters, following the KKP guide's steps.
+
+    With ``require_approval`` the run shows the plan as an artifact and pauses before the first write;
+    rejected, it ends **Cancelled** ("not approved: nothing written"), which no failure alert reports.
+
+    Args:
+        spec: The mesh: its clusters (kubeconfigs by reference only: file path, env var or Secret block
+            name), Cilium settings, timeouts, drill and notifications.
+        require_approval: Show the plan as an artifact and pause for approval before the first write.
+    """
+    with mesh_lock(spec):
+        return _setup(spec, require_approval)
+
+
+def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     logger = get_run_logger()
     os.umask(0o077)  # result files and anything else this run writes: owner-only
     if not caching_enabled():
@@ -98,6 +213,9 @@ def cluster_mesh_setup(spec: MeshSpec) -> SetupResult:
     shared = spec.cilium.resolve(profile_for(profile_line)).ca_mode == "shared"
     collect = _endpoint_task(spec)
     changes: list[StepChange] = []
+    if require_approval and not _approved(spec):
+        # A returned State becomes the run's final state; callers that need a SetupResult never ask for approval.
+        return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
 
     def configure(step: str, cluster: str, peers: list[PeerEntry], ca: CaMaterial | None) -> Any:
         name = f"{step} in {cluster}"
@@ -186,4 +304,4 @@ def _plan_artifact(spec: MeshSpec, changes: list[StepChange]) -> None:
     )
 
 
-__all__ = ["SetupResult", "cluster_mesh_setup"]
+__all__ = ["MeshBusyError", "SetupApproval", "SetupResult", "cluster_mesh_setup", "mesh_lock"]

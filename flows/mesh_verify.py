@@ -13,8 +13,10 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import State
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
+from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.drill import DrillResult
@@ -23,6 +25,7 @@ from clustermesh.slack import Finding, PostResult, Summary, render_plain
 from clustermesh.spec import MeshSpec
 from clustermesh.verify import Verdict, nearest_expiry_days, overall
 from flows.failover_drill import failover_drill
+from flows.mesh_setup import mesh_lock
 from tasks import verify_steps
 from tasks.notify import alert_on_failure, log_post, notifier, run_url
 
@@ -61,6 +64,10 @@ def drill_findings(result: DrillResult) -> list[Finding]:
     return [Finding(level=level, subject="failover drill", reason=result.summary()[:300], fix=_drill_fix(result))]
 
 
+def _not_run(reason: str) -> DrillResult:
+    return DrillResult(status="not run", reason=reason, phases=[], recovered=[], failover_seconds={}, failed_probes=0)
+
+
 def _drill_fix(result: DrillResult) -> str:
     if result.status == "not run":
         return "fix the findings above; the drill runs only on a healthy mesh"
@@ -74,7 +81,55 @@ def _drill_fix(result: DrillResult) -> str:
     validate_parameters=True,
 )
 def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[VerificationResult]:
-    """Verify the mesh (read-only), rehearse failover, and report PASS / WARN / FAIL to Slack."""
+    """Verify the mesh (read-only), rehearse failover, and report PASS / WARN / FAIL to Slack.
+
+    Never runs beside a setup of the same mesh (both hold ``mesh-<name>``). Emits
+    ``clustermesh.mesh.verified`` every run, and ``clustermesh.mesh.degraded`` / ``.healthy`` when the
+    verdict changed since the last run (kept in the Prefect Variable ``clustermesh-last-verdict-<mesh>``).
+    """
+    with mesh_lock(spec):
+        state = _verify(spec, run_drill)
+    result = state.data
+    if isinstance(result, VerificationResult):
+        emit_verdict_events(spec, result)
+    return state
+
+
+# ------------------------------------------------------------------------------------ events
+
+VERDICT_VARIABLE_PREFIX = "clustermesh-last-verdict-"
+
+
+def mesh_resource(spec: MeshSpec) -> dict[str, str]:
+    return {"prefect.resource.id": f"clustermesh.mesh.{spec.name}", "prefect.resource.name": spec.name}
+
+
+def emit_verdict_events(spec: MeshSpec, result: VerificationResult) -> list[str]:
+    """Emit this run's events; returns their names.
+
+    On a verdict change: PASS → ``healthy``, WARN / FAIL → ``degraded`` (so WARN → FAIL is reported
+    again, with ``previous_verdict`` in the payload). The first verdict seen for a mesh counts as a change.
+    """
+    logger = get_run_logger()
+    variable = f"{VERDICT_VARIABLE_PREFIX}{spec.name}"
+    previous = Variable.get(variable, default=None)
+    payload = {
+        "mesh": spec.name,
+        "verdict": result.status,
+        "previous_verdict": previous,
+        "run_url": run_url(spec, flow_run.get_id()),
+    }
+    emitted = ["clustermesh.mesh.verified"]
+    if previous != result.status:
+        emitted.append("clustermesh.mesh.healthy" if result.status == "PASS" else "clustermesh.mesh.degraded")
+        Variable.set(variable, result.status, overwrite=True)
+    for name in emitted:
+        emit_event(event=name, resource=mesh_resource(spec), payload=payload)
+    logger.info("Events: %s (verdict %s, before %s)", ", ".join(emitted), result.status, previous or "none")
+    return emitted
+
+
+def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
     logger = get_run_logger()
     link = run_url(spec, flow_run.get_id())
     slack = notifier(spec)
@@ -99,17 +154,14 @@ def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[V
             key=f"{spec.name}-nightly-health-matrix", table=matrix.table_rows(), description=matrix.summary()
         )
     if run_drill and spec.drill.enabled:
-        if len(facts) == len(spec.clusters):
-            drill = failover_drill(spec, facts)
+        # the steady-state gate, first at flow level: a mesh already seen unhealthy is not disrupted,
+        # and the drill's own baseline need not wait out its timeout to say so
+        if len(facts) != len(spec.clusters):
+            drill = _not_run("not every cluster passed its prerequisites: nothing disrupted")
+        elif matrix is not None and not matrix.healthy:
+            drill = _not_run(f"the mesh is not healthy ({matrix.summary()}): nothing disrupted")
         else:
-            drill = DrillResult(
-                status="not run",
-                reason="not every cluster passed its prerequisites: nothing disrupted",
-                phases=[],
-                recovered=[],
-                failover_seconds={},
-                failed_probes=0,
-            )
+            drill = failover_drill(spec, facts)
         findings += drill_findings(drill)
 
     status = overall(findings)

@@ -10,6 +10,11 @@ Files written to the sandbox directory:
 - ``mesh.yaml``: a mesh spec for these clusters, ready for ``clustermesh setup --config``;
 - ``sandbox.json``: ports, control URL and token, pid;
 - ``ready``: written last, once every API answers.
+
+With ``kkp=True`` (``clustermesh sandbox up --kkp``) a simulated KKP REST API is served too
+(``sandbox/kkp_api.py``, HTTPS with its own CA, bearer token), usually with zero clusters to start:
+creating a cluster there starts a new simulated user cluster. Extra files: ``kkp.json`` (URL, token,
+project), ``kkp-ca.crt`` and ``mesh-kkp.yaml`` (a spec whose clusters are KKP references only).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from starlette.routing import Route
 
 from sandbox import pki
 from sandbox.httpserver import LoopThread, start_https_server
+from sandbox.kkp_api import KkpRecord, KkpState, create_kkp_app, new_project_id
 from sandbox.kubeapi import ApiFaults, ExecResult, create_app
 from sandbox.mesh import ClusterState, MeshFaults, exec_command
 from sandbox.resources import builtin_types
@@ -113,6 +119,12 @@ class Sandbox:
     kkp_version: str | None = None
     overlap_pod_cidrs: bool = False
     seed: int = 0
+    kkp: bool = False
+    kkp_spec_clusters: int = 2
+    kkp_state: KkpState | None = None
+    kkp_port: int = 0
+    _kkp_server: Any = None
+    _kkp_ca: pki.KeyPair | None = None
     endpoints: list[ClusterEndpoint] = field(default_factory=list)
     mesh_faults: MeshFaults = field(default_factory=MeshFaults)
     control_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
@@ -124,8 +136,10 @@ class Sandbox:
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        if not 1 <= self.clusters <= 64:
+        if not (0 if self.kkp else 1) <= self.clusters <= 64:
             raise SandboxError(f"--clusters {self.clusters} is out of range: use 1 to 64")
+        if self.kkp and not 2 <= self.kkp_spec_clusters <= 64:
+            raise SandboxError(f"{self.kkp_spec_clusters} clusters for mesh-kkp.yaml: use 2 to 64")
         if not 1 <= self.nodes <= 200:
             raise SandboxError(f"--nodes {self.nodes} is out of range: use 1 to 200")
         if self.time_scale < 0:
@@ -185,42 +199,88 @@ class Sandbox:
             seed=self.seed,
         )
         self.world = world
-        assert self._tmp is not None
-        tmp = Path(self._tmp.name)
         for i in range(1, self.clusters + 1):
-            store = Store()
-            store.register(builtin_types())
             pod_cidr = "172.25.0.0/16" if (self.overlap_pod_cidrs and i == 2) else None
-            sim = world.add_cluster(store, index=i, nodes=self.nodes, pod_cidr=pod_cidr)
-            ca = pki.make_ca(f"{sim.name}-apiserver-ca")
-            serving = pki.issue(
-                ca, "kube-apiserver", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False
-            )
-            certfile, keyfile = tmp / f"{sim.name}.crt", tmp / f"{sim.name}.key"
-            certfile.write_bytes(serving.cert_pem)
-            keyfile.write_bytes(serving.key_pem)
-            keyfile.chmod(0o600)
-            ep = ClusterEndpoint(
-                name=sim.name,
-                index=i,
-                store=store,
-                token=secrets.token_urlsafe(32),
-                ca=ca,
-                faults=ApiFaults(seed=self.seed + i),
-            )
-            app = create_app(
-                store,
-                token=ep.token,
-                exec_handler=self._exec_handler(sim.name),
-                faults=ep.faults,
-            )
-            ep.server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile))
-            ep.port = ep.server.port
-            self.endpoints.append(ep)
+            await self._start_cluster(i, pod_cidr)
         world.start(loop)
         control = Starlette(routes=[Route("/faults", self._control_faults, methods=["POST", "GET"])])
         self._control = await _start_http_server(control)
         self.control_port = self._control.port
+        if self.kkp:
+            await self._start_kkp()
+
+    async def _start_cluster(
+        self, i: int, pod_cidr: str | None, cilium_version: str | None = None
+    ) -> ClusterEndpoint:
+        """One simulated user cluster: its store in the world, its CA, token and HTTPS API server."""
+        assert self.world is not None and self._tmp is not None
+        tmp = Path(self._tmp.name)
+        store = Store()
+        store.register(builtin_types())
+        sim = self.world.add_cluster(
+            store, index=i, nodes=self.nodes, pod_cidr=pod_cidr, cilium_version=cilium_version
+        )
+        ca = pki.make_ca(f"{sim.name}-apiserver-ca")
+        serving = pki.issue(
+            ca, "kube-apiserver", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False
+        )
+        certfile, keyfile = tmp / f"{sim.name}.crt", tmp / f"{sim.name}.key"
+        certfile.write_bytes(serving.cert_pem)
+        keyfile.write_bytes(serving.key_pem)
+        keyfile.chmod(0o600)
+        ep = ClusterEndpoint(
+            name=sim.name,
+            index=i,
+            store=store,
+            token=secrets.token_urlsafe(32),
+            ca=ca,
+            faults=ApiFaults(seed=self.seed + i),
+        )
+        app = create_app(
+            store,
+            token=ep.token,
+            exec_handler=self._exec_handler(sim.name),
+            faults=ep.faults,
+        )
+        ep.server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile))
+        ep.port = ep.server.port
+        self.endpoints.append(ep)
+        return ep
+
+    # ---- the simulated KKP API (kkp=True) -------------------------------------------------------
+
+    async def _start_kkp(self) -> None:
+        assert self._tmp is not None
+        tmp = Path(self._tmp.name)
+        self._kkp_ca = pki.make_ca("sandbox-kkp-api-ca")
+        serving = pki.issue(
+            self._kkp_ca, "kkp-api", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False
+        )
+        certfile, keyfile = tmp / "kkp-api.crt", tmp / "kkp-api.key"
+        certfile.write_bytes(serving.cert_pem)
+        keyfile.write_bytes(serving.key_pem)
+        keyfile.chmod(0o600)
+        self.kkp_state = KkpState(
+            token=secrets.token_urlsafe(32), project=new_project_id(), time_scale=self.time_scale, seed=self.seed
+        )
+        app = create_kkp_app(self.kkp_state, self._provision_kkp_cluster)
+        self._kkp_server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile))
+        self.kkp_port = self._kkp_server.port
+
+    async def _provision_kkp_cluster(self, record: KkpRecord) -> None:
+        """KKP created a cluster: start a simulated user cluster with its Cilium version and pod CIDR."""
+        net = record.spec.get("clusterNetwork") or {}
+        pods = [c for c in (net.get("pods") or {}).get("cidrBlocks") or [] if ":" not in c]
+        cni = record.spec.get("cniPlugin") or {}
+        assert self.world is not None  # index taken before any await: concurrent creates differ
+        index = max((c.index for c in self.world.clusters), default=0) + 1
+        ep = await self._start_cluster(index, pods[0] if pods else None, str(cni.get("version") or "") or None)
+        record.url = ep.url
+        record.kubeconfig = yaml.safe_dump(self.kubeconfig(ep), sort_keys=False)
+
+    @property
+    def kkp_url(self) -> str:
+        return f"https://127.0.0.1:{self.kkp_port}"
 
     async def _stop_async(self) -> None:
         import asyncio
@@ -229,6 +289,9 @@ class Sandbox:
         await asyncio.gather(*(ep.server.stop() for ep in self.endpoints if ep.server is not None))
         for ep in self.endpoints:
             ep.server = None
+        if self._kkp_server is not None:
+            await self._kkp_server.stop()
+            self._kkp_server = None
         if self._control is not None:
             await self._control.stop()
             self._control = None
@@ -295,7 +358,10 @@ class Sandbox:
             "# A mesh spec for the sandbox in this folder (written by `clustermesh sandbox up`).\n"
             "# Run: clustermesh setup --config " + str((self.directory / "mesh.yaml").resolve()) + "\n"
         )
-        (self.directory / "mesh.yaml").write_text(header + yaml.safe_dump(mesh, sort_keys=False))
+        if mesh_clusters:
+            (self.directory / "mesh.yaml").write_text(header + yaml.safe_dump(mesh, sort_keys=False))
+        if self.kkp:
+            self._write_kkp_files()
         info = {
             "pid": os.getpid(),
             "cilium_version": self.cilium_version,
@@ -309,6 +375,49 @@ class Sandbox:
             ],
         }
         _write_private(self.directory / "sandbox.json", json.dumps(info, indent=2) + "\n")
+
+    def _write_kkp_files(self) -> None:
+        assert self.kkp_state is not None and self._kkp_ca is not None
+        ca_path = self.directory / "kkp-ca.crt"
+        ca_path.write_bytes(self._kkp_ca.cert_pem)
+        info = {
+            "url": self.kkp_url,
+            "token": self.kkp_state.token,
+            "project": self.kkp_state.project,
+            "datacenter": "sandbox-dc",
+            "ca_file": str(ca_path.resolve()),
+            "token_env": KKP_TOKEN_ENV,
+        }
+        _write_private(self.directory / "kkp.json", json.dumps(info, indent=2) + "\n")
+        ref = {
+            "api_url": self.kkp_url,
+            "project": self.kkp_state.project,
+            "token_env": KKP_TOKEN_ENV,
+            "ca_file": str(ca_path.resolve()),
+        }
+        mesh: dict[str, Any] = {
+            "name": "sandbox-kkp",
+            "clusters": [
+                {"name": f"cluster-{i}", "id": i, "kkp": dict(ref)} for i in range(1, self.kkp_spec_clusters + 1)
+            ],
+            "kkp": {
+                "datacenter": "sandbox-dc",
+                "provider": "bringyourown",
+                "kubernetes_version": "1.32.4",
+                "cilium_version": _concrete(self.cilium_version),
+            },
+            "cilium": {"service_type": "LoadBalancer"},
+        }
+        if self.time_scale < 1:
+            mesh["timeouts"] = {"poll_interval": 0.2}
+        path = (self.directory / "mesh-kkp.yaml").resolve()
+        header = (
+            "# A mesh spec whose clusters are KKP references (written by `clustermesh sandbox up --kkp`).\n"
+            f"# export {KKP_TOKEN_ENV}=<token from kkp.json>, then:\n"
+            f"#   clustermesh clusters create --config {path}\n"
+            f"#   clustermesh setup --config {path}\n"
+        )
+        (self.directory / "mesh-kkp.yaml").write_text(header + yaml.safe_dump(mesh, sort_keys=False))
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
         """Every API answers /version over verified TLS with its token."""
@@ -396,6 +505,15 @@ class Sandbox:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
 
 
+KKP_TOKEN_ENV = "CLUSTERMESH_KKP_TOKEN"
+
+
+def _concrete(version: str) -> str:
+    from sandbox.world import concrete_version
+
+    return concrete_version(version)
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only (kubeconfigs and the control token are credentials)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -452,6 +570,10 @@ def run_foreground(sandbox: Sandbox) -> None:
         )
         for ep in sandbox.endpoints:
             print(f"  {ep.name}: {ep.url}  kubeconfig {ep.kubeconfig}", flush=True)
+        if sandbox.kkp:
+            print(
+                f"  KKP API: {sandbox.kkp_url} (token and project in kkp.json; spec: mesh-kkp.yaml)", flush=True
+            )
         while not stop.wait(0.5):
             pass
     finally:

@@ -72,7 +72,7 @@ COMMON: dict[str, Any] = {
 @task(name="1. Check prerequisites", cache_policy=READ_CACHE, persist_result=True, **COMMON)
 def check_prerequisites(spec: MeshSpec, cluster: str) -> ClusterFacts:
     with connect(spec, cluster) as client:
-        return prerequisites.check_prerequisites(client, spec.cluster(cluster), spec)
+        return prerequisites.check_prerequisites(client, spec.cluster(cluster), spec, load_secret=load_secret_block)
 
 
 @task(name="1. Check pod CIDRs and versions across clusters", cache_policy=NO_CACHE)

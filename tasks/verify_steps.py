@@ -20,6 +20,15 @@ READ_ONLY = {**COMMON, "cache_policy": NO_CACHE}
 
 
 @contextmanager
+def retry_transient_errors() -> Iterator[None]:
+    """Transient API errors fail the attempt while retries are left; the last attempt records them."""
+    from prefect.runtime import task_run
+
+    with verify.transient_errors_raise(task_run.run_count <= COMMON["retries"]):
+        yield
+
+
+@contextmanager
 def all_clients(spec: MeshSpec) -> Iterator[dict[str, ClusterClient]]:
     clients: dict[str, ClusterClient] = {}
     try:
@@ -33,19 +42,19 @@ def all_clients(spec: MeshSpec) -> Iterator[dict[str, ClusterClient]]:
 
 @task(name="Check reachability and versions", **READ_ONLY)
 def check_reachability_and_versions(spec: MeshSpec) -> tuple[dict[str, ClusterFacts], list[Finding]]:
-    with all_clients(spec) as clients:
+    with all_clients(spec) as clients, retry_transient_errors():
         return verify.check_reachability_and_versions(clients, spec)
 
 
 @task(name="Check drift", **READ_ONLY)
 def check_drift(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> list[Finding]:
-    with all_clients(spec) as clients:
+    with all_clients(spec) as clients, retry_transient_errors():
         return verify.check_drift(clients, facts, spec)
 
 
 @task(name="Check certificates", **READ_ONLY)
 def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> verify.CertificateReport:
-    with all_clients(spec) as clients:
+    with all_clients(spec) as clients, retry_transient_errors():
         return verify.certificate_report(clients, facts)
 
 

@@ -1,0 +1,271 @@
+"""``clustermesh blocks register``: everything a deployed mesh needs on the Prefect server, idempotently.
+
+- one Prefect ``Secret`` block per cluster holding its kubeconfig FILE content
+  (``kubeconfig-<mesh>-<cluster>``; a ``context`` from the spec becomes the block's current-context),
+  so deployment parameters carry block names only;
+- the Slack bot token and the result-encryption key as ``Secret`` blocks, read from environment
+  variables (never from command-line values, which end up in shell history and ``ps``);
+- the strict global concurrency limit ``mesh-<name>`` (limit 1) held by setup and nightly;
+- the spec with block references as the Prefect Variables ``clustermesh-spec`` (what prefect.yaml's
+  nightly and drill deployments use) and ``clustermesh-spec-<mesh>``;
+- with a webhook URL in the environment: a ``Webhook`` block and an Automation that calls it when a
+  run of these deployments (tag ``clustermesh``) fails or crashes — crash-safe, unlike flow hooks.
+
+Re-running updates what exists (blocks overwritten, limit reset to 1, automation updated in place);
+nothing is duplicated. Secret values are never printed; the spec snippet names blocks only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import SecretStr
+
+from clustermesh.spec import MeshSpec
+
+DEPLOYMENT_TAG = "clustermesh"
+RESULT_KEY_BLOCK = "clustermesh-result-key"
+SLACK_TOKEN_BLOCK = "clustermesh-slack-bot-token"
+WEBHOOK_BLOCK = "clustermesh-alert-webhook"
+AUTOMATION_NAME = "clustermesh-run-failed-or-crashed"
+SPEC_VARIABLE = "clustermesh-spec"  # what prefect.yaml's nightly and drill deployments take as their spec
+FAILURE_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
+
+# Slack incoming-webhook body; every value JSON-escaped by the server's ``tojson`` filter.
+WEBHOOK_PAYLOAD = (
+    '{"text": {{ (":rotating_light: Prefect flow run " ~ flow.name ~ " / " ~ flow_run.name ~ " is "'
+    ' ~ flow_run.state.name ~ ": " ~ (flow_run.state.message or "no message") ~ " " ~ (flow_run|ui_url))'
+    " | tojson }}}"
+)
+
+
+class RegistrationError(Exception):
+    """A reference that cannot be registered; the message names it and the fix."""
+
+
+@dataclass
+class Registration:
+    """What ``register`` did; names only, never values."""
+
+    mesh: str
+    kubeconfig_blocks: dict[str, str] = field(default_factory=dict)
+    slack_token_block: str | None = None
+    result_key_block: str | None = None
+    concurrency_limit: str = ""
+    automation: str | None = None
+    spec_variables: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    snippet: dict[str, Any] = field(default_factory=dict)
+
+    def render(self) -> str:
+        lines = [f"mesh {self.mesh}: registered on the Prefect server"]
+        for cluster, block in self.kubeconfig_blocks.items():
+            lines.append(f"  Secret block {block}: kubeconfig of {cluster}")
+        if self.slack_token_block:
+            lines.append(f"  Secret block {self.slack_token_block}: Slack bot token")
+        if self.result_key_block:
+            lines.append(f"  Secret block {self.result_key_block}: result-encryption key")
+        lines.append(f"  global concurrency limit {self.concurrency_limit}: limit 1 (setup and nightly)")
+        if self.automation:
+            lines.append(f"  automation {self.automation}: failed/crashed runs tagged {DEPLOYMENT_TAG} → webhook")
+        for variable in self.spec_variables:
+            lines.append(f"  variable {variable}: the spec below (deployment parameters)")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        lines.append("")
+        lines.append("# Spec for deployment parameters (kubeconfigs referenced by Secret block name only):")
+        lines.append(yaml.safe_dump(self.snippet, sort_keys=False).rstrip())
+        return "\n".join(lines)
+
+
+def kubeconfig_block_name(mesh: str, cluster: str) -> str:
+    return f"kubeconfig-{mesh}-{cluster}"
+
+
+def kubeconfig_text(spec: MeshSpec, cluster_name: str) -> str | None:
+    """The kubeconfig file content of a cluster referenced by path or env var; None if already a block."""
+    ref = spec.cluster(cluster_name).kubeconfig
+    if ref is None or ref.secret_block is not None:  # a KKP reference, or already a block
+        return None
+    if ref.path is not None:
+        path = Path(ref.path).expanduser()
+    else:
+        assert ref.env is not None
+        value = os.environ.get(ref.env, "").strip()
+        if not value:
+            raise RegistrationError(
+                f"cluster {cluster_name}: environment variable {ref.env} (kubeconfig path) is not set; "
+                f"export it, or reference the kubeconfig by path"
+            )
+        path = Path(value).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistrationError(
+            f"cluster {cluster_name}: cannot read kubeconfig file {path} ({type(exc).__name__}); check the path"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise RegistrationError(f"cluster {cluster_name}: {path} is not YAML; is it a kubeconfig?") from None
+    if not isinstance(data, dict) or "clusters" not in data:
+        raise RegistrationError(f"cluster {cluster_name}: {path} has no 'clusters'; is it a kubeconfig?")
+    if ref.context is not None:
+        contexts = [c.get("name") for c in data.get("contexts") or [] if isinstance(c, dict)]
+        if ref.context not in contexts:
+            raise RegistrationError(
+                f"cluster {cluster_name}: context {ref.context!r} is not in {path} (it has {contexts})"
+            )
+        if data.get("current-context") != ref.context:
+            data["current-context"] = ref.context  # the block is read with its current-context
+            text = yaml.safe_dump(data, sort_keys=False)
+    return text
+
+
+def _spec_snippet(spec: MeshSpec, blocks: dict[str, str], slack_block: str | None) -> dict[str, Any]:
+    data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
+    data["name"] = spec.name
+    for cluster in data["clusters"]:
+        block = blocks.get(cluster["name"])
+        if block is not None:
+            cluster["kubeconfig"] = {"secret_block": block}
+    slack = data.get("notify", {}).get("slack")
+    if slack is not None and slack_block is not None:
+        slack.pop("token_env", None)
+        slack["token_block"] = slack_block
+        data["notify"]["slack"] = slack
+    return data
+
+
+def _private_host(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_private or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def register(
+    spec: MeshSpec,
+    *,
+    slack_token_env: str | None = "SLACK_BOT_TOKEN",
+    result_key_env: str | None = "CLUSTERMESH_RESULT_KEY",
+    webhook_env: str | None = "CLUSTERMESH_ALERT_WEBHOOK_URL",
+    set_default_spec: bool = True,
+) -> Registration:
+    """Create or update the blocks, the mesh's concurrency limit and the failure automation."""
+    from prefect.blocks.system import Secret
+
+    out = Registration(mesh=spec.name, concurrency_limit=f"mesh-{spec.name}")
+    texts = {c.name: kubeconfig_text(spec, c.name) for c in spec.clusters}  # all read before anything is saved
+    for cluster, text in texts.items():
+        if text is None:
+            ref = spec.cluster(cluster).kubeconfig
+            if ref is None:
+                out.notes.append(f"{cluster} is a KKP reference: its kubeconfig is fetched at run time, none stored")
+            else:
+                out.notes.append(f"{cluster} already references Secret block {ref.secret_block}: left as it is")
+            continue
+        name = kubeconfig_block_name(spec.name, cluster)
+        Secret(value=SecretStr(text)).save(name, overwrite=True)
+        out.kubeconfig_blocks[cluster] = name
+    if slack_token_env:
+        token = os.environ.get(slack_token_env, "").strip()
+        if token:
+            Secret(value=SecretStr(token)).save(SLACK_TOKEN_BLOCK, overwrite=True)
+            out.slack_token_block = SLACK_TOKEN_BLOCK
+        else:
+            out.notes.append(f"{slack_token_env} is not set: no Slack token block registered")
+    if result_key_env:
+        key = os.environ.get(result_key_env, "").strip()
+        if key:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(key.encode())
+            except (ValueError, TypeError):
+                raise RegistrationError(
+                    f"{result_key_env} is not a Fernet key; make one with: python -c "
+                    "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+                ) from None
+            Secret(value=SecretStr(key)).save(RESULT_KEY_BLOCK, overwrite=True)
+            out.result_key_block = RESULT_KEY_BLOCK
+        else:
+            out.notes.append(f"{result_key_env} is not set: no result-key block registered")
+    _upsert_limit(out.concurrency_limit)
+    if webhook_env:
+        url = os.environ.get(webhook_env, "").strip()
+        if url:
+            out.automation = _upsert_alert_automation(url)
+        else:
+            out.notes.append(f"{webhook_env} is not set: no failure automation (flow hooks still alert)")
+    out.snippet = _spec_snippet(spec, out.kubeconfig_blocks, out.slack_token_block)
+    if set_default_spec:
+        from prefect.variables import Variable
+
+        for variable in (SPEC_VARIABLE, f"{SPEC_VARIABLE}-{spec.name}"):
+            Variable.set(variable, out.snippet, overwrite=True)
+            out.spec_variables.append(variable)
+    return out
+
+
+def _upsert_limit(name: str) -> None:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+
+
+def _upsert_alert_automation(url: str) -> str:
+    """A Webhook block with the URL (a SecretStr: masked by the API) and one automation calling it."""
+    from prefect.blocks.fields import SecretDict
+    from prefect.blocks.webhook import Webhook
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import CallWebhook
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    webhook: Any = Webhook(
+        method="POST",
+        url=SecretStr(url),
+        headers=SecretDict({"Content-Type": "application/json"}),
+        allow_private_urls=_private_host(url),
+    )
+    block_id = webhook.save(WEBHOOK_BLOCK, overwrite=True)
+    automation = AutomationCore(
+        name=AUTOMATION_NAME,
+        description="A clustermesh run failed or crashed (works even when the flow process died).",
+        enabled=True,
+        trigger=EventTrigger(
+            expect=set(FAILURE_EVENTS),
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{DEPLOYMENT_TAG}"},
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[CallWebhook(block_document_id=block_id, payload=WEBHOOK_PAYLOAD)],
+    )
+    with get_client(sync_client=True) as client:
+        existing = client.read_automations_by_name(AUTOMATION_NAME)
+        if existing:
+            client.update_automation(existing[0].id, automation)
+            for duplicate in existing[1:]:
+                client.delete_automation(duplicate.id)
+        else:
+            client.create_automation(automation)
+    return AUTOMATION_NAME
+
+
+def snippet_json(reg: Registration) -> str:
+    """The spec snippet as JSON: what ``prefect deployment run --params`` takes."""
+    return json.dumps({"spec": reg.snippet})
+
+
+__all__ = ["Registration", "RegistrationError", "kubeconfig_block_name", "register", "snippet_json"]

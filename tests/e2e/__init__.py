@@ -1,0 +1,1 @@
+"""End-to-end: the project deployed on a real Prefect server, run by a worker (see conftest.py)."""
