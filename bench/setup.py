@@ -1,0 +1,203 @@
+"""What Prefect costs the setup: the flow's wall time against the same domain steps called directly.
+
+Run: ``uv run python bench/setup.py [--clusters 2 4 8 16] [--cilium-version 1.16] [--repeat 3]``. For each N:
+
+- an instant sandbox (``clustermesh sandbox up --time-scale 0 --nodes 2``, its own process) runs
+  ``cluster_mesh_setup`` once; the flow's wall time is measured around the call;
+- a second, fresh sandbox of the same shape gets the same domain calls in the flow's order without
+  Prefect (prerequisites, configure_mesh, collect_mesh_endpoint, reachability, health), one after the
+  other, each with a fresh client as the tasks open them: the sum of the raw API work;
+- overhead = flow wall time / direct time. The flow runs per-cluster steps in parallel, so at larger N
+  the ratio can drop below what Prefect's bookkeeping alone would suggest.
+
+One temporary Prefect server (``prefect_test_harness``, its own PREFECT_HOME) serves the whole bench; its
+start-up and one warm-up flow run (first-run imports and registrations) are measured and reported
+apart, never inside the figures. Endpoint caching is off (CLUSTERMESH_RESULT_KEY unset): a cold run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    return f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+@contextmanager
+def sandbox(directory: Path, clusters: int, cilium_version: str) -> Iterator[Path]:
+    """An instant sandbox in its own process; yields its ``mesh.yaml``."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "clustermesh.cli",
+            "sandbox",
+            "up",
+            "--dir",
+            str(directory),
+            "--clusters",
+            str(clusters),
+            "--nodes",
+            "2",
+            "--cilium-version",
+            cilium_version,
+            "--time-scale",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (directory / "ready").exists():
+            if proc.poll() is not None:
+                raise SystemExit(f"sandbox exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                raise SystemExit("sandbox not ready within 120 s")
+            time.sleep(0.02)
+        yield directory / "mesh.yaml"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def run_flow(mesh_yaml: Path) -> float:
+    from clustermesh.spec import load_spec
+    from flows.mesh_setup import cluster_mesh_setup
+
+    spec = load_spec(mesh_yaml)
+    start = time.perf_counter()
+    result = cluster_mesh_setup(spec)
+    elapsed = time.perf_counter() - start
+    if not result.health.healthy:
+        raise SystemExit(f"flow finished unhealthy: {result.health.summary()}")
+    return elapsed
+
+
+def run_direct(mesh_yaml: Path) -> float:
+    """The flow's steps as plain domain calls, in the flow's order, one at a time."""
+    from clustermesh import endpoints, health, mesh_config, prerequisites, reachability
+    from clustermesh.credentials import open_cluster
+    from clustermesh.kube import ClusterClient
+    from clustermesh.models import MeshEndpoint
+    from clustermesh.profiles import profile_for
+    from clustermesh.spec import load_spec
+    from clustermesh.values import CaMaterial, PeerEntry
+
+    spec = load_spec(mesh_yaml)
+    t = spec.timeouts
+
+    def connect(name: str) -> ClusterClient:
+        return open_cluster(spec.cluster(name), request_timeout=t.api)
+
+    start = time.perf_counter()
+    facts = {}
+    for c in spec.clusters:  # 1
+        with connect(c.name) as client:
+            facts[c.name] = prerequisites.check_prerequisites(client, c, spec)
+    prerequisites.check_mesh_prerequisites(list(facts.values()))
+    first, others = spec.first, spec.others
+    shared = spec.cilium.resolve(profile_for(facts[first.name].profile_line)).ca_mode == "shared"
+
+    def configure(name: str, step: str, peers: list[PeerEntry], ca: CaMaterial | None) -> None:
+        with connect(name) as client:
+            mesh_config.configure_mesh(
+                client, facts[name], spec.cluster(name), spec, step=step, peers=peers, shared_ca=ca
+            )
+
+    def collect(name: str, want_ca_key: bool, expected_ca: str | None) -> MeshEndpoint:
+        with connect(name) as client:
+            return endpoints.collect_mesh_endpoint(
+                client, facts[name], spec, want_ca_key=want_ca_key, expected_ca=expected_ca
+            )
+
+    configure(first.name, "2", [], None)  # 2
+    first_ep = collect(first.name, shared, None)  # 3
+    shared_ca = first_ep.shared_ca() if shared else None
+    for c in others:  # 4
+        configure(c.name, "4", [first_ep.peer_entry()], shared_ca)
+    eps = {first.name: first_ep}
+    for c in others:  # 5
+        eps[c.name] = collect(c.name, False, first_ep.ca_cert if shared else None)
+    for c in spec.clusters:  # 6
+        configure(c.name, "6", [eps[o.name].peer_entry() for o in spec.clusters if o.name != c.name], shared_ca)
+    clients = {c.name: connect(c.name) for c in spec.clusters}  # 7
+    try:
+        nodes = {n: reachability.list_node_addresses(cl, n) for n, cl in clients.items()}
+        apiservers = {e.cluster: (e.ips[0], e.port) for e in eps.values()}
+        matrix = health.probe_mesh(clients, exec_timeout=t.api)
+        reachability.firewall_report(reachability.firewall_rules(nodes, apiservers), matrix)
+    finally:
+        for cl in clients.values():
+            cl.close()
+    clients = {c.name: connect(c.name) for c in spec.clusters}  # 8
+    try:
+        matrix = health.wait_for_mesh_health(
+            clients, timeout=t.health, poll_interval=t.poll_interval, exec_timeout=t.api
+        )
+    finally:
+        for cl in clients.values():
+            cl.close()
+    elapsed = time.perf_counter() - start
+    if not matrix.healthy:
+        raise SystemExit(f"direct steps finished unhealthy: {matrix.summary()}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clusters", type=int, nargs="+", default=[2, 4, 8, 16], help="mesh sizes to run")
+    parser.add_argument("--cilium-version", default="1.16", help="Cilium line of the sandboxes")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per size (fresh sandboxes each); medians shown")
+    args = parser.parse_args()
+    os.environ.pop("CLUSTERMESH_RESULT_KEY", None)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+    import logging
+
+    from prefect.settings import PREFECT_HOME, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    print(f"machine: {machine()}")
+    print(f"sandbox: Cilium {args.cilium_version}, 2 nodes per cluster, time scale 0, served by its own process")
+    with tempfile.TemporaryDirectory(prefix="clustermesh-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        home = tmp / "prefect-home"
+        settings = {PREFECT_HOME: home, PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage"}
+        start = time.perf_counter()
+        with temporary_settings(updates=settings), prefect_test_harness(server_startup_timeout=120):
+            print(f"prefect test server start-up: {time.perf_counter() - start:.1f} s (not in the figures)")
+            with sandbox(tmp / "warm-up", 2, args.cilium_version) as mesh_yaml:
+                print(f"warm-up flow run (2 clusters): {run_flow(mesh_yaml):.2f} s (not in the figures)")
+            print()
+            print(f"{'clusters':>8}  {'flow wall s':>11}  {'direct s':>9}  {'overhead':>8}")
+            for n in args.clusters:
+                flows, directs = [], []
+                for r in range(args.repeat):
+                    with sandbox(tmp / f"flow-{n}-{r}", n, args.cilium_version) as mesh_yaml:
+                        flows.append(run_flow(mesh_yaml))
+                    with sandbox(tmp / f"direct-{n}-{r}", n, args.cilium_version) as mesh_yaml:
+                        directs.append(run_direct(mesh_yaml))
+                flow_s, direct_s = statistics.median(flows), statistics.median(directs)
+                print(f"{n:>8}  {flow_s:>11.2f}  {direct_s:>9.2f}  {flow_s / direct_s:>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""``failover_drill`` as a flow, on a sandbox mesh built by the real setup flow.
+
+The drill's own logic is covered in tests/integration/test_drill_on_sandbox.py; here: the flow's phases as
+Prefect task runs, its table artifact, and that a drill which died mid-way is undone by the next flow run.
+Replica counts are read with the official ``kubernetes`` client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from clustermesh import prerequisites
+from clustermesh.credentials import open_cluster
+from clustermesh.drill import Drill, DrillResult
+from flows.failover_drill import failover_drill
+from flows.mesh_setup import cluster_mesh_setup
+from tests.flows.conftest import Kube, mesh_spec, task_runs_of
+
+DRILL_NS = "clustermesh-drill"
+DRILL_BACKEND = "clustermesh-drill-backend"
+RECORD = "clustermesh.io/drill-original-replicas"
+
+
+@pytest.fixture
+def meshed(sandbox_factory: Callable[..., Any]) -> Callable[..., Any]:
+    def make(**options: Any) -> Any:
+        sb = sandbox_factory(**options)
+        result = cluster_mesh_setup(mesh_spec(sb))
+        assert result.health.healthy, result.health.render_text()
+        return sb
+
+    return make
+
+
+@pytest.fixture
+def kubes_of() -> Iterator[Callable[[Any], dict[str, Kube]]]:
+    opened: list[Kube] = []
+
+    def make(sb: Any) -> dict[str, Kube]:
+        out = {p.stem: Kube(p) for p in sorted(Path(sb.directory).glob("cluster-*.kubeconfig"))}
+        opened.extend(out.values())
+        return out
+
+    yield make
+    for k in opened:
+        k.close()
+
+
+def backends(kubes: dict[str, Kube]) -> dict[str, tuple[int, int, str | None]]:
+    """Per cluster: spec.replicas, status.readyReplicas and the drill's undo record of the backend Deployment."""
+    out = {}
+    for name, k in kubes.items():
+        d = k8s.AppsV1Api(k.api).read_namespaced_deployment(DRILL_BACKEND, DRILL_NS)
+        out[name] = (
+            int(d.spec.replicas),
+            int(d.status.ready_replicas or 0),
+            (d.metadata.annotations or {}).get(RECORD),
+        )
+    return out
+
+
+def table_artifact(flow_run_id: Any, key: str) -> list[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    assert len(found) == 1, found
+    assert found[0].type == "table"
+    data = found[0].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert isinstance(rows, list)
+    return rows
+
+
+def run_drill_flow(spec: Any) -> tuple[Any, DrillResult]:
+    state = failover_drill(spec, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    assert isinstance(result, DrillResult)
+    return state, result
+
+
+def test_the_drill_flow_passes_on_two_clusters_and_reports_every_phase_as_a_task_and_a_table(
+    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]]
+) -> None:
+    sb = meshed(clusters=2, cilium_version="1.16", nodes=2)
+    k = kubes_of(sb)
+
+    state, result = run_drill_flow(mesh_spec(sb))
+
+    assert result.status == "passed", result.reason
+    assert result.recovered == []
+    assert set(result.failover_seconds) == {"cluster-1", "cluster-2"}
+    assert result.failed_probes == 0 and result.probes > 0
+    # back where it started: 2 Ready replicas each, no undo record left
+    assert backends(k) == {"cluster-1": (2, 2, None), "cluster-2": (2, 2, None)}
+
+    flow_run = state.state_details.flow_run_id
+    tasks = task_runs_of(flow_run)
+    expected = [
+        "drill: recover",
+        "drill: workloads",
+        "drill: baseline",
+        "drill: failover cluster-1",
+        "drill: restore cluster-1",
+        "drill: failover cluster-2",
+        "drill: restore cluster-2",
+        "drill: rollback",
+    ]
+    assert set(expected) <= set(tasks), sorted(tasks)
+    assert all(tasks[name].state.is_completed() for name in expected)
+
+    rows = table_artifact(flow_run, "sandbox-failover-drill")
+    assert [(r["phase"], r["cluster"], r["status"]) for r in rows] == [
+        ("recover", "all", "skipped"),
+        ("workloads", "all", "passed"),
+        ("baseline", "all", "passed"),
+        ("failover", "cluster-1", "passed"),
+        ("restore", "cluster-1", "passed"),
+        ("failover", "cluster-2", "passed"),
+        ("restore", "cluster-2", "passed"),
+        ("rollback", "all", "passed"),
+    ]
+    failover_rows = [r for r in rows if r["phase"] == "failover"]
+    assert all(float(r["failover s"]) >= 0 for r in failover_rows)
+
+
+def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_flow_run(
+    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]]
+) -> None:
+    sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
+    k = kubes_of(sb)
+    spec = mesh_spec(sb)
+    clients = {c.name: open_cluster(c, request_timeout=spec.timeouts.api) for c in spec.clusters}
+    try:
+        facts = {c.name: prerequisites.check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
+        killed = Drill(clients, facts, spec)
+        assert killed.ensure_workloads().status == "passed"
+        assert killed.baseline().status == "passed"
+        assert killed.failover("cluster-1").status == "passed"
+        # the process "dies" here: no restore, no rollback
+    finally:
+        for c in clients.values():
+            c.close()
+    left = backends(k)
+    assert left["cluster-1"] == (0, 0, "2"), left
+    assert left["cluster-2"] == (2, 2, None), left
+
+    _, result = run_drill_flow(spec)
+
+    assert len(result.recovered) == 1, result.recovered
+    assert "cluster-1" in result.recovered[0] and "to 2 replicas left at 0" in result.recovered[0]
+    assert result.phases[0].name == "recover" and result.phases[0].status == "passed"
+    assert "first restored 1 deployment(s)" in result.summary()
+    assert result.status == "passed", result.reason
+    assert backends(k) == {"cluster-1": (2, 2, None), "cluster-2": (2, 2, None)}

@@ -1,0 +1,221 @@
+"""``clustermesh setup`` as a user runs it: a subprocess against a sandbox served by another subprocess.
+
+The CLI processes get their own PREFECT_HOME and talk to the session's Prefect test server (so none of
+them pays for starting a temporary server of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clustermesh import endpoints, mesh_config, prerequisites
+from clustermesh.credentials import open_cluster
+from clustermesh.spec import load_spec
+from sandbox.server import send_fault
+from tests.flows.conftest import Kube, ai_versions, assert_peers_exactly_once, key_material, write_edited_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT = 180
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, prefect_api_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.pop("CLUSTERMESH_RESULT_KEY", None)
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=prefect_api_url,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clustermesh.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    kubeconfig: Path
+
+
+class SandboxProcess:
+    """``clustermesh sandbox up`` in the background; ``endpoints`` lists its clusters' kubeconfigs."""
+
+    def __init__(self, directory: Path, proc: subprocess.Popen[str]) -> None:
+        self.directory = directory
+        self.proc = proc
+        self.endpoints = [Endpoint(p.stem, p) for p in sorted(directory.glob("cluster-*.kubeconfig"))]
+
+    @property
+    def mesh_yaml(self) -> Path:
+        return self.directory / "mesh.yaml"
+
+
+@pytest.fixture
+def sandbox_process(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Callable[..., SandboxProcess]]:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*options: str) -> SandboxProcess:
+        directory = tmp_path / f"sandbox-{len(started) + 1}"
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "clustermesh.cli",
+                "sandbox",
+                "up",
+                "--dir",
+                str(directory),
+                "--time-scale",
+                "0",
+                *options,
+            ],
+            cwd=ROOT,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(proc)
+        deadline = time.monotonic() + 60
+        while not (directory / "ready").exists():
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"sandbox exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError("sandbox not ready within 60 s")
+            time.sleep(0.1)
+        return SandboxProcess(directory, proc)
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def kube_of() -> Iterator[Callable[[SandboxProcess], dict[str, Kube]]]:
+    opened: list[Kube] = []
+
+    def make(sb: SandboxProcess) -> dict[str, Kube]:
+        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
+        opened.extend(out.values())
+        return out
+
+    yield make
+    for k in opened:
+        k.close()
+
+
+def enable_first_cluster(mesh_yaml: Path) -> None:
+    """Step 2 and 3 by the domain functions: cluster-1 has mesh data (and keys) the plan must not show."""
+    spec = load_spec(mesh_yaml)
+    first = spec.first
+    with open_cluster(first, request_timeout=spec.timeouts.api) as client:
+        facts = prerequisites.check_prerequisites(client, first, spec)
+        mesh_config.configure_mesh(client, facts, first, spec, step="2. Enable Cluster Mesh", peers=[])
+        endpoints.collect_mesh_endpoint(client, facts, spec, want_ca_key=True)
+
+
+def test_plan_prints_diffs_with_fingerprints_and_no_key_material_and_writes_nothing(
+    sandbox_process: Callable[..., SandboxProcess],
+    kube_of: Callable[[SandboxProcess], dict[str, Kube]],
+    cli_env: dict[str, str],
+) -> None:
+    sb = sandbox_process("--clusters", "2", "--cilium-version", "1.13")
+    k = kube_of(sb)
+    enable_first_cluster(sb.mesh_yaml)
+    secrets = key_material(k)
+    assert secrets, "cluster-1 should hold its CA and remote-cert keys by now"
+    before = ai_versions(k)
+
+    done = cli(cli_env, "setup", "--config", str(sb.mesh_yaml), "--plan")
+
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "nothing has been written" in out
+    assert "== cluster-1: changes" in out and "== cluster-2: changes" in out, out
+    assert "sha256:" in out  # cluster-1's certificate, key and CA, shown as fingerprints in cluster-2's diff
+    assert "PRIVATE KEY" not in out + done.stderr
+    leaked = [s[:16] for s in secrets if s in out or s in done.stderr]
+    assert leaked == [], f"key material printed: {leaked}"
+    assert ai_versions(k) == before
+
+
+def test_setup_exits_0_on_a_healthy_mesh_and_a_plan_afterwards_shows_no_change(
+    sandbox_process: Callable[..., SandboxProcess],
+    kube_of: Callable[[SandboxProcess], dict[str, Kube]],
+    cli_env: dict[str, str],
+) -> None:
+    sb = sandbox_process("--clusters", "2", "--cilium-version", "1.16")
+    k = kube_of(sb)
+
+    done = cli(cli_env, "setup", "--config", str(sb.mesh_yaml))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4/4 cells healthy" in done.stdout and "\nhealthy" in done.stdout, done.stdout
+    assert_peers_exactly_once(k)
+    after = ai_versions(k)
+    plan = cli(cli_env, "setup", "--config", str(sb.mesh_yaml), "--plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "== cluster-1: no change" in plan.stdout and "== cluster-2: no change" in plan.stdout, plan.stdout
+    assert ai_versions(k) == after
+
+
+def test_setup_exits_non_zero_when_step_8_finds_the_mesh_unhealthy(
+    sandbox_process: Callable[..., SandboxProcess], cli_env: dict[str, str]
+) -> None:
+    sb = sandbox_process("--clusters", "2", "--cilium-version", "1.16")
+    # the control endpoint `clustermesh sandbox fault block-port` calls, without another process start
+    send_fault(sb.directory, "block-port", a="cluster-1", b="cluster-2", port="udp/8472")
+
+    def short_health(data: dict[str, Any]) -> None:
+        data.setdefault("timeouts", {})["health"] = 1
+
+    config = write_edited_yaml(sb.mesh_yaml, short_health, "short-health.yaml")
+    done = cli(cli_env, "setup", "--config", str(config))
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "setup failed: mesh not healthy after 1s" in done.stderr, done.stderr
+
+
+def test_a_bad_spec_exits_2_naming_the_field(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    clusters = [
+        {"name": f"cluster-{i}", "id": 7, "kubeconfig": {"path": str(tmp_path / f"c{i}.kubeconfig")}} for i in (1, 2)
+    ]
+    config = tmp_path / "mesh.yaml"
+    config.write_text(yaml.safe_dump({"name": "bad", "clusters": clusters}))
+
+    done = cli(cli_env, "setup", "--config", str(config))
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "clusters[1].id" in done.stderr and "both use id 7" in done.stderr, done.stderr
+    assert "give each cluster its own id" in done.stderr
