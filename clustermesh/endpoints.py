@@ -54,8 +54,9 @@ def service_address(svc: dict[str, Any], nodes: list[dict[str, Any]]) -> tuple[l
 
 
 def _remote_cert_problem(data: dict[str, str]) -> str | None:
-    if not data.get("tls.crt") or not data.get("tls.key"):
-        return "tls.crt or tls.key missing"
+    missing = [key for key in ("tls.crt", "tls.key") if not data.get(key)]
+    if missing:
+        return f"{' and '.join(missing)} missing"
     try:
         cert = load_cert(data["tls.crt"], source=f"{REMOTE_CERT} tls.crt")
         key = load_private_key(data["tls.key"], source=f"{REMOTE_CERT} tls.key")

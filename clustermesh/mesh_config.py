@@ -65,6 +65,13 @@ def configure_mesh(
     written = False
     while True:
         ai = client.get_application_installation()
+        state, why = install_state(ai)
+        if state == "failed":
+            raise InstallFailedError(
+                cluster.name,
+                f"ApplicationInstallation kube-system/cilium is failing ({why[:300]}); nothing was written on it",
+                fix="repair the installation first (KKP UI → Applications, or its values), then run the setup again",
+            )
         _, field = read_values(ai)
         change = plan_mesh_values(ai, facts, cluster, spec, peers=peers, shared_ca=shared_ca)
         if not change.changed or not write:
