@@ -268,14 +268,14 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-firewall-rules"),
         table=rules_table(firewall.rules),
-        description="7. Firewall rules the mesh needs (UDP 8472, TCP 4240, ICMP, TCP to clustermesh-apiserver)",
+        description="Step 7: firewall rules the mesh needs (UDP 8472, TCP 4240, ICMP, TCP to clustermesh-apiserver)",
     )
     # 8. Mesh health: every node of every cluster reachable from every cluster
     matrix = setup_steps.check_mesh_health(spec)
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-health-matrix"),
         table=matrix.table_rows(),
-        description="8. cilium-health status: reachable nodes, cluster × cluster",
+        description="Step 8: cilium-health status, reachable nodes, cluster × cluster",
     )
     result = SetupResult(
         mesh=spec.name,
