@@ -88,6 +88,28 @@ def _network_input(value: object) -> object:
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
+def _env_name(value: str | None, *, example: str) -> str | None:
+    """Fields that name an environment variable take its NAME, never its value."""
+    if value is not None and not ENV_NAME_RE.match(value):
+        raise _custom(
+            "env_name",
+            "not an environment variable name",
+            f"give the variable's NAME (letters, digits, _), e.g. {example}",
+        )
+    return value
+
+
+def _block_name(value: str | None, *, example: str) -> str | None:
+    """Fields that name a Prefect block take its name (a slug)."""
+    if value is not None and not BLOCK_NAME_RE.match(value):
+        raise _custom(
+            "block_name",
+            "not a Prefect block name",
+            f"use the block's name: lowercase letters, digits and dashes, e.g. {example}",
+        )
+    return value
+
+
 class _Model(BaseModel):
     """Typos are errors, not silently ignored keys; pydantic's own messages never echo input (secrets)."""
 
@@ -99,9 +121,7 @@ class KubeconfigRef(_Model):
 
     path: Annotated[
         str | None,
-        Field(
-            title="Kubeconfig file", description="Path of a kubeconfig file on the worker running the flow."
-        ),
+        Field(title="Kubeconfig file", description="Path of a kubeconfig file on the worker running the flow."),
     ] = None
     context: Annotated[
         str | None,
@@ -139,24 +159,12 @@ class KubeconfigRef(_Model):
     @field_validator("env", mode="after")
     @classmethod
     def _env_is_a_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME_RE.match(value):
-            raise _custom(
-                "env_name",
-                "not an environment variable name",
-                "give the variable's NAME (letters, digits, _), e.g. KUBECONFIG_CLUSTER_1",
-            )
-        return value
+        return _env_name(value, example="KUBECONFIG_CLUSTER_1")
 
     @field_validator("secret_block", mode="after")
     @classmethod
     def _block_is_a_slug(cls, value: str | None) -> str | None:
-        if value is not None and not BLOCK_NAME_RE.match(value):
-            raise _custom(
-                "block_name",
-                "not a Prefect block name",
-                "use the block's name: lowercase letters, digits and dashes, e.g. kubeconfig-cluster-1",
-            )
-        return value
+        return _block_name(value, example="kubeconfig-cluster-1")
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> Self:
@@ -247,9 +255,7 @@ class KkpRef(_Model):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
-            raise _custom(
-                "url", "not an http(s) URL", "give the KKP API's base URL, e.g. https://kkp.example.com"
-            )
+            raise _custom("url", "not an http(s) URL", "give the KKP API's base URL, e.g. https://kkp.example.com")
         return value.rstrip("/")
 
     @field_validator("project", "cluster_id", mode="after")
@@ -266,24 +272,12 @@ class KkpRef(_Model):
     @field_validator("token_env", mode="after")
     @classmethod
     def _env_is_a_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME_RE.match(value):
-            raise _custom(
-                "env_name",
-                "not an environment variable name",
-                "give the variable's NAME (letters, digits, _), e.g. KKP_TOKEN",
-            )
-        return value
+        return _env_name(value, example="KKP_TOKEN")
 
     @field_validator("token_block", mode="after")
     @classmethod
     def _block_is_a_slug(cls, value: str | None) -> str | None:
-        if value is not None and not BLOCK_NAME_RE.match(value):
-            raise _custom(
-                "block_name",
-                "not a Prefect block name",
-                "use the block's name: lowercase letters, digits and dashes, e.g. kkp-token",
-            )
-        return value
+        return _block_name(value, example="kkp-token")
 
     @model_validator(mode="after")
     def _exactly_one_token(self) -> Self:
@@ -430,9 +424,7 @@ class CiliumSettings(_Model):
             ) from None
         return value
 
-    def problems_for(
-        self, profile: CiliumProfile, *, prefix: str = "cilium"
-    ) -> list[tuple[str, str, str, object]]:
+    def problems_for(self, profile: CiliumProfile, *, prefix: str = "cilium") -> list[tuple[str, str, str, object]]:
         """(field, message, fix, value) for settings this Cilium line cannot honour."""
         found: list[tuple[str, str, str, object]] = []
         line = profile.line
@@ -554,9 +546,7 @@ class KkpSettings(_Model):
     @classmethod
     def _plain(cls, value: str | None) -> str | None:
         if value is not None and (_looks_secret(value) or not DNS_LABEL_RE.match(value.lower())):
-            raise _custom(
-                "kkp_name", "not a KKP name", "give the name as KKP shows it (letters, digits and '-')"
-            )
+            raise _custom("kkp_name", "not a KKP name", "give the name as KKP shows it (letters, digits and '-')")
         return value
 
     @model_validator(mode="after")
@@ -564,9 +554,7 @@ class KkpSettings(_Model):
         seen: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         for cidr in self.pod_cidr_pool:
             if cidr.version != 4:
-                raise _custom(
-                    "pool_ipv6", f"{cidr} is not IPv4", "give IPv4 networks (KKP's pod CIDR is IPv4 first)"
-                )
+                raise _custom("pool_ipv6", f"{cidr} is not IPv4", "give IPv4 networks (KKP's pod CIDR is IPv4 first)")
             for other in seen:
                 if other.overlaps(cidr):
                     raise _custom(
@@ -589,7 +577,6 @@ class ResolvedCilium:
     max_connected_clusters: Literal[255, 511]
 
 
-
 class Timeouts(_Model):
     """How long each wait may take, in seconds; a timeout error says what was expected and what was seen."""
 
@@ -608,9 +595,7 @@ class Timeouts(_Model):
         PositiveSeconds,
         Field(title="Health", description="All nodes of all clusters reachable in cilium-health."),
     ] = 600
-    api: Annotated[PositiveSeconds, Field(title="API request", description="One Kubernetes API request.")] = (
-        30
-    )
+    api: Annotated[PositiveSeconds, Field(title="API request", description="One Kubernetes API request.")] = 30
     poll_interval: Annotated[
         PositiveSeconds,
         Field(title="Poll interval", description="Pause between two looks when not watching."),
@@ -645,9 +630,9 @@ class DrillSettings(_Model):
         str,
         Field(title="Namespace", description="Namespace the drill creates in every cluster.", max_length=63),
     ] = "clustermesh-drill"
-    image: Annotated[
-        str, Field(title="Image", description="Backend image (the guide's nginx).", min_length=1)
-    ] = "nginx:1.16.1"
+    image: Annotated[str, Field(title="Image", description="Backend image (the guide's nginx).", min_length=1)] = (
+        "nginx:1.16.1"
+    )
     replicas: Annotated[int, Field(title="Replicas", description="Backends per cluster.", ge=1, le=50)] = 2
     port: Annotated[int, Field(title="Port", description="Service and container port.", ge=1, le=65535)] = 80
     service_type: Annotated[
@@ -663,9 +648,7 @@ class DrillSettings(_Model):
     ] = 300
     one_at_a_time: Annotated[
         bool,
-        Field(
-            title="One cluster at a time", description="Scale down one cluster per phase, never two at once."
-        ),
+        Field(title="One cluster at a time", description="Scale down one cluster per phase, never two at once."),
     ] = True
 
     @field_validator("namespace", mode="after")
@@ -688,15 +671,11 @@ class SlackSettings(_Model):
     ]
     token_block: Annotated[
         str | None,
-        Field(
-            title="Token Secret block", description="Prefect Secret block holding the bot token (used first)."
-        ),
+        Field(title="Token Secret block", description="Prefect Secret block holding the bot token (used first)."),
     ] = None
     token_env: Annotated[
         str | None,
-        Field(
-            title="Token env var", description="Env var holding the bot token, used when no block is named."
-        ),
+        Field(title="Token env var", description="Env var holding the bot token, used when no block is named."),
     ] = "SLACK_BOT_TOKEN"
     webhook_env: Annotated[
         str | None,
@@ -717,24 +696,12 @@ class SlackSettings(_Model):
     @field_validator("token_env", "webhook_env", mode="after")
     @classmethod
     def _env_is_a_name(cls, value: str | None) -> str | None:
-        if value is not None and not ENV_NAME_RE.match(value):
-            raise _custom(
-                "env_name",
-                "not an environment variable name",
-                "give the variable's NAME (letters, digits, _), e.g. SLACK_BOT_TOKEN",
-            )
-        return value
+        return _env_name(value, example="SLACK_BOT_TOKEN")
 
     @field_validator("token_block", mode="after")
     @classmethod
     def _block_is_a_slug(cls, value: str | None) -> str | None:
-        if value is not None and not BLOCK_NAME_RE.match(value):
-            raise _custom(
-                "block_name",
-                "not a Prefect block name",
-                "use the block's name: lowercase letters, digits and dashes, e.g. slack-bot-token",
-            )
-        return value
+        return _block_name(value, example="slack-bot-token")
 
 
 class NotifySettings(_Model):
@@ -753,9 +720,7 @@ class NotifySettings(_Model):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s/]+", value):
-            raise _custom(
-                "url", "not an http(s) URL", "give the UI's base URL, e.g. https://prefect.example.com"
-            )
+            raise _custom("url", "not an http(s) URL", "give the UI's base URL, e.g. https://prefect.example.com")
         return value
 
 
@@ -780,18 +745,14 @@ class MeshSpec(_Model):
             max_length=511,
         ),
     ]
-    cilium: Annotated[
-        CiliumSettings, Field(title="Cilium", description="Cluster Mesh settings in Cilium.")
-    ] = CiliumSettings()
-    timeouts: Annotated[Timeouts, Field(title="Timeouts", description="Seconds each wait may take.")] = (
-        Timeouts()
+    cilium: Annotated[CiliumSettings, Field(title="Cilium", description="Cluster Mesh settings in Cilium.")] = (
+        CiliumSettings()
     )
+    timeouts: Annotated[Timeouts, Field(title="Timeouts", description="Seconds each wait may take.")] = Timeouts()
     drill: Annotated[DrillSettings, Field(title="Failover drill", description="The failover rehearsal.")] = (
         DrillSettings()
     )
-    notify: Annotated[NotifySettings, Field(title="Notifications", description="Slack and links.")] = (
-        NotifySettings()
-    )
+    notify: Annotated[NotifySettings, Field(title="Notifications", description="Slack and links.")] = NotifySettings()
     kkp: Annotated[
         KkpSettings | None,
         Field(
@@ -832,8 +793,7 @@ class MeshSpec(_Model):
                     ("clusters",),
                     "too_many_clusters",
                     f"{len(self.clusters)} clusters exceed max_connected_clusters {limit}",
-                    "remove clusters, or set cilium.max_connected_clusters to 511 "
-                    "(Cilium 1.15+, before install)",
+                    "remove clusters, or set cilium.max_connected_clusters to 511 (Cilium 1.15+, before install)",
                     f"{len(self.clusters)} clusters",
                 )
             )
@@ -846,8 +806,7 @@ class MeshSpec(_Model):
                     (
                         ("clusters", i, "name"),
                         "duplicate_name",
-                        f"cluster names must be unique: clusters[{j}] and clusters[{i}] "
-                        f"both use {cluster.name!r}",
+                        f"cluster names must be unique: clusters[{j}] and clusters[{i}] both use {cluster.name!r}",
                         "give each cluster its own name",
                         cluster.name,
                     )
@@ -860,8 +819,7 @@ class MeshSpec(_Model):
                     (
                         ("clusters", i, "id"),
                         "duplicate_id",
-                        f"cluster IDs must be unique: clusters[{j}] and clusters[{i}] "
-                        f"both use id {cluster.id}",
+                        f"cluster IDs must be unique: clusters[{j}] and clusters[{i}] both use id {cluster.id}",
                         f"give each cluster its own id in 1..{limit}",
                         cluster.id,
                     )
@@ -874,8 +832,7 @@ class MeshSpec(_Model):
                         ("clusters", i, "id"),
                         "id_range",
                         f"cluster id {cluster.id} is above max_connected_clusters {limit}",
-                        f"use an id in 1..{limit}, "
-                        "or set cilium.max_connected_clusters to 511 (Cilium 1.15+)",
+                        f"use an id in 1..{limit}, or set cilium.max_connected_clusters to 511 (Cilium 1.15+)",
                         cluster.id,
                     )
                 )
@@ -902,8 +859,7 @@ class MeshSpec(_Model):
                                 f"pod CIDRs must not overlap {what}: {cidr} overlaps "
                                 f"clusters[{j}].pod_cidrs[{m}] "
                                 f"({other})",
-                                "give every cluster its own pod range "
-                                "(KKP: spec.clusterNetwork.pods.cidrBlocks)",
+                                "give every cluster its own pod range (KKP: spec.clusterNetwork.pods.cidrBlocks)",
                                 str(cidr),
                             )
                         )
@@ -940,9 +896,7 @@ class MeshSpec(_Model):
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            problem = SpecProblem(
-                "", f"cannot read the spec file: {type(exc).__name__}", str(path), _read_fix(exc)
-            )
+            problem = SpecProblem("", f"cannot read the spec file: {type(exc).__name__}", str(path), _read_fix(exc))
             raise SpecError([problem], source=str(path)) from None
         return cls.from_yaml(text, source=str(path))
 
@@ -984,9 +938,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys: a second `id:` silently winning is a typo hidden."""
 
 
-def _construct_mapping(
-    loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
-) -> dict[Any, Any]:
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: set[Any] = set()
     for key_node, _ in node.value:
@@ -1020,11 +972,7 @@ def _parse_yaml(text: str, source: str | None) -> object:
         if problem.startswith("found duplicate key"):
             problem = "duplicate key"
         raise SpecError(
-            [
-                SpecProblem(
-                    "", f"YAML syntax error at {where}: {problem}", "-", "fix the YAML at that position"
-                )
-            ],
+            [SpecProblem("", f"YAML syntax error at {where}: {problem}", "-", "fix the YAML at that position")],
             source=source,
         ) from None
     except yaml.YAMLError as exc:
@@ -1165,9 +1113,7 @@ def spec_error_from(exc: ValidationError, *, source: str | None = None) -> SpecE
         if kind == "extra_forbidden":
             allowed = _allowed_fields(loc[:-1])
             message = "unknown field"
-            fix = "remove it or fix the spelling" + (
-                f"; allowed here: {', '.join(allowed)}" if allowed else ""
-            )
+            fix = "remove it or fix the spelling" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
             redact = True
         elif kind == "literal_error":
             fix = f"use one of {ctx.get('expected', 'the listed values')}"
