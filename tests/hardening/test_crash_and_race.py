@@ -1,0 +1,666 @@
+"""Crash-resume and concurrency of the setup, against a real sandbox and a real, temporary Prefect server.
+
+Crash-resume kills the ``clustermesh setup`` PROCESS (SIGKILL, no cleanup of any kind) at chosen points and
+runs it again; afterwards the mesh must be healthy and every cluster's values must list each peer exactly
+once. The pipeline is never patched: kill points are found from the outside.
+
+- At step boundaries: a watch on every cluster's ``cilium`` ApplicationInstallation (official client) sees
+  each values write (a new ``metadata.generation``) and the process is killed right after it. The runs are
+  chained on one sandbox: each run is killed right after its first write, so consecutive runs cut the
+  setup after write 1 (step 2), 2-3 (step 4) and 4-6 (step 6). Steps 4 and 6 write in parallel, so a run
+  may land more than one write before it dies; which cuts happened is printed (e.g. [1, 3, 4]). The last
+  run is not killed and must finish what is left.
+- In the middle of a write: with the sandbox's API latency fault on (0.3 s), the sandbox's request guard is
+  watched for the setup's PUT of the installation, and the process is killed while that PUT waits in the
+  latency, at a seeded random point in the first third of the window. Kill points, chained on one sandbox:
+  a step 2 PUT (cluster-1), then a step 4 PUT (cluster-2 or -3, its twin in flight beside it), then a
+  step 6 PUT. The sandbox drops a PUT whose client died before it was read; a real API server may apply
+  it. The rerun must converge either way; which one happened is printed.
+
+Concurrency: two setups of one mesh under its global concurrency limit run one after the other; a setup
+racing ``kubectl edit`` of the same installation re-reads on 409 and keeps the human's unrelated change.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import watch
+
+from tasks.results import RESULT_KEY_ENV
+from tests.flows.conftest import AI, Kube, assert_peers_exactly_once, health_problems, mesh_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+MESH_LIMIT = "mesh-sandbox"  # mesh_lock_name() of the sandbox's mesh.yaml (name: sandbox)
+AI_PATH = "/apis/apps.kubermatic.k8c.io/v1/namespaces/kube-system/applicationinstallations/cilium"
+WRITES_OF_A_FRESH_SETUP = 6  # 3 clusters: step 2 once, step 4 twice, step 6 three times
+WAIT = 90.0  # generous bound on every wait below; a test fails with what it saw, never on a timing
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One temporary Prefect server for the module; CLI subprocesses reach it through PREFECT_API_URL.
+
+    A denied concurrency slot is retried after at most 1 s (the default cap is 30 s), so a setup held off by
+    the mesh limit starts soon after the holder finished.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home-crash-race")
+    updates = {
+        PREFECT_HOME: home,
+        PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS: 1.0,
+    }
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+        url = PREFECT_API_URL.value()
+        assert url, "the Prefect test harness did not set PREFECT_API_URL"
+        yield str(url)
+
+
+@pytest.fixture(autouse=True)
+def _no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, prefect_api: str) -> dict[str, str]:
+    """Environment of the CLI subprocesses: the module's Prefect server, a PREFECT_HOME of their own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.pop(RESULT_KEY_ENV, None)
+    home = tmp_path / "prefect-home-cli"
+    home.mkdir()
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=prefect_api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PYTHONPATH=str(ROOT),
+    )
+    return env
+
+
+@pytest.fixture
+def kubes() -> Iterator[Callable[[Any], dict[str, Kube]]]:
+    opened: list[Kube] = []
+
+    def make(sb: Any) -> dict[str, Kube]:
+        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
+        opened.extend(out.values())
+        return out
+
+    yield make
+    for k in opened:
+        k.close()
+
+
+@pytest.fixture
+def setups(cli_env: dict[str, str]) -> Iterator[Callable[[Any], subprocess.Popen[str]]]:
+    """``setups(sb)`` starts ``clustermesh setup --config <sandbox>/mesh.yaml``; leftovers are killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(sb: Any) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "clustermesh.cli", "setup", "--config", str(Path(sb.directory) / "mesh.yaml")],
+            cwd=ROOT,
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+@dataclass(frozen=True)
+class Write:
+    """One values write seen by the watch: the installation's generation went up."""
+
+    cluster: str
+    generation: int
+    peers: tuple[str, ...]
+    at: float  # time.monotonic() when the watch event arrived
+
+
+class ValuesWrites:
+    """Watches every cluster's ``cilium`` ApplicationInstallation (official client) and records each write.
+
+    A write is an event with a higher ``metadata.generation`` than seen before; KKP's status updates
+    leave the generation alone and are ignored.
+    """
+
+    def __init__(self, kubes: dict[str, Kube]) -> None:
+        self.writes: list[Write] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._generation = {name: k.ai_version()[1] for name, k in kubes.items()}
+        self._threads = [
+            threading.Thread(target=self._watch, args=(name, k), daemon=True, name=f"watch-{name}")
+            for name, k in kubes.items()
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _watch(self, cluster: str, kube: Kube) -> None:
+        group, version, namespace, plural, _name = AI
+        rv = ""
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(
+                    kube.custom.list_namespaced_custom_object,
+                    group,
+                    version,
+                    namespace,
+                    plural,
+                    resource_version=rv or None,
+                    timeout_seconds=1,
+                ):
+                    obj = event["object"]
+                    meta = obj.get("metadata") or {}
+                    rv = str(meta.get("resourceVersion") or rv)
+                    if meta.get("name") != "cilium" or event["type"] not in ("ADDED", "MODIFIED"):
+                        continue
+                    generation = int(meta.get("generation", 0))
+                    with self._changed:
+                        # one write per generation step (a re-listed stream may skip one)
+                        for missed in range(self._generation[cluster] + 1, generation + 1):
+                            self._generation[cluster] = missed
+                            entries = ((obj["spec"].get("values") or {}).get("clustermesh") or {}).get("config") or {}
+                            peers = tuple(str(e.get("name")) for e in entries.get("clusters") or [])
+                            self.writes.append(Write(cluster, missed, peers, time.monotonic()))
+                        self._changed.notify_all()
+                    if self._stop.is_set():
+                        break
+            except Exception:  # noqa: BLE001 - a broken or expired stream is re-opened with a fresh list
+                rv = ""
+                if not self._stop.is_set():
+                    time.sleep(0.05)
+            finally:
+                w.stop()
+
+    def count(self) -> int:
+        with self._changed:
+            return len(self.writes)
+
+    def generation(self, cluster: str) -> int:
+        with self._changed:
+            return self._generation[cluster]
+
+    def wait_for(self, count: int, proc: subprocess.Popen[str] | None = None) -> bool:
+        """Until ``count`` writes were seen (True), or ``proc`` ended first (False)."""
+        deadline = time.monotonic() + WAIT
+        with self._changed:
+            while len(self.writes) < count:
+                if proc is not None and proc.poll() is not None:
+                    return False
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"expected {count} values writes within {WAIT:g}s, saw {self.writes}")
+                self._changed.wait(0.05)
+            return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5)
+
+
+@pytest.fixture
+def values_writes() -> Iterator[Callable[[dict[str, Kube]], ValuesWrites]]:
+    started: list[ValuesWrites] = []
+
+    def start(kubes: dict[str, Kube]) -> ValuesWrites:
+        started.append(ValuesWrites(kubes))
+        return started[-1]
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+@dataclass(frozen=True)
+class Request:
+    cluster: str
+    method: str
+    path: str
+    kubectl: bool
+    at: float
+
+
+@pytest.fixture
+def api_requests(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], queue.Queue[Request]]:
+    """``api_requests(sb)``: every request reaching the in-process sandbox's API, as it ARRIVES (before any
+    injected latency), in a queue. Observation only: the request then goes on unchanged.
+    """
+    from sandbox import kubeapi
+
+    sinks: dict[str, tuple[str, queue.Queue[Request]]] = {}
+    original = kubeapi._Guard.__call__
+
+    async def observed(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        sink = sinks.get(self.token)
+        if sink is not None and scope["type"] == "http":
+            agent = dict(scope.get("headers") or []).get(b"user-agent", b"").decode("latin-1")
+            sink[1].put(Request(sink[0], scope["method"], scope["path"], agent.startswith("kubectl"), time.monotonic()))
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(kubeapi._Guard, "__call__", observed)
+
+    def attach(sb: Any) -> queue.Queue[Request]:
+        q: queue.Queue[Request] = queue.Queue()
+        for ep in sb.endpoints:
+            sinks[ep.token] = (ep.name, q)
+        return q
+
+    return attach
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=WAIT * 2)
+    return proc.returncode, out
+
+
+def kill(proc: subprocess.Popen[str]) -> float:
+    """SIGKILL: no finally blocks, no Prefect state hooks, no lease release. Returns when it is dead."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, proc.returncode
+    return time.monotonic()
+
+
+def assert_no_duplicate_or_lost_peers(kubes: dict[str, Kube], before: dict[str, set[str]]) -> dict[str, set[str]]:
+    """After a crash: no cluster lists a peer twice, and no peer written earlier has disappeared."""
+    now: dict[str, set[str]] = {}
+    for name, k in kubes.items():
+        peers = Counter(k.peer_names())
+        assert all(n == 1 for n in peers.values()), f"{name}: duplicate peers {dict(peers)}"
+        assert name not in peers, f"{name} lists itself as a peer"
+        assert before.get(name, set()) <= set(peers), f"{name}: lost peers {before[name] - set(peers)}"
+        now[name] = set(peers)
+    return now
+
+
+def assert_converged(kubes: dict[str, Kube], code: int, out: str) -> None:
+    assert code == 0, f"setup rerun exited {code}:\n{out[-3000:]}"
+    assert_peers_exactly_once(kubes)
+    assert health_problems(kubes) == []
+    assert all(k.applied() for k in kubes.values()), "an installation is not applied for its generation"
+
+
+def setup_runs_since(since: datetime) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
+
+    with get_client(sync_client=True) as prefect:
+        return list(
+            prefect.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["cluster-mesh-setup"])),
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+            )
+        )
+
+
+def task_runs(flow_run_id: Any) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as prefect:
+        return list(prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
+
+
+# ------------------------------------------------------------------------------------- crash-resume
+
+
+def test_setup_killed_right_after_each_values_write_converges_when_run_again(
+    sandbox_factory: Callable[..., Any],
+    kubes: Callable[[Any], dict[str, Kube]],
+    values_writes: Callable[[dict[str, Kube]], ValuesWrites],
+    setups: Callable[[Any], subprocess.Popen[str]],
+) -> None:
+    sb = sandbox_factory(clusters=3, nodes=2)
+    k = kubes(sb)
+    writes = values_writes(k)
+    peers: dict[str, set[str]] = {}
+    killed_after: list[int] = []  # how many writes the mesh had when each run was killed
+
+    while writes.count() < WRITES_OF_A_FRESH_SETUP:
+        seen = writes.count()
+        proc = setups(sb)
+        assert writes.wait_for(seen + 1, proc), f"the run ended before writing anything:\n{finish(proc)[1][-3000:]}"
+        kill(proc)
+        killed_after.append(writes.count())
+        peers = assert_no_duplicate_or_lost_peers(k, peers)
+
+    code, out = finish(setups(sb))
+
+    assert_converged(k, code, out)
+    # each write step was cut: after step 2 (write 1), inside or after step 4 (2-3), inside step 6 (4-6)
+    assert killed_after[0] == 1 and {2, 3} & set(killed_after) and {4, 5, 6} & set(killed_after), killed_after
+    # idempotent across crashes: nothing was written twice
+    assert writes.count() == WRITES_OF_A_FRESH_SETUP, writes.writes
+    assert Counter(w.cluster for w in writes.writes) == {name: 2 for name in k}, writes.writes
+    print(f"\nkilled right after values write(s) {killed_after} of {WRITES_OF_A_FRESH_SETUP}; rerun converged")
+
+
+IN_FLIGHT_LATENCY = 0.3  # seconds every API request waits in the sandbox before it is handled
+SEED = 20240611
+
+
+@dataclass(frozen=True)
+class InFlightKill:
+    """Kill while the setup's PUT to a cluster whose installation is at ``generation`` waits in the sandbox.
+
+    The latency fault goes on once the mesh has ``writes_before`` writes (the earlier steps run at full
+    speed), so the targeted PUT certainly arrives while it is on.
+    """
+
+    step: str
+    clusters: tuple[str, ...]
+    generation: int
+    writes_before: int
+
+
+IN_FLIGHT_KILLS = (
+    InFlightKill("step 2", ("cluster-1",), 1, 0),
+    InFlightKill("step 4", ("cluster-2", "cluster-3"), 1, 1),
+    InFlightKill("step 6", ("cluster-1", "cluster-2", "cluster-3"), 2, 3),
+)
+
+
+def test_setup_killed_with_a_values_write_in_flight_converges_when_run_again(
+    sandbox_factory: Callable[..., Any],
+    kubes: Callable[[Any], dict[str, Kube]],
+    values_writes: Callable[[dict[str, Kube]], ValuesWrites],
+    setups: Callable[[Any], subprocess.Popen[str]],
+    api_requests: Callable[[Any], queue.Queue[Request]],
+) -> None:
+    sb = sandbox_factory(clusters=3, nodes=2)
+    k = kubes(sb)
+    writes = values_writes(k)
+    requests = api_requests(sb)
+    rng = random.Random(SEED)
+    peers: dict[str, set[str]] = {}
+    outcomes: list[str] = []
+
+    for target in IN_FLIGHT_KILLS:
+        while not requests.empty():
+            requests.get_nowait()
+        proc = setups(sb)
+        latency_on = False
+        deadline = time.monotonic() + WAIT
+        while True:
+            assert proc.poll() is None, f"the run ended before its {target.step} PUT:\n{finish(proc)[1][-3000:]}"
+            assert time.monotonic() < deadline, f"no {target.step} PUT within {WAIT:g}s; writes {writes.writes}"
+            if not latency_on and writes.count() >= target.writes_before:
+                sb.fault("api-latency", seconds=IN_FLIGHT_LATENCY)
+                latency_on = True
+            try:
+                r = requests.get(timeout=0.02)
+            except queue.Empty:
+                continue
+            if (
+                latency_on
+                and r.method == "PUT"
+                and r.path == AI_PATH
+                and not r.kubectl
+                and r.cluster in target.clusters
+                and writes.generation(r.cluster) == target.generation
+            ):
+                break
+        time.sleep(rng.uniform(0, IN_FLIGHT_LATENCY / 3))  # a seeded point inside the PUT's wait
+        assert writes.generation(r.cluster) == target.generation, "the PUT was handled before the kill"
+        killed_at = kill(proc)
+        sb.fault("clear")
+        time.sleep(IN_FLIGHT_LATENCY * 2)  # a PUT the sandbox still held lands now, or is dropped
+        landed = [f"{w.cluster}@{w.generation}" for w in writes.writes if w.at > killed_at]
+        outcomes.append(f"{target.step} PUT to {r.cluster}: landed after the kill {landed or 'none'}")
+        peers = assert_no_duplicate_or_lost_peers(k, peers)
+
+    code, out = finish(setups(sb))
+
+    assert_converged(k, code, out)
+    # idempotent across crashes: no cluster's values were written more often than a fresh setup writes them
+    assert Counter(w.cluster for w in writes.writes) == {name: 2 for name in k}, writes.writes
+    print("\nkilled with a values PUT in flight: " + "; ".join(outcomes))
+
+
+# -------------------------------------------------------------------------------------- concurrency
+
+
+@pytest.fixture
+def mesh_limit(prefect_api: str) -> Iterator[str]:
+    """The mesh's global concurrency limit (limit 1), as ``clustermesh blocks register`` would create it.
+
+    Deleted afterwards: a setup killed while holding it would keep a slot until its lease expires.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as prefect:
+        prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=MESH_LIMIT, limit=1))
+    yield MESH_LIMIT
+    with get_client(sync_client=True) as prefect:
+        prefect.delete_global_concurrency_limit_by_name(MESH_LIMIT)
+
+
+def test_two_setups_of_one_mesh_run_one_after_the_other_under_the_mesh_limit(
+    sandbox_factory: Callable[..., Any],
+    kubes: Callable[[Any], dict[str, Kube]],
+    values_writes: Callable[[dict[str, Kube]], ValuesWrites],
+    setups: Callable[[Any], subprocess.Popen[str]],
+    mesh_limit: str,
+) -> None:
+    from prefect.client.schemas.objects import StateType
+    from prefect.concurrency.sync import concurrency
+
+    sb = sandbox_factory(clusters=3, nodes=2)
+    k = kubes(sb)
+    writes = values_writes(k)
+    since = datetime.now(UTC)
+
+    # The test holds the mesh while both start, so both are certainly waiting for it at the same time.
+    with concurrency(mesh_limit, occupy=1, timeout_seconds=30, strict=True):
+        procs = [setups(sb), setups(sb)]
+        deadline = time.monotonic() + WAIT
+        while True:
+            running = [r for r in setup_runs_since(since) if r.state_type == StateType.RUNNING]
+            if len(running) == 2:
+                break
+            for p in procs:
+                assert p.poll() is None, f"a setup ended while the mesh was held:\n{finish(p)[1][-3000:]}"
+            assert time.monotonic() < deadline, f"both setup flow runs not running within {WAIT:g}s"
+            time.sleep(0.2)
+        assert writes.count() == 0, f"a setup wrote while another holder had the mesh: {writes.writes}"
+
+    results = [finish(p) for p in procs]
+
+    for code, out in results:
+        assert code == 0, out[-3000:]
+    runs = setup_runs_since(since)
+    assert len(runs) == 2 and all(r.state_type == StateType.COMPLETED for r in runs), runs
+    spans = []
+    for run in runs:
+        tasks = task_runs(run.id)
+        assert len(tasks) >= 14, [t.name for t in tasks]  # the whole setup ran in both
+        spans.append((min(t.start_time for t in tasks), max(t.end_time for t in tasks), run))
+    first, second = sorted(spans, key=lambda span: span[0])
+    # one after the other: the second's first task started after the first's last task had ended ...
+    assert first[1] <= second[0], (
+        f"the setups overlapped: {first[2].name} until {first[1]}, {second[2].name} from {second[0]}"
+    )
+    # ... although the second flow run was already running (waiting for the limit) before the first began
+    assert second[2].start_time < first[0], (second[2].start_time, first[0])
+    assert writes.count() == WRITES_OF_A_FRESH_SETUP, writes.writes  # the second found everything done
+    assert sum("nothing written" in out for _, out in results) == 1, [out[-1500:] for _, out in results]
+    assert_peers_exactly_once(k)
+    assert health_problems(k) == []
+
+
+EDITOR = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+
+    import yaml
+
+    path, control = Path(sys.argv[-1]), Path(sys.argv[-2])
+    obj = yaml.safe_load(path.read_text())
+    values = obj["spec"].setdefault("values", {})
+    values["extraUserKey"] = "keep-me"
+    values["userEdits"] = int(values.get("userEdits", 0)) + 1
+    if (control / "hold").exists():  # the first edit waits, editor open, until the test says "save now"
+        (control / "armed").touch()
+        deadline = time.monotonic() + 60
+        while not (control / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        (control / "hold").unlink()
+    else:
+        time.sleep(0.1)  # a human takes a moment before saving
+    path.write_text(yaml.safe_dump(obj))
+    """
+)
+
+
+class KubectlEditLoop:
+    """``kubectl edit`` of the cilium installation, again and again, by a 'human' adding unrelated keys."""
+
+    def __init__(self, kubeconfig: Path, home: Path, control: Path) -> None:
+        editor = control / "editor.py"
+        editor.write_text(EDITOR)
+        (control / "hold").touch()
+        self.env = {**os.environ, "HOME": str(home), "KUBE_EDITOR": f"{sys.executable} {editor} {control}"}
+        self.kubeconfig = kubeconfig
+        self.saved = 0
+        self.conflicts = 0  # kubectl's own 409s ("the object has been modified")
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kubectl-edit")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            done = subprocess.run(
+                ["kubectl", "--kubeconfig", str(self.kubeconfig), "edit", "-n", "kube-system",
+                 "applicationinstallations.apps.kubermatic.k8c.io/cilium"],
+                env=self.env, capture_output=True, text=True, timeout=WAIT, check=False,
+            )  # fmt: skip
+            if done.returncode == 0 and "edited" in done.stdout:
+                self.saved += 1
+            elif "the object has been modified" in done.stderr:
+                self.conflicts += 1
+            else:
+                self.failures.append(f"{done.returncode}: {done.stdout} {done.stderr}"[:500])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=WAIT)
+
+
+RACE_LATENCY = 0.5  # the setup's PUT waits this long in the sandbox: the human saves meanwhile
+
+
+def test_setup_racing_kubectl_edit_rereads_on_409_and_keeps_the_human_change(
+    sandbox_factory: Callable[..., Any],
+    kubes: Callable[[Any], dict[str, Kube]],
+    api_requests: Callable[[Any], queue.Queue[Request]],
+    tmp_path: Path,
+) -> None:
+    """The human's save lands between the setup's GET and PUT of cluster-1 (step 2), deterministically.
+
+    The first ``kubectl edit`` keeps its editor open. When the setup's PUT arrives at cluster-1's API (it
+    then waits there, latency fault on), the latency is turned off and the editor saves: kubectl's PATCH
+    is handled first, so the setup's PUT carries a stale resourceVersion and gets 409. ``kubectl edit`` then
+    keeps editing in a loop for the whole setup.
+    """
+    from flows.mesh_setup import cluster_mesh_setup
+
+    sb = sandbox_factory(clusters=3, nodes=2)
+    k = kubes(sb)
+    requests = api_requests(sb)
+    target = sb.endpoints[0]
+    control, home = tmp_path / "editor", tmp_path / "home"
+    control.mkdir()
+    home.mkdir()
+    human = KubectlEditLoop(Path(target.kubeconfig), home, control)
+    gate_opened = threading.Event()
+
+    def open_gate_at_the_setups_put() -> None:
+        while not gate_opened.is_set():
+            try:
+                r = requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if r.cluster == target.name and r.method == "PUT" and r.path == AI_PATH and not r.kubectl:
+                sb.fault("api-latency", cluster=target.name, seconds=0)
+                (control / "go").touch()
+                gate_opened.set()
+
+    try:
+        deadline = time.monotonic() + WAIT
+        while not (control / "armed").exists():
+            assert not human.failures, human.failures
+            assert time.monotonic() < deadline, "kubectl edit did not open the editor"
+            time.sleep(0.02)
+        sb.fault("api-latency", cluster=target.name, seconds=RACE_LATENCY)
+        gate = threading.Thread(target=open_gate_at_the_setups_put, daemon=True)
+        gate.start()
+
+        state = cluster_mesh_setup(mesh_spec(sb), return_state=True)
+    finally:
+        gate_opened.set()
+        human.stop()
+
+    assert state.is_completed(), state
+    result = state.result()
+    assert result.health.healthy, result.health.render_text()
+    step2 = next(c for c in result.changes if c.cluster == target.name and c.step.startswith("2."))
+    assert step2.written and step2.conflicts_retried >= 1, step2
+    assert not human.failures, human.failures
+    values = k[target.name].values()
+    assert values.get("extraUserKey") == "keep-me", values
+    # every one of the human's saves survived: the setup never wrote back values older than a save
+    assert values.get("userEdits") == human.saved >= 2, (values.get("userEdits"), human.saved)
+    assert_peers_exactly_once(k)
+    assert health_problems(k) == []
+    retried = {f"{c.step}": c.conflicts_retried for c in result.changes if c.conflicts_retried}
+    print(f"\nkubectl edit saved {human.saved} times ({human.conflicts} kubectl 409s); setup 409s retried: {retried}")
