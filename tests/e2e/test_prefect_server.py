@@ -18,7 +18,8 @@ from kubernetes import client
 from tests.conftest import kube_client
 from tests.e2e.conftest import MESH, Deployed, wait_for
 
-pytestmark = pytest.mark.e2e
+# one xdist worker runs every e2e test: they share one server, worker and sandbox per database
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("e2e")]
 
 AI = ("apps.kubermatic.k8c.io", "v1", "kube-system", "applicationinstallations", "cilium")
 FLOWS = {

@@ -40,7 +40,11 @@ if not CHROMIUM.exists():
 playwright_sync = pytest.importorskip("playwright.sync_api", reason="the playwright package (dev dependency)")
 expect = playwright_sync.expect
 
-pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("prefect_server", ["sqlite"], indirect=True)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.xdist_group("e2e"),
+    pytest.mark.parametrize("prefect_server", ["sqlite"], indirect=True),
+]
 
 # the flags Chromium needs on these machines; Playwright adds --headless and a fresh --user-data-dir
 CHROMIUM_ARGS = [
