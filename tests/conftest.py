@@ -50,3 +50,17 @@ def kube_client(kubeconfig: Path) -> Any:
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     return client.ApiClient(configuration)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), keep each test file on one worker, in order.
+
+    Modules start their own Prefect test servers and sandboxes as module- or session-scoped
+    fixtures; spreading one module's tests over workers (or interleaving modules) would start them
+    again and again and nest Prefect's settings contexts out of order. Files that share session
+    fixtures name a common group themselves (the e2e suite: ``xdist_group("e2e")``).
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

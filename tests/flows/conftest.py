@@ -51,7 +51,7 @@ def prefect_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage,
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
     }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
         yield storage
 
 

@@ -79,7 +79,7 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
         PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS: 1.0,
     }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
         url = PREFECT_API_URL.value()
         assert url, "the Prefect test harness did not set PREFECT_API_URL"
         yield str(url)

@@ -65,7 +65,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
     }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
         yield
 
 

@@ -83,7 +83,7 @@ def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectPlace]:
         PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
         PREFECT_SERVER_ANALYTICS_ENABLED: False,
     }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=60):
+    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
         # The events worker is one per process and keeps the server it first connected to: after a harness
         # of another test module (tests/flows) it would send this module's events (and so its task run
         # states) to that server. Stopped here, the next event starts a worker for this server.

@@ -28,7 +28,7 @@ def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home-kkp")
     with (
         temporary_settings(updates={PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}),
-        prefect_test_harness(server_startup_timeout=60),
+        prefect_test_harness(server_startup_timeout=120),
     ):
         url = PREFECT_API_URL.value()
         assert url, "the Prefect test harness did not set PREFECT_API_URL"
