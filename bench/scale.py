@@ -1,7 +1,7 @@
 """How the nightly verification scales with the mesh: wall time and peak memory per number of clusters.
 
-Run: ``uv run python bench/scale.py [--clusters 2 4 8 16] [--nodes 50] [--tracemalloc]``. For each N, in a
-fresh child process (so that peak RSS is this N's alone):
+Run: ``uv run python bench/scale.py [--clusters 2 4 8 16] [--nodes 50] [--tracemalloc] [--profile DIR]``.
+For each N, in a fresh child process (so that peak RSS is this N's alone):
 
 - an instant sandbox (``clustermesh sandbox up --time-scale 0``) with N clusters of ``--nodes`` nodes, in its
   own process: its CPU and memory are not the pipeline's (its peak RSS is reported apart, from
@@ -20,6 +20,7 @@ not in the figures. Endpoint caching is off (CLUSTERMESH_RESULT_KEY unset).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
@@ -54,9 +55,15 @@ def peak_rss_mib(pid: int) -> float | None:
 
 
 @contextmanager
-def sandbox(directory: Path, clusters: int, nodes: int) -> Iterator[tuple[Path, int]]:
-    """An instant sandbox in its own process; yields its ``mesh.yaml`` and pid."""
-    argv = [sys.executable, "-m", "clustermesh.cli", "sandbox", "up", "--dir", str(directory)]
+def sandbox(directory: Path, clusters: int, nodes: int, profile: Path | None = None) -> Iterator[tuple[Path, int]]:
+    """An instant sandbox in its own process; yields its ``mesh.yaml`` and pid.
+
+    With ``profile``, the sandbox runs under cProfile and writes its profile there when stopped.
+    """
+    argv = [sys.executable]
+    if profile is not None:
+        argv += ["-m", "cProfile", "-o", str(profile)]
+    argv += ["-m", "clustermesh.cli", "sandbox", "up", "--dir", str(directory)]
     argv += ["--clusters", str(clusters), "--nodes", str(nodes), "--cilium-version", "1.16", "--time-scale", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -69,11 +76,11 @@ def sandbox(directory: Path, clusters: int, nodes: int) -> Iterator[tuple[Path, 
             time.sleep(0.05)
         yield directory / "mesh.yaml", proc.pid
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        proc.terminate()  # the sandbox stops cleanly on SIGTERM, so cProfile writes its file
+        proc.wait(timeout=120)
 
 
-def measure_one(clusters: int, nodes: int, use_tracemalloc: bool) -> dict[str, Any]:
+def measure_one(clusters: int, nodes: int, use_tracemalloc: bool, profile: Path | None = None) -> dict[str, Any]:
     """One mesh size, in this (fresh) process: setup, then the nightly verification without the drill."""
     import logging
     import tracemalloc
@@ -94,9 +101,15 @@ def measure_one(clusters: int, nodes: int, use_tracemalloc: bool) -> dict[str, A
         with (
             temporary_settings(updates=settings),
             prefect_test_harness(server_startup_timeout=120),
-            sandbox(tmp / "sandbox", clusters, nodes) as (mesh_yaml, sandbox_pid),
+            sandbox(tmp / "sandbox", clusters, nodes, _profile_file(profile, clusters, "sandbox")) as (
+                mesh_yaml,
+                sandbox_pid,
+            ),
         ):
             spec = load_spec(mesh_yaml)
+            profiler = cProfile.Profile() if profile is not None else None
+            if profiler is not None:
+                profiler.enable()
             start = time.perf_counter()
             setup = cluster_mesh_setup(spec)
             out["setup_s"] = time.perf_counter() - start
@@ -111,6 +124,9 @@ def measure_one(clusters: int, nodes: int, use_tracemalloc: bool) -> dict[str, A
             if use_tracemalloc:
                 out["tracemalloc_peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
                 tracemalloc.stop()
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(_profile_file(profile, clusters, "pipeline")))
             result = state.result(raise_on_failure=False)
             if not isinstance(result, VerificationResult) or result.health is None:
                 raise SystemExit(f"nightly gave no result: {state}")
@@ -123,10 +139,16 @@ def measure_one(clusters: int, nodes: int, use_tracemalloc: bool) -> dict[str, A
     return out
 
 
-def run_child(clusters: int, nodes: int, use_tracemalloc: bool) -> dict[str, Any]:
+def _profile_file(directory: Path | None, clusters: int, part: str) -> Path | None:
+    return None if directory is None else directory / f"{part}-{clusters}.prof"
+
+
+def run_child(clusters: int, nodes: int, use_tracemalloc: bool, profile: Path | None) -> dict[str, Any]:
     argv = [sys.executable, __file__, "--one", str(clusters), "--nodes", str(nodes)]
     if use_tracemalloc:
         argv.append("--tracemalloc")
+    if profile is not None:
+        argv += ["--profile", str(profile)]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -144,6 +166,11 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, nargs="+", default=[2, 4, 8, 16], help="mesh sizes to run")
     parser.add_argument("--nodes", type=int, default=50, help="worker nodes per cluster")
     parser.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write cProfile files here: sandbox-N.prof (the sandbox process) and pipeline-N.prof (setup + nightly)",
+    )
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
     args = parser.parse_args()
     os.environ.pop("CLUSTERMESH_RESULT_KEY", None)
@@ -151,7 +178,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     if args.one is not None:
-        print(RESULT_PREFIX + json.dumps(measure_one(args.one, args.nodes, args.tracemalloc)), flush=True)
+        print(RESULT_PREFIX + json.dumps(measure_one(args.one, args.nodes, args.tracemalloc, args.profile)), flush=True)
         return
 
     print(f"machine: {machine()}")
@@ -165,7 +192,7 @@ def main() -> None:
         header += f"  {'tracemalloc MiB':>15}"
     print(header, flush=True)
     for n in args.clusters:
-        r = run_child(n, args.nodes, args.tracemalloc)
+        r = run_child(n, args.nodes, args.tracemalloc, args.profile)
         matrix = f"{r['cells_complete']}/{r['cells']}"
         line = f"{n:>8}  {n * args.nodes:>6}  {r['setup_s']:>8.1f}  {r['nightly_s']:>9.1f}  {r['status']:>7}"
         line += f"  {matrix:>9}  {_mib(r['peak_rss_mib']):>12}  {_mib(r.get('sandbox_peak_rss_mib')):>15}"
