@@ -815,29 +815,11 @@ class Drill:
         restored: list[str] = []
         errors: list[str] = []
         for cluster in self.clusters:
-            client = self.clients[cluster]
             try:
-                deployment = client.get_deployment(ns, BACKEND)
-                record = None if deployment is None else _recorded(deployment)
-                if deployment is None or record is None:
+                undone = self._undo_recorded(cluster, wait_ready=True)
+                if undone is None:
                     continue
-                target = _parse_count(record)
-                note = ""
-                if target is None:
-                    target = self.settings.replicas
-                    note = f" (record {record!r} unreadable: used drill.replicas)"
-                left = int((deployment.get("spec") or {}).get("replicas", 0))
-                if left != target:
-                    client.scale_deployment(ns, BACKEND, target)
-                self._wait(
-                    cluster,
-                    lambda c=client: c.get_deployment(ns, BACKEND),  # type: ignore[misc]
-                    lambda d, n=target: _deployment_ready(d, n),  # type: ignore[misc]
-                    expected=f"all {target} replicas of {ns}/{BACKEND} Ready",
-                    check=f"kubectl -n {ns} describe deployment {BACKEND} and its pods' events",
-                    describe=_describe_deployment,
-                )
-                client.patch_deployment_annotations(ns, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
+                left, target, note = undone
                 restored.append(
                     f"restored {cluster}/{ns}/{BACKEND} to {target} replicas left at {left} by an earlier drill{note}"
                 )
@@ -1144,6 +1126,39 @@ class Drill:
             backends=last.backends(),
         )
 
+    def _undo_recorded(self, cluster: str, *, wait_ready: bool) -> tuple[int, int, str] | None:
+        """Scale the backend back to the count its annotation records, then drop the annotation.
+
+        Returns ``(replicas found, replicas restored, note)``, or None when nothing is recorded. An
+        unreadable record falls back to ``drill.replicas`` (the note says so). With ``wait_ready`` the
+        annotation is dropped only once every replica is Ready again, so a failure leaves the record.
+        """
+        ns = self.settings.namespace
+        client = self.clients[cluster]
+        deployment = client.get_deployment(ns, BACKEND)
+        record = None if deployment is None else _recorded(deployment)
+        if deployment is None or record is None:
+            return None
+        target = _parse_count(record)
+        note = ""
+        if target is None:
+            target = self.settings.replicas
+            note = f" (record {record!r} unreadable: used drill.replicas)"
+        found = int((deployment.get("spec") or {}).get("replicas", 0))
+        if found != target:
+            client.scale_deployment(ns, BACKEND, target)
+        if wait_ready:
+            self._wait(
+                cluster,
+                lambda c=client: c.get_deployment(ns, BACKEND),  # type: ignore[misc]
+                lambda d, n=target: _deployment_ready(d, n),  # type: ignore[misc]
+                expected=f"all {target} replicas of {ns}/{BACKEND} Ready",
+                check=f"kubectl -n {ns} describe deployment {BACKEND} and its pods' events",
+                describe=_describe_deployment,
+            )
+        client.patch_deployment_annotations(ns, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
+        return found, target, note
+
     def restore_all(self) -> DrillPhase:
         """The rollback that always runs: every recorded count is put back; one cluster's failure stops nothing."""
         start = self.clock()
@@ -1151,20 +1166,11 @@ class Drill:
         restored: list[str] = []
         errors: list[str] = []
         for cluster in self.clusters:
-            client = self.clients[cluster]
             try:
-                deployment = client.get_deployment(ns, BACKEND)
-                record = None if deployment is None else _recorded(deployment)
-                if deployment is None or record is None:
-                    continue
-                target = _parse_count(record)
-                if target is None:
-                    target = self.settings.replicas
-                current = int((deployment.get("spec") or {}).get("replicas", 0))
-                if current != target:
-                    client.scale_deployment(ns, BACKEND, target)
-                client.patch_deployment_annotations(ns, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
-                restored.append(f"{cluster}: {current} → {target} replicas")
+                undone = self._undo_recorded(cluster, wait_ready=False)
+                if undone is not None:
+                    current, target, _ = undone
+                    restored.append(f"{cluster}: {current} → {target} replicas")
             except Exception as exc:  # never let one cluster stop the others' rollback
                 errors.append(f"{cluster}: failed to scale {ns}/{BACKEND} back: {_cut(str(exc), 400)}")
         if errors:

@@ -6,7 +6,7 @@ Messages name the object, the field or value, and the fix. They never carry secr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 __all__ = [
     "AlreadyExistsError",
@@ -39,7 +39,28 @@ __all__ = [
 
 
 class ClusterMeshError(Exception):
-    """Root of the project's own errors: anything else escaping is a bug."""
+    """Root of the project's own errors: anything else escaping is a bug.
+
+    Subclasses build their message from their own constructor arguments, so an error is pickled (Prefect
+    moves task exceptions between processes) as its class and those arguments, and rebuilt by calling
+    the constructor again: one rule here instead of a ``__reduce__`` per class.
+    """
+
+    _init_args: tuple[Any, ...] = ()
+    _init_kwargs: dict[str, Any] = {}  # noqa: RUF012 - a class default, replaced per instance in __new__
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        self = super().__new__(cls, *args)
+        self._init_args = args
+        self._init_kwargs = kwargs
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._init_args, self._init_kwargs))
+
+
+def _rebuild(cls: type[ClusterMeshError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> ClusterMeshError:
+    return cls(*args, **kwargs)
 
 
 class CiliumOutputError(ClusterMeshError):
@@ -76,26 +97,6 @@ class CiliumOutputError(ClusterMeshError):
             message += f"; line: {self.line!r}"
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Survive pickling (Prefect moves task exceptions between processes)."""
-        return (
-            _rebuild_cilium_output_error,
-            (self.command, self.problem, self.expected, self.line_no, self.line, self.json_path),
-        )
-
-
-def _rebuild_cilium_output_error(
-    command: str,
-    problem: str,
-    expected: str,
-    line_no: int | None,
-    line: str | None,
-    json_path: str | None,
-) -> CiliumOutputError:
-    return CiliumOutputError(
-        command, problem, expected=expected, line_no=line_no, line=line, json_path=json_path
-    )
-
 
 @dataclass(frozen=True)
 class SpecProblem:
@@ -125,14 +126,6 @@ class SpecError(ClusterMeshError):
         head = f"invalid mesh spec{where}: {count} problem{'s' if count != 1 else ''}"
         super().__init__("\n".join([head, *(f"  - {p}" for p in self.problems)]))
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Survive pickling (Prefect moves task exceptions between processes)."""
-        return (_rebuild_spec_error, (self.problems, self.source))
-
-
-def _rebuild_spec_error(problems: list[SpecProblem], source: str | None) -> SpecError:
-    return SpecError(problems, source=source)
-
 
 class UnsupportedVersionError(ClusterMeshError):
     """A Cilium version outside the lines we keep profiles for: guessing its values could break the CNI."""
@@ -145,9 +138,6 @@ class UnsupportedVersionError(ClusterMeshError):
             "use one of those (e.g. '1.16' or '1.16.9'), or upgrade the cluster's Cilium first"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (UnsupportedVersionError, (self.version, self.supported))
-
 
 class ValuesError(ClusterMeshError):
     """Cilium Helm values we cannot read or must not write; nothing has been written when it is raised."""
@@ -157,13 +147,6 @@ class ValuesError(ClusterMeshError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{obj}: {problem} — {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_values_error, (type(self), self.obj, self.problem, self.fix))
-
-
-def _rebuild_values_error(cls: type[ValuesError], obj: str, problem: str, fix: str) -> ValuesError:
-    return cls(obj, problem, fix=fix)
 
 
 class KkpOwnedKeyError(ValuesError):
@@ -180,9 +163,6 @@ class CertificateError(ClusterMeshError):
             f"{source}: {problem} — expected a PEM block or the base64 of one, as stored in a Secret's data"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (CertificateError, (self.source, self.problem))
-
 
 class KubeconfigError(ClusterMeshError):
     """A kubeconfig we will not use as given; raised before anything is sent to a cluster.
@@ -195,13 +175,6 @@ class KubeconfigError(ClusterMeshError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"kubeconfig for cluster {cluster!r}: {problem} — {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_kubeconfig_error, (self.cluster, self.problem, self.fix))
-
-
-def _rebuild_kubeconfig_error(cluster: str, problem: str, fix: str) -> KubeconfigError:
-    return KubeconfigError(cluster, problem, fix=fix)
 
 
 class KubeApiError(ClusterMeshError):
@@ -235,35 +208,6 @@ class KubeApiError(ClusterMeshError):
         if status:
             http = f"HTTP {status}{' ' + reason if reason else ''}: "
         super().__init__(f"cluster {cluster!r}: {verb} {target} failed: {http}{problem} — {self.fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Survive pickling (Prefect moves task exceptions between processes)."""
-        return (
-            _rebuild_kube_api_error,
-            (
-                type(self),
-                self.cluster,
-                self.verb,
-                self.target,
-                self.problem,
-                self.status,
-                self.reason,
-                self.fix,
-            ),
-        )
-
-
-def _rebuild_kube_api_error(
-    cls: type[KubeApiError],
-    cluster: str,
-    verb: str,
-    target: str,
-    problem: str,
-    status: int | None,
-    reason: str | None,
-    fix: str,
-) -> KubeApiError:
-    return cls(cluster, verb, target, problem, status=status, reason=reason, fix=fix)
 
 
 class TransientKubeError(KubeApiError):
@@ -331,18 +275,6 @@ class WaitTimeoutError(ClusterMeshError):
             f"last seen: {last_seen} — check {check}"
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_wait_timeout_error,
-            (self.cluster, self.expected, self.last_seen, self.timeout, self.check),
-        )
-
-
-def _rebuild_wait_timeout_error(
-    cluster: str, expected: str, last_seen: str, timeout: float, check: str
-) -> WaitTimeoutError:
-    return WaitTimeoutError(cluster, expected, last_seen, timeout=timeout, check=check)
-
 
 class SlackConfigError(ClusterMeshError):
     """Slack settings that cannot work together; names the setting, never the token or webhook URL."""
@@ -352,13 +284,6 @@ class SlackConfigError(ClusterMeshError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{setting}: {problem} — {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_slack_config_error, (self.setting, self.problem, self.fix))
-
-
-def _rebuild_slack_config_error(setting: str, problem: str, fix: str) -> SlackConfigError:
-    return SlackConfigError(setting, problem, fix=fix)
 
 
 class MeshUnhealthyError(ClusterMeshError):
@@ -375,21 +300,8 @@ class MeshUnhealthyError(ClusterMeshError):
         self.check = check
         self.matrix = matrix
         super().__init__(
-            f"mesh not healthy after {timeout:g}s: expected {expected}; "
-            f"last seen: {last_seen} — check {check}"
+            f"mesh not healthy after {timeout:g}s: expected {expected}; last seen: {last_seen} — check {check}"
         )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_mesh_unhealthy_error,
-            (self.expected, self.last_seen, self.timeout, self.check, self.matrix),
-        )
-
-
-def _rebuild_mesh_unhealthy_error(
-    expected: str, last_seen: str, timeout: float, check: str, matrix: Any
-) -> MeshUnhealthyError:
-    return MeshUnhealthyError(expected, last_seen, timeout=timeout, check=check, matrix=matrix)
 
 
 class ClusterStateError(ClusterMeshError):
@@ -404,15 +316,6 @@ class ClusterStateError(ClusterMeshError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"cluster {cluster!r}: {problem} — {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_cluster_state_error, (type(self), self.cluster, self.problem, self.fix))
-
-
-def _rebuild_cluster_state_error(
-    cls: type[ClusterStateError], cluster: str, problem: str, fix: str
-) -> ClusterStateError:
-    return cls(cluster, problem, fix=fix)
 
 
 class PrerequisiteError(ClusterStateError):
@@ -435,10 +338,3 @@ class DrillError(ClusterMeshError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"cluster {cluster!r}: {problem} — {fix}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_drill_error, (self.cluster, self.problem, self.fix))
-
-
-def _rebuild_drill_error(cluster: str, problem: str, fix: str) -> DrillError:
-    return DrillError(cluster, problem, fix=fix)

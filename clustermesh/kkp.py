@@ -81,18 +81,6 @@ class KkpApiError(ClusterMeshError):
         http = f"HTTP {status}: " if status else ""
         super().__init__(f"{where}: {http}{problem} — {self.fix}")
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            _rebuild_kkp_error,
-            (type(self), self.project, self.cluster, self.problem, self.status, self.fix),
-        )
-
-
-def _rebuild_kkp_error(
-    cls: type[KkpApiError], project: str, cluster: str | None, problem: str, status: int | None, fix: str
-) -> KkpApiError:
-    return cls(project, cluster, problem, status=status, fix=fix)
-
 
 class KkpTokenError(KkpApiError):
     """The token reference cannot be resolved (env var unset, no Secret loader); nothing was sent."""
@@ -279,9 +267,7 @@ class KkpClient:
         try:
             return response.content.decode("utf-8")
         except UnicodeDecodeError:
-            raise KkpTransientError(
-                self.project, cluster_id, "the kubeconfig KKP returned is not UTF-8 text"
-            ) from None
+            raise KkpTransientError(self.project, cluster_id, "the kubeconfig KKP returned is not UTF-8 text") from None
 
     # ---- plumbing -------------------------------------------------------------------------------
 
