@@ -73,6 +73,15 @@ def _custom(kind: str, message: str, fix: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message, {"fix": fix})
 
 
+def _reference_only(value: str | None, kind: str, message: str, fix: str) -> str | None:
+    """Reference fields (paths, names) hold no secret text and are not blank."""
+    if value is not None and _looks_secret(value):
+        raise _custom(kind, message, fix)
+    if value is not None and not value.strip():
+        raise _custom("blank", "must not be blank", "remove the field or give a value")
+    return value
+
+
 def _network_input(value: object) -> object:
     """Only text (or an address object) reaches ``ipaddress``, which calls str() on anything else.
 
@@ -145,16 +154,13 @@ class KubeconfigRef(_Model):
     @field_validator("path", "context", "secret_block", "env", mode="after")
     @classmethod
     def _no_inline_secrets(cls, value: str | None) -> str | None:
-        if value is not None and _looks_secret(value):
-            raise _custom(
-                "kubeconfig_inline",
-                "this looks like kubeconfig or key text, not a reference",
-                "never put the kubeconfig itself in the spec: store it in a file (path), a Prefect Secret "
-                "block (secret_block) or point an env var at a file (env)",
-            )
-        if value is not None and not value.strip():
-            raise _custom("blank", "must not be blank", "remove the field or give a value")
-        return value
+        return _reference_only(
+            value,
+            "kubeconfig_inline",
+            "this looks like kubeconfig or key text, not a reference",
+            "never put the kubeconfig itself in the spec: store it in a file (path), a Prefect Secret "
+            "block (secret_block) or point an env var at a file (env)",
+        )
 
     @field_validator("env", mode="after")
     @classmethod
@@ -240,16 +246,12 @@ class KkpRef(_Model):
     @field_validator("api_url", "project", "cluster_id", "token_block", "token_env", "ca_file", mode="after")
     @classmethod
     def _references_only(cls, value: str | None) -> str | None:
-        if value is not None and _looks_secret(value):
-            raise _custom(
-                "kkp_inline_secret",
-                "this looks like a token or key text, not a reference",
-                "store the KKP token in a Prefect Secret block (token_block) or an env var (token_env) "
-                "and give its name",
-            )
-        if value is not None and not value.strip():
-            raise _custom("blank", "must not be blank", "remove the field or give a value")
-        return value
+        return _reference_only(
+            value,
+            "kkp_inline_secret",
+            "this looks like a token or key text, not a reference",
+            "store the KKP token in a Prefect Secret block (token_block) or an env var (token_env) and give its name",
+        )
 
     @field_validator("api_url", mode="after")
     @classmethod
@@ -603,23 +605,32 @@ class Timeouts(_Model):
 
     @model_validator(mode="after")
     def _poll_shorter_than_waits(self) -> Self:
-        shortest = min(self.install, self.load_balancer, self.certificates, self.health)
-        if self.poll_interval >= shortest:
-            raise ValidationError.from_exception_data(
-                "Timeouts",
-                [
-                    InitErrorDetails(
-                        type=_custom(
-                            "poll_interval",
-                            f"poll interval must be shorter than every wait (shortest is {shortest:g}s)",
-                            "lower poll_interval or raise the timeouts",
-                        ),
-                        loc=("poll_interval",),
-                        input=self.poll_interval,
-                    )
-                ],
-            )
-        return self
+        waits = {name: getattr(self, name) for name in ("install", "load_balancer", "certificates", "health")}
+        shortest = min(waits, key=waits.__getitem__)
+        if self.poll_interval < waits[shortest]:
+            return self
+        # Blame the field the user set (a default is not what they got wrong); both set: the pair, by name.
+        set_by_user = self.model_fields_set
+        loc: tuple[str, ...] = ("poll_interval",)
+        value: object = self.poll_interval
+        if shortest in set_by_user:
+            loc = () if "poll_interval" in set_by_user else (shortest,)
+            value = waits[shortest] if loc else {"poll_interval": self.poll_interval, shortest: waits[shortest]}
+        raise ValidationError.from_exception_data(
+            "Timeouts",
+            [
+                InitErrorDetails(
+                    type=_custom(
+                        "poll_interval",
+                        f"every wait must be longer than poll_interval ({self.poll_interval:g}s); "
+                        f"{shortest} is {waits[shortest]:g}s",
+                        f"raise {shortest} or lower poll_interval",
+                    ),
+                    loc=loc,
+                    input=value,
+                )
+            ],
+        )
 
 
 class DrillSettings(_Model):

@@ -227,7 +227,14 @@ def test_timeouts_must_be_positive_seconds(timeouts: dict[str, Any], field: str)
 
 def test_poll_interval_must_be_shorter_than_every_wait() -> None:
     found = problems(spec_data(timeouts={"poll_interval": 400}))
-    assert "shortest is 300s" in found["timeouts.poll_interval"]
+    assert "load_balancer is 300s" in found["timeouts.poll_interval"]
+    assert "raise load_balancer or lower poll_interval" in found["timeouts.poll_interval"]
+
+
+def test_a_wait_shorter_than_the_default_poll_interval_is_blamed_on_the_wait_that_was_set() -> None:
+    found = problems(spec_data(timeouts={"install": 1}))
+    assert list(found) == ["timeouts.install"], found
+    assert "longer than poll_interval (2s)" in found["timeouts.install"]
 
 
 def test_drill_settings_are_checked() -> None:
@@ -430,3 +437,9 @@ def test_any_yaml_text_validates_or_raises_spec_error(text: str) -> None:
         assert exc.problems
     else:
         assert len(spec.clusters) >= 2
+
+
+def test_a_poll_interval_and_a_wait_both_set_and_in_conflict_are_named_together() -> None:
+    found = problems(spec_data(timeouts={"health": 5, "poll_interval": 5}))
+    assert list(found) == ["timeouts"], found
+    assert "health is 5s" in found["timeouts"] and "poll_interval (5s)" in found["timeouts"]
