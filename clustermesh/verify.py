@@ -248,6 +248,19 @@ def _try_cert(data: object, source: str) -> tuple[x509.Certificate | None, str |
         return None, f"{source}: {exc.problem}"
 
 
+def _key_problem(cert: x509.Certificate, data: object, source: str, cert_field: str) -> str | None:
+    """Why the key in ``source`` cannot serve ``cert`` (missing, unreadable, another key's), or None."""
+    if not isinstance(data, str | bytes) or not data:
+        return f"{source} is missing"
+    try:
+        key = load_private_key(str(data), source=source)
+    except CertificateError as exc:
+        return f"{source}: {exc.problem}"
+    if not key_matches(cert, key):
+        return f"{source} does not belong to {cert_field} ({_fp(cert)})"
+    return None
+
+
 def _data(secret: Mapping[str, Any] | None) -> dict[str, Any]:
     data = (secret or {}).get("data")
     return data if isinstance(data, dict) else {}
@@ -611,19 +624,9 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
                     f"run the setup again to copy {now.name}'s current remote certificate",
                 )
             )
-        key_data = tls.get("key")
-        if not key_data:
-            found.append(_fail(subject, f"{label} has no tls.key", RERUN_SETUP))
-        else:
-            try:
-                key = load_private_key(str(key_data), source=f"{label}: tls.key")
-            except CertificateError as exc:
-                found.append(_fail(subject, f"{label}: tls.key: {exc.problem}", RERUN_SETUP))
-            else:
-                if not key_matches(cert, key):
-                    found.append(
-                        _fail(subject, f"{label}: tls.key does not belong to tls.cert ({_fp(cert)})", RERUN_SETUP)
-                    )
+        key_problem = _key_problem(cert, tls.get("key"), f"{label}: tls.key", "tls.cert")
+        if key_problem is not None:
+            found.append(_fail(subject, key_problem, RERUN_SETUP))
 
     if ca_mode == "per-peer":
         found.extend(_ca_cert_findings(subject, label, tls, now))
@@ -885,17 +888,9 @@ def _judge_leaf(
                 "the CA was replaced after this certificate was issued: " + _REISSUE,
             )
         )
-    key_data = data.get("tls.key")
-    if not key_data:
-        problems.append(_fail(subject, f"{source} tls.key is missing", _REISSUE))
-    else:
-        try:
-            key = load_private_key(str(key_data), source=f"{source} tls.key")
-        except CertificateError as exc:
-            problems.append(_fail(subject, f"{source} tls.key: {exc.problem}", _REISSUE))
-        else:
-            if not key_matches(cert, key):
-                problems.append(_fail(subject, f"tls.key does not belong to tls.crt ({_fp(cert)})", _REISSUE))
+    key_problem = _key_problem(cert, data.get("tls.key"), f"{source} tls.key", "tls.crt")
+    if key_problem is not None:
+        problems.append(_fail(subject, key_problem, _REISSUE))
     findings.extend(problems)
     if not problems:
         info = cert_info(cert, now=now)
