@@ -64,3 +64,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_prefect_concurrency_services() -> Iterator[None]:
+    """Each module starts without Prefect's per-process concurrency-slot services from an earlier module.
+
+    Prefect keeps one slot-acquisition service per set of limit names per process, holding a client bound to
+    the API it first talked to (``prefect.concurrency.services``). A module with its own test server that
+    takes the same limit (``mesh-sandbox``) would otherwise ask the previous module's server, which does not
+    know the limit: the full suite failed where the module alone passed. Production processes talk to one
+    API, so this only matters to a test process that starts several servers.
+    """
+    from prefect.concurrency.services import (
+        ConcurrencySlotAcquisitionService,
+        ConcurrencySlotAcquisitionWithLeaseService,
+    )
+
+    for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService):
+        service.drain_all()
+    yield

@@ -483,12 +483,6 @@ def mesh_limit(prefect_api: str) -> Iterator[str]:
         prefect.delete_global_concurrency_limit_by_name(MESH_LIMIT)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes alone (4 of 4 runs) but failed in every full-suite CI run: the limit it creates is not "
-    "the one the held-off run sees (ConcurrencySlotAcquisitionError); an order dependence on another module's "
-    "Prefect test server, not yet found",
-)
 def test_two_setups_of_one_mesh_run_one_after_the_other_under_the_mesh_limit(
     sandbox_factory: Callable[..., Any],
     kubes: Callable[[Any], dict[str, Kube]],
