@@ -31,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -161,7 +162,10 @@ def _private_postgres(tmp: Path) -> Iterator[str]:
         if not runuser:
             pytest.skip("PostgreSQL variant skipped: running as root without runuser to start postgres as a user")
         prefix = [runuser, "-u", "postgres", "--"]
-        tmp.chmod(0o755)
+        # pytest's temp tree is 0700 and root's: user postgres could not reach a data directory inside it
+        outside = Path(tempfile.mkdtemp(prefix="clustermesh-e2e-pg-"))
+        outside.chmod(0o755)
+        data = outside / "pgdata"
         data.mkdir()
         shutil.chown(data, "postgres", "postgres")
     subprocess.run(
@@ -181,6 +185,20 @@ def _private_postgres(tmp: Path) -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True, timeout=60)
+        if data.parent != tmp:
+            shutil.rmtree(data.parent, ignore_errors=True)
+
+
+async def _can_log_in(admin_url: str) -> str | None:
+    """None when the admin URL logs in, else why not (the exception's class and message, no password)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(admin_url.replace("postgresql+asyncpg://", "postgresql://"), timeout=10)
+    except Exception as exc:  # noqa: BLE001 - any failure means: use a private cluster instead
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -188,8 +206,13 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """A URL of a PostgreSQL user that may CREATE DATABASE (see the module docstring)."""
     url = os.environ.get("CLUSTERMESH_TEST_POSTGRES_URL")
     if url:
-        yield url
-        return
+        problem = asyncio.run(_can_log_in(url))
+        if problem is None:
+            yield url
+            return
+        # Seen in full CI runs: the CI user's password rejected (cause not found). A private cluster on
+        # loopback still proves the PostgreSQL variant; say so instead of skipping it.
+        print(f"\nCLUSTERMESH_TEST_POSTGRES_URL unusable ({problem}); using a private PostgreSQL cluster")
     with _private_postgres(tmp_path_factory.mktemp("postgres")) as private:
         yield private
 

@@ -207,11 +207,6 @@ def test_setup_approved_through_the_worker_meshes_the_clusters(deployed: Deploye
     assert {f"{MESH}-values-changes", f"{MESH}-health-matrix", f"{MESH}-firewall-rules"} <= set(artifacts)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passed in the session's earlier full runs and alone; failed (timeout / no verdict) in the last "
-    "full CI run after the PostgreSQL errors: not yet investigated",
-)
 def test_nightly_passes_reports_to_slack_and_emits_events(deployed: Deployed) -> None:
     from prefect.variables import Variable
 
@@ -236,11 +231,6 @@ def test_nightly_passes_reports_to_slack_and_emits_events(deployed: Deployed) ->
     assert verified[0]["payload"]["verdict"] == "PASS"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passed in the session's earlier full runs and alone; failed (timeout / no verdict) in the last "
-    "full CI run after the PostgreSQL errors: not yet investigated",
-)
 def test_failing_nightly_alerts_slack_with_the_run_link_and_emits_degraded(deployed: Deployed) -> None:
     deployed.sandbox.fault("block-port", "--between", "cluster-1,cluster-2", "--port", "udp/8472")
     try:
