@@ -32,15 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from clustermesh import endpoints, mesh_config, prerequisites  # noqa: E402
-from clustermesh.credentials import open_cluster  # noqa: E402
 from clustermesh.drill import BACKEND, SERVICE, DrillResult, run_drill  # noqa: E402
 from clustermesh.kube import ClusterClient  # noqa: E402
-from clustermesh.models import ClusterFacts, MeshEndpoint  # noqa: E402
-from clustermesh.profiles import profile_for  # noqa: E402
-from clustermesh.spec import MeshSpec, load_spec  # noqa: E402
 from sandbox.mesh import ClusterState, service_entries  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
+from tests.helpers import build_mesh  # noqa: E402  (the mesh of tests/integration/test_drill_on_sandbox.py)
 
 SERVICES_KEY = "v1/services"
 
@@ -51,44 +47,6 @@ def machine() -> str:
         f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs (load average {load}), "
         f"Python {platform.python_version()} ({platform.python_implementation()})"
     )
-
-
-# ------------------------------------------------------------------------------------- the mesh
-
-
-def build_mesh(sb: Sandbox, drill_timeout: float) -> tuple[MeshSpec, dict[str, ClusterClient], dict[str, ClusterFacts]]:
-    """Steps 1–6 of the guide with the domain functions, as flows/mesh_setup.py orders them."""
-    spec = load_spec(sb.directory / "mesh.yaml")
-    spec = spec.model_copy(update={"drill": spec.drill.model_copy(update={"timeout": drill_timeout})})
-    clients = {c.name: open_cluster(c, request_timeout=spec.timeouts.api) for c in spec.clusters}
-    try:
-        facts = {c.name: prerequisites.check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
-        first, others = spec.first, spec.others
-        shared = spec.cilium.resolve(profile_for(facts[first.name].profile_line)).ca_mode == "shared"
-        mesh_config.configure_mesh(clients[first.name], facts[first.name], first, spec, step="2", peers=[])
-        first_ep = endpoints.collect_mesh_endpoint(clients[first.name], facts[first.name], spec, want_ca_key=shared)
-        ca = first_ep.shared_ca() if shared else None
-        for c in others:
-            mesh_config.configure_mesh(
-                clients[c.name], facts[c.name], c, spec, step="4", peers=[first_ep.peer_entry()], shared_ca=ca
-            )
-        eps: dict[str, MeshEndpoint] = {first.name: first_ep}
-        for c in others:
-            eps[c.name] = endpoints.collect_mesh_endpoint(
-                clients[c.name],
-                facts[c.name],
-                spec,
-                want_ca_key=False,
-                expected_ca=first_ep.ca_cert if shared else None,
-            )
-        for c in spec.clusters:
-            peers = [eps[o.name].peer_entry() for o in spec.clusters if o.name != c.name]
-            mesh_config.configure_mesh(clients[c.name], facts[c.name], c, spec, step="6", peers=peers, shared_ca=ca)
-    except BaseException:
-        for client in clients.values():
-            client.close()
-        raise
-    return spec, clients, facts
 
 
 # ----------------------------------------------------------------------- the sandbox's own truth

@@ -21,7 +21,12 @@ import time
 from pathlib import Path
 
 from kubernetes import client, config
-from kubernetes.stream import stream
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers import agent_exec, sandbox_argv, wait_for_ready  # noqa: E402
 
 
 def machine() -> str:
@@ -32,26 +37,9 @@ def machine() -> str:
 def startup(tmp: Path) -> tuple[float, int, int]:
     directory = tmp / "startup"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clustermesh.cli",
-            "sandbox",
-            "up",
-            "--dir",
-            str(directory),
-            "--time-scale",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = subprocess.Popen(sandbox_argv(directory), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        while not (directory / "ready").exists():
-            if proc.poll() is not None:
-                raise SystemExit(f"sandbox exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            time.sleep(0.01)
+        wait_for_ready(proc, directory, within=None, poll=0.01, error=SystemExit)
         elapsed = time.perf_counter() - start
         time.sleep(0.5)
         status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -113,17 +101,7 @@ def main() -> None:
             exec_core = client.CoreV1Api(exec_api)
 
             def one_exec() -> None:
-                out = stream(
-                    exec_core.connect_get_namespaced_pod_exec,
-                    pod,
-                    "kube-system",
-                    container="cilium-agent",
-                    command=["cilium-health", "status"],
-                    stderr=True,
-                    stdin=False,
-                    stdout=True,
-                    tty=False,
-                )
+                out = agent_exec(exec_core, pod, ["cilium-health", "status"], stderr=True)
                 assert "Nodes:" in out or "Cluster health" in out, out
 
             per_s, n = rate(one_exec, args.seconds)

@@ -32,6 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.helpers import sandbox_argv, wait_for_ready  # noqa: E402
+
 
 def machine() -> str:
     return f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
@@ -40,36 +42,10 @@ def machine() -> str:
 @contextmanager
 def sandbox(directory: Path, clusters: int, cilium_version: str) -> Iterator[Path]:
     """An instant sandbox in its own process; yields its ``mesh.yaml``."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "clustermesh.cli",
-            "sandbox",
-            "up",
-            "--dir",
-            str(directory),
-            "--clusters",
-            str(clusters),
-            "--nodes",
-            "2",
-            "--cilium-version",
-            cilium_version,
-            "--time-scale",
-            "0",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    argv = sandbox_argv(directory, "--clusters", str(clusters), "--nodes", "2", "--cilium-version", cilium_version)
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while not (directory / "ready").exists():
-            if proc.poll() is not None:
-                raise SystemExit(f"sandbox exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-            if time.monotonic() > deadline:
-                raise SystemExit("sandbox not ready within 120 s")
-            time.sleep(0.02)
+        wait_for_ready(proc, directory, within=120, poll=0.02, error=SystemExit)
         yield directory / "mesh.yaml"
     finally:
         proc.terminate()

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test group: running sandboxes and clients that talk to them."""
+"""Fixtures shared by every test group: running sandboxes, clients that talk to them, a Prefect server per module."""
 
 from __future__ import annotations
 
@@ -84,3 +84,43 @@ def _forget_prefect_concurrency_services() -> Iterator[None]:
     for service in (ConcurrencySlotAcquisitionService, ConcurrencySlotAcquisitionWithLeaseService):
         service.drain_all()
     yield
+
+
+@pytest.fixture(scope="module")
+def module_prefect_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A temporary Prefect server for one test module, with PREFECT_HOME and result storage in a temp dir.
+
+    Not autouse: a module that wants one says ``pytestmark = pytest.mark.usefixtures("module_prefect_server")``
+    (tests/flows has one server for the whole session instead). Yields the server's API URL.
+    """
+    from tests.helpers import prefect_test_server
+
+    name = request.module.__name__.rpartition(".")[2].removeprefix("test_")
+    with prefect_test_server(tmp_path_factory.mktemp(f"prefect-home-{name}")) as url:
+        yield url
+
+
+@pytest.fixture
+def no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caching of endpoint results is off (CLUSTERMESH_RESULT_KEY unset) unless the test sets a key itself."""
+    from tasks.results import RESULT_KEY_ENV
+
+    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
+
+
+@pytest.fixture
+def kubes() -> Iterator[Callable[[Any], dict[str, Any]]]:
+    """``kubes(sb)`` → {cluster name: Kube (tests/flows/conftest.py)} for every endpoint of a sandbox (in-process
+    or not: anything with ``endpoints`` of ``name`` and ``kubeconfig``); every client is closed after the test."""
+    from tests.flows.conftest import Kube
+
+    opened: list[Kube] = []
+
+    def make(sb: Any) -> dict[str, Kube]:
+        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
+        opened.extend(out.values())
+        return out
+
+    yield make
+    for k in opened:
+        k.close()

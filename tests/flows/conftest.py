@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,15 +20,16 @@ import pytest
 import yaml
 from cryptography.fernet import Fernet
 from kubernetes import client
-from kubernetes.stream import stream
 
 from clustermesh.spec import MeshSpec, load_spec
 from tasks.results import RESULT_KEY_ENV
 from tests.conftest import kube_client
+from tests.helpers import agent_exec, cli_environment, prefect_test_server, run_cli
 
 NS = "kube-system"
 AI = ("apps.kubermatic.k8c.io", "v1", NS, "applicationinstallations", "cilium")
 REMOTE_CERT = "clustermesh-apiserver-remote-cert"
+CLI_TIMEOUT = 180
 
 
 # ---------------------------------------------------------------------------------------- Prefect
@@ -36,23 +38,9 @@ REMOTE_CERT = "clustermesh-apiserver-remote-cert"
 @pytest.fixture(scope="session", autouse=True)
 def prefect_storage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A temporary Prefect server for the session; yields the (session-private) result storage dir."""
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
     home = tmp_path_factory.mktemp("prefect-home")
-    storage = home / "storage"
-    updates = {
-        PREFECT_HOME: home,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage,
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-    }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
-        yield storage
+    with prefect_test_server(home):
+        yield home / "storage"
 
 
 @pytest.fixture
@@ -66,9 +54,8 @@ def prefect_api_url(prefect_storage: Path) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Caching of endpoint results is off unless a test asks for ``result_key``."""
-    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
+def _no_result_key(no_result_key: None) -> None:
+    """Caching of endpoint results is off unless a test asks for ``result_key`` (tests/conftest.py)."""
 
 
 @pytest.fixture
@@ -79,6 +66,17 @@ def result_key(monkeypatch: pytest.MonkeyPatch) -> bytes:
     return key
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, prefect_api_url: str) -> dict[str, str]:
+    """Environment of CLI subprocesses: their own PREFECT_HOME, the session's test server as API, no result key."""
+    return cli_environment(tmp_path / "prefect-home", prefect_api_url)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``clustermesh *args`` as a subprocess (at most CLI_TIMEOUT seconds)."""
+    return run_cli(env, *args, timeout=CLI_TIMEOUT)
+
+
 def task_runs_of(flow_run_id: Any) -> dict[str, Any]:
     """Task runs of one flow run by name (e.g. "3. Retrieve Cluster Mesh data from cluster-1")."""
     from prefect.client.orchestration import get_client
@@ -87,6 +85,25 @@ def task_runs_of(flow_run_id: Any) -> dict[str, Any]:
     with get_client(sync_client=True) as prefect:
         runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     return {run.name: run for run in runs}
+
+
+# ---------------------------------------------------------------------------------- meshed sandboxes
+
+
+@pytest.fixture
+def meshed(sandbox_factory: Callable[..., Any]) -> Callable[..., Any]:
+    """``meshed(**options)``: a sandbox (Cilium 1.16 unless ``cilium_version`` says otherwise) meshed by the
+    real ``cluster_mesh_setup`` flow (healthy, checked)."""
+    from flows.mesh_setup import cluster_mesh_setup
+
+    def make(**options: Any) -> Any:
+        options.setdefault("cilium_version", "1.16")
+        sb = sandbox_factory(**options)
+        result = cluster_mesh_setup(mesh_spec(sb))
+        assert result.health.healthy, result.health.render_text()
+        return sb
+
+    return make
 
 
 # ------------------------------------------------------------------------------------------ specs
@@ -172,36 +189,9 @@ class Kube:
     def exec(self, pod: str, command: list[str]) -> str:
         own = kube_client(self.kubeconfig)  # exec gets its own ApiClient (reference/kube-api.md §7)
         try:
-            return str(
-                stream(
-                    client.CoreV1Api(own).connect_get_namespaced_pod_exec,
-                    pod,
-                    NS,
-                    container="cilium-agent",
-                    command=command,
-                    stderr=False,
-                    stdin=False,
-                    stdout=True,
-                    tty=False,
-                )
-            )
+            return agent_exec(client.CoreV1Api(own), pod, command, stderr=False)
         finally:
             own.close()
-
-
-@pytest.fixture
-def kubes() -> Iterator[Callable[[Any], dict[str, Kube]]]:
-    """``kubes(sb)`` → {cluster name: Kube}; every client is closed after the test."""
-    opened: list[Kube] = []
-
-    def make(sb: Any) -> dict[str, Kube]:
-        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
 
 
 def ai_versions(kubes: dict[str, Kube]) -> dict[str, tuple[str, int]]:

@@ -8,48 +8,20 @@ Replica counts are read with the official ``kubernetes`` client.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 
 from clustermesh import prerequisites
 from clustermesh.credentials import open_cluster
 from clustermesh.drill import Drill, DrillResult
 from flows.failover_drill import failover_drill
-from flows.mesh_setup import cluster_mesh_setup
 from tests.flows.conftest import Kube, mesh_spec, task_runs_of
 
 DRILL_NS = "clustermesh-drill"
 DRILL_BACKEND = "clustermesh-drill-backend"
 RECORD = "clustermesh.io/drill-original-replicas"
-
-
-@pytest.fixture
-def meshed(sandbox_factory: Callable[..., Any]) -> Callable[..., Any]:
-    def make(**options: Any) -> Any:
-        sb = sandbox_factory(**options)
-        result = cluster_mesh_setup(mesh_spec(sb))
-        assert result.health.healthy, result.health.render_text()
-        return sb
-
-    return make
-
-
-@pytest.fixture
-def kubes_of() -> Iterator[Callable[[Any], dict[str, Kube]]]:
-    opened: list[Kube] = []
-
-    def make(sb: Any) -> dict[str, Kube]:
-        out = {p.stem: Kube(p) for p in sorted(Path(sb.directory).glob("cluster-*.kubeconfig"))}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
 
 
 def backends(kubes: dict[str, Kube]) -> dict[str, tuple[int, int, str | None]]:
@@ -92,10 +64,10 @@ def run_drill_flow(spec: Any) -> tuple[Any, DrillResult]:
 
 
 def test_the_drill_flow_passes_on_two_clusters_and_reports_every_phase_as_a_task_and_a_table(
-    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]]
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
 ) -> None:
     sb = meshed(clusters=2, cilium_version="1.16", nodes=2)
-    k = kubes_of(sb)
+    k = kubes(sb)
 
     state, result = run_drill_flow(mesh_spec(sb))
 
@@ -137,10 +109,10 @@ def test_the_drill_flow_passes_on_two_clusters_and_reports_every_phase_as_a_task
 
 
 def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_flow_run(
-    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]]
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
 ) -> None:
     sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
-    k = kubes_of(sb)
+    k = kubes(sb)
     spec = mesh_spec(sb)
     clients = {c.name: open_cluster(c, request_timeout=spec.timeouts.api) for c in spec.clusters}
     try:

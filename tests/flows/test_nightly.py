@@ -9,10 +9,6 @@ official ``kubernetes`` client.
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +21,10 @@ from kubernetes import client as k8s
 from clustermesh.spec import MeshSpec, NotifySettings
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification
-from tests.flows.conftest import Kube, mesh_spec, write_edited_yaml
+from tests.flows.conftest import Kube, cli, mesh_spec, write_edited_yaml
+from tests.helpers import cli_environment, sandbox_process
 from tests.slack_server import SlackTestServer
 
-ROOT = Path(__file__).resolve().parents[2]
 UI = "https://prefect.example.com"
 SLACK_ENV = ("SLACK_BOT_TOKEN", "SLACK_CHANNEL", "SLACK_WEBHOOK_URL", "SLACK_API_URL", "PREFECT_UI_URL")
 DRILL_NS = "clustermesh-drill"
@@ -38,7 +34,6 @@ LEAF_CERTS = (
     "clustermesh-apiserver-remote-cert",
     "clustermesh-apiserver-admin-cert",
 )
-CLI_TIMEOUT = 180
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -64,34 +59,6 @@ def slack_env(slack: SlackTestServer, monkeypatch: pytest.MonkeyPatch) -> SlackT
     monkeypatch.setenv("SLACK_CHANNEL", "#mesh-alerts")
     monkeypatch.setenv("SLACK_API_URL", slack.url)
     return slack
-
-
-@pytest.fixture
-def meshed(sandbox_factory: Callable[..., Any]) -> Callable[..., Any]:
-    """A sandbox meshed by the real ``cluster_mesh_setup`` flow (healthy, checked)."""
-
-    def make(**options: Any) -> Any:
-        options.setdefault("cilium_version", "1.16")
-        sb = sandbox_factory(**options)
-        result = cluster_mesh_setup(mesh_spec(sb))
-        assert result.health.healthy, result.health.render_text()
-        return sb
-
-    return make
-
-
-@pytest.fixture
-def kubes_of() -> Iterator[Callable[[Any], dict[str, Kube]]]:
-    opened: list[Kube] = []
-
-    def make(sb: Any) -> dict[str, Kube]:
-        out = {p.stem: Kube(p) for p in sorted(Path(sb.directory).glob("cluster-*.kubeconfig"))}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -175,11 +142,11 @@ def artifacts_of(flow_run: Any, key: str) -> list[Any]:
 
 
 def test_a_healthy_mesh_passes_with_one_slack_message_edited_in_place_and_details_in_its_thread(
-    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]], slack_env: SlackTestServer
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]], slack_env: SlackTestServer
 ) -> None:
     slack = slack_env
     sb = meshed(clusters=2, nodes=2)
-    k = kubes_of(sb)
+    k = kubes(sb)
 
     state, result = run_nightly(with_link(mesh_spec(sb)))
 
@@ -229,11 +196,11 @@ def test_a_healthy_mesh_passes_with_one_slack_message_edited_in_place_and_detail
 
 
 def test_a_broken_vxlan_path_fails_the_run_without_drilling_and_slack_names_udp_8472_once(
-    meshed: Callable[..., Any], kubes_of: Callable[[Any], dict[str, Kube]], slack_env: SlackTestServer
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]], slack_env: SlackTestServer
 ) -> None:
     slack = slack_env
     sb = meshed(clusters=2, nodes=2)
-    k = kubes_of(sb)
+    k = kubes(sb)
     sb.fault("block-port", a="cluster-1", b="cluster-2", port="udp/8472")
     spec = with_drill_timeout(with_link(mesh_spec(sb, health=5)), 2)
 
@@ -368,59 +335,15 @@ def test_a_failed_setup_alerts_slack_naming_the_flow_the_cluster_and_the_error(
 @pytest.fixture
 def cli_env(tmp_path: Path, prefect_api_url: str) -> dict[str, str]:
     """Own PREFECT_HOME; the session's test server as API (no temporary server per process); no Slack."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k not in SLACK_ENV}
-    env.pop("CLUSTERMESH_RESULT_KEY", None)
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=prefect_api_url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clustermesh.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
+    return cli_environment(tmp_path / "prefect-home", prefect_api_url, without=SLACK_ENV)
 
 
 @pytest.fixture
 def sandbox_dir(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Path]:
     """``clustermesh sandbox up`` as a background process; yields its directory once ready."""
     directory = tmp_path / "sandbox"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "clustermesh.cli", "sandbox", "up", "--dir", str(directory), "--time-scale", "0"],
-        cwd=ROOT,
-        env=cli_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (directory / "ready").exists():
-            if proc.poll() is not None:
-                raise AssertionError(f"sandbox exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
-            if time.monotonic() > deadline:
-                raise AssertionError("sandbox not ready within 60 s")
-            time.sleep(0.1)
+    with sandbox_process(directory, env=cli_env):
         yield directory
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_cli_verify_exits_0_on_a_healthy_mesh_and_1_once_vxlan_is_blocked(

@@ -6,12 +6,11 @@ them pays for starting a temporary server of its own).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -22,37 +21,8 @@ from clustermesh import endpoints, mesh_config, prerequisites
 from clustermesh.credentials import open_cluster
 from clustermesh.spec import load_spec
 from sandbox.server import send_fault
-from tests.flows.conftest import Kube, ai_versions, assert_peers_exactly_once, key_material, write_edited_yaml
-
-ROOT = Path(__file__).resolve().parents[2]
-CLI_TIMEOUT = 180
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, prefect_api_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.pop("CLUSTERMESH_RESULT_KEY", None)
-    home = tmp_path / "prefect-home"
-    home.mkdir()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=prefect_api_url,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "clustermesh.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT,
-        check=False,
-    )
+from tests.flows.conftest import Kube, ai_versions, assert_peers_exactly_once, cli, key_material, write_edited_yaml
+from tests.helpers import sandbox_process as sandbox_up
 
 
 @dataclass(frozen=True)
@@ -76,63 +46,16 @@ class SandboxProcess:
 
 @pytest.fixture
 def sandbox_process(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Callable[..., SandboxProcess]]:
-    started: list[subprocess.Popen[str]] = []
+    """``sandbox_process(*options)`` starts ``clustermesh sandbox up`` in the background; stopped after the test."""
+    with ExitStack() as running:
+        started = count(1)
 
-    def start(*options: str) -> SandboxProcess:
-        directory = tmp_path / f"sandbox-{len(started) + 1}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "clustermesh.cli",
-                "sandbox",
-                "up",
-                "--dir",
-                str(directory),
-                "--time-scale",
-                "0",
-                *options,
-            ],
-            cwd=ROOT,
-            env=cli_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        started.append(proc)
-        deadline = time.monotonic() + 60
-        while not (directory / "ready").exists():
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"sandbox exited with {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
-                )
-            if time.monotonic() > deadline:
-                raise AssertionError("sandbox not ready within 60 s")
-            time.sleep(0.1)
-        return SandboxProcess(directory, proc)
+        def start(*options: str) -> SandboxProcess:
+            directory = tmp_path / f"sandbox-{next(started)}"
+            proc = running.enter_context(sandbox_up(directory, *options, env=cli_env))
+            return SandboxProcess(directory, proc)
 
-    yield start
-    for proc in started:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def kube_of() -> Iterator[Callable[[SandboxProcess], dict[str, Kube]]]:
-    opened: list[Kube] = []
-
-    def make(sb: SandboxProcess) -> dict[str, Kube]:
-        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
+        yield start
 
 
 def enable_first_cluster(mesh_yaml: Path) -> None:
@@ -147,11 +70,11 @@ def enable_first_cluster(mesh_yaml: Path) -> None:
 
 def test_plan_prints_diffs_with_fingerprints_and_no_key_material_and_writes_nothing(
     sandbox_process: Callable[..., SandboxProcess],
-    kube_of: Callable[[SandboxProcess], dict[str, Kube]],
+    kubes: Callable[[SandboxProcess], dict[str, Kube]],
     cli_env: dict[str, str],
 ) -> None:
     sb = sandbox_process("--clusters", "2", "--cilium-version", "1.13")
-    k = kube_of(sb)
+    k = kubes(sb)
     enable_first_cluster(sb.mesh_yaml)
     secrets = key_material(k)
     assert secrets, "cluster-1 should hold its CA and remote-cert keys by now"
@@ -172,11 +95,11 @@ def test_plan_prints_diffs_with_fingerprints_and_no_key_material_and_writes_noth
 
 def test_setup_exits_0_on_a_healthy_mesh_and_a_plan_afterwards_shows_no_change(
     sandbox_process: Callable[..., SandboxProcess],
-    kube_of: Callable[[SandboxProcess], dict[str, Kube]],
+    kubes: Callable[[SandboxProcess], dict[str, Kube]],
     cli_env: dict[str, str],
 ) -> None:
     sb = sandbox_process("--clusters", "2", "--cilium-version", "1.16")
-    k = kube_of(sb)
+    k = kubes(sb)
 
     done = cli(cli_env, "setup", "--config", str(sb.mesh_yaml))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import json
 import stat
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from tests.flows.conftest import (
     mesh_spec,
     task_runs_of,
 )
+from tests.helpers import wait_until
 
 Kubes = Callable[[Any], dict[str, Any]]
 
@@ -65,17 +65,6 @@ def cert_fingerprint(cert_b64: str) -> str:
 
 def endpoint_of(result: SetupResult, cluster: str) -> dict[str, object]:
     return next(e for e in result.endpoints if e["cluster"] == cluster)
-
-
-def wait_until(what: str, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 # --------------------------------------------------------------------------------- second runs

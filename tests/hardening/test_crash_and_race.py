@@ -42,14 +42,15 @@ from typing import Any
 import pytest
 from kubernetes import watch
 
-from tasks.results import RESULT_KEY_ENV
 from tests.flows.conftest import AI, Kube, assert_peers_exactly_once, health_problems, mesh_spec
+from tests.helpers import ROOT, cli_environment, prefect_test_server
 
-ROOT = Path(__file__).resolve().parents[2]
 MESH_LIMIT = "mesh-sandbox"  # mesh_lock_name() of the sandbox's mesh.yaml (name: sandbox)
 AI_PATH = "/apis/apps.kubermatic.k8c.io/v1/namespaces/kube-system/applicationinstallations/cilium"
 WRITES_OF_A_FRESH_SETUP = 6  # 3 clusters: step 2 once, step 4 twice, step 6 three times
 WAIT = 90.0  # generous bound on every wait below; a test fails with what it saw, never on a timing
+
+pytestmark = pytest.mark.usefixtures("no_result_key")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -62,62 +63,17 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     A denied concurrency slot is retried after at most 1 s (the default cap is 30 s), so a setup held off by
     the mesh limit starts soon after the holder finished.
     """
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.settings import PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS as SLOT_WAIT
 
     home = tmp_path_factory.mktemp("prefect-home-crash-race")
-    updates = {
-        PREFECT_HOME: home,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-        PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS: 1.0,
-    }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
-        url = PREFECT_API_URL.value()
-        assert url, "the Prefect test harness did not set PREFECT_API_URL"
-        yield str(url)
-
-
-@pytest.fixture(autouse=True)
-def _no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
+    with prefect_test_server(home, settings={SLOT_WAIT: 1.0}) as url:
+        yield url
 
 
 @pytest.fixture
 def cli_env(tmp_path: Path, prefect_api: str) -> dict[str, str]:
     """Environment of the CLI subprocesses: the module's Prefect server, a PREFECT_HOME of their own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.pop(RESULT_KEY_ENV, None)
-    home = tmp_path / "prefect-home-cli"
-    home.mkdir()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=prefect_api,
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PYTHONPATH=str(ROOT),
-    )
-    return env
-
-
-@pytest.fixture
-def kubes() -> Iterator[Callable[[Any], dict[str, Kube]]]:
-    opened: list[Kube] = []
-
-    def make(sb: Any) -> dict[str, Kube]:
-        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
+    return cli_environment(tmp_path / "prefect-home-cli", prefect_api)
 
 
 @pytest.fixture

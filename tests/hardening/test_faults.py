@@ -23,7 +23,6 @@ from kubernetes import client as k8s
 from clustermesh.errors import TransientKubeError
 from flows.mesh_setup import SetupResult, cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification
-from tasks.results import RESULT_KEY_ENV
 from tests.flows.conftest import (
     Kube,
     ai_versions,
@@ -44,48 +43,11 @@ STEP_1_CLUSTER_2 = "1. Check prerequisites of cluster-2"
 OUTAGE_SECONDS = 20.0
 TABLE_HEADER = "| fault | runs | outcome | retries used |\n|---|---|---|---|"
 
+# a temporary Prefect server for this module, with PREFECT_HOME and result storage in a temp dir (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("module_prefect_server", "no_result_key")
+
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A temporary Prefect server for this module, with PREFECT_HOME and result storage in a temp dir."""
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home-faults")
-    updates = {
-        PREFECT_HOME: home,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-    }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
-
-
-@pytest.fixture
-def kubes() -> Iterator[Callable[[Any], dict[str, Kube]]]:
-    opened: list[Kube] = []
-
-    def make(sb: Any) -> dict[str, Kube]:
-        out = {ep.name: Kube(ep.kubeconfig) for ep in sb.endpoints}
-        opened.extend(out.values())
-        return out
-
-    yield make
-    for k in opened:
-        k.close()
 
 
 @pytest.fixture

@@ -10,41 +10,17 @@ renders all of them on one thread). So the 16×50 run is marked ``slow`` and run
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification
-from tasks.results import RESULT_KEY_ENV
 from tests.flows.conftest import mesh_spec
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A temporary Prefect server for this module, with PREFECT_HOME and result storage in a temp dir."""
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect-home-load")
-    updates = {
-        PREFECT_HOME: home,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-    }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _no_result_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(RESULT_KEY_ENV, raising=False)
+# a temporary Prefect server for this module, with PREFECT_HOME and result storage in a temp dir (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("module_prefect_server", "no_result_key")
 
 
 def setup_then_verify(sandbox_factory: Callable[..., Any], clusters: int, nodes: int) -> VerificationResult:

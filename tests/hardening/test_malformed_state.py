@@ -37,7 +37,7 @@ from clustermesh.slack import Finding
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts, load_spec
 from clustermesh.verify import ADMIN_CERT, certificate_report, check_drift
 from tests.conftest import kube_client
-from tests.sandbox.test_guide_by_hand import wait_until
+from tests.helpers import wait_until
 
 GROUP, VERSION, PLURAL = "apps.kubermatic.k8c.io", "v1", "applicationinstallations"
 AI_NAME = "ApplicationInstallation kube-system/cilium"

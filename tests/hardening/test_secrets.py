@@ -44,6 +44,7 @@ from flows.mesh_setup import SetupResult, cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification
 from tasks.results import RESULT_KEY_ENV, FernetPickleSerializer, ResultKeyError, caching_enabled, result_key
 from tests.conftest import kube_client
+from tests.helpers import prefect_test_server
 from tests.slack_server import SlackTestServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,22 +69,10 @@ class PrefectPlace:
 @pytest.fixture(scope="module")
 def prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectPlace]:
     from prefect.events.worker import EventsWorker
-    from prefect.settings import (
-        PREFECT_HOME,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        PREFECT_SERVER_DATABASE_CONNECTION_URL,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
     home = tmp_path_factory.mktemp("prefect-home")
-    updates = {
-        PREFECT_HOME: home,
-        PREFECT_RESULTS_LOCAL_STORAGE_PATH: home / "storage",
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
-    }
-    with temporary_settings(updates=updates), prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_server(home):
         # The events worker is one per process and keeps the server it first connected to: after a harness
         # of another test module (tests/flows) it would send this module's events (and so its task run
         # states) to that server. Stopped here, the next event starts a worker for this server.

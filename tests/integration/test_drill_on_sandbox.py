@@ -14,8 +14,6 @@ from typing import Any
 
 import pytest
 
-from clustermesh import endpoints, mesh_config, prerequisites
-from clustermesh.credentials import open_cluster
 from clustermesh.drill import (
     AGENT_CONTAINER,
     AGENT_LABEL,
@@ -26,9 +24,10 @@ from clustermesh.drill import (
     run_drill,
 )
 from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts, MeshEndpoint
+from clustermesh.models import ClusterFacts
 from clustermesh.profiles import profile_for
-from clustermesh.spec import MeshSpec, load_spec
+from clustermesh.spec import MeshSpec
+from tests.helpers import build_mesh
 
 
 @dataclass
@@ -53,47 +52,13 @@ class Mesh:
         return out
 
 
-def build_mesh(sb: Any, drill_timeout: float) -> Mesh:
-    """Steps 1–6 of the guide with the domain functions, in the order flows/mesh_setup.py runs them."""
-    spec = load_spec(sb.directory / "mesh.yaml")
-    spec = spec.model_copy(update={"drill": spec.drill.model_copy(update={"timeout": drill_timeout})})
-    clients = {c.name: open_cluster(c) for c in spec.clusters}
-    try:
-        facts = {c.name: prerequisites.check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
-        first, others = spec.first, spec.others
-        shared = spec.cilium.resolve(profile_for(facts[first.name].profile_line)).ca_mode == "shared"
-        mesh_config.configure_mesh(clients[first.name], facts[first.name], first, spec, step="2", peers=[])
-        first_ep = endpoints.collect_mesh_endpoint(clients[first.name], facts[first.name], spec, want_ca_key=shared)
-        ca = first_ep.shared_ca() if shared else None
-        for c in others:
-            mesh_config.configure_mesh(
-                clients[c.name], facts[c.name], c, spec, step="4", peers=[first_ep.peer_entry()], shared_ca=ca
-            )
-        eps: dict[str, MeshEndpoint] = {first.name: first_ep}
-        for c in others:
-            eps[c.name] = endpoints.collect_mesh_endpoint(
-                clients[c.name],
-                facts[c.name],
-                spec,
-                want_ca_key=False,
-                expected_ca=first_ep.ca_cert if shared else None,
-            )
-        for c in spec.clusters:
-            peers = [eps[o.name].peer_entry() for o in spec.clusters if o.name != c.name]
-            mesh_config.configure_mesh(clients[c.name], facts[c.name], c, spec, step="6", peers=peers, shared_ca=ca)
-    except BaseException:
-        for client in clients.values():
-            client.close()
-        raise
-    return Mesh(sb, spec, clients, facts)
-
-
 @pytest.fixture
 def mesh_factory(sandbox_factory: Callable[..., Any]) -> Iterator[Callable[..., Mesh]]:
     made: list[Mesh] = []
 
     def make(version: str, clusters: int = 2, drill_timeout: float = 30) -> Mesh:
-        mesh = build_mesh(sandbox_factory(clusters=clusters, cilium_version=version), drill_timeout)
+        sb = sandbox_factory(clusters=clusters, cilium_version=version)
+        mesh = Mesh(sb, *build_mesh(sb, drill_timeout))
         made.append(mesh)
         return mesh
 

@@ -7,29 +7,17 @@ the sandbox must show the failure the way Cilium would.
 from __future__ import annotations
 
 import base64
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
 from kubernetes import client
-from kubernetes.stream import stream
 
 from tests.conftest import kube_client
+from tests.helpers import agent_exec, health_nodes, wait_until
 
 GROUP, VERSION, PLURAL = "apps.kubermatic.k8c.io", "v1", "applicationinstallations"
-
-
-def wait_until(what: str, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -79,19 +67,7 @@ class Cluster:
         pods = self.core.list_namespaced_pod("kube-system", label_selector="k8s-app=cilium").items
         own = kube_client(self.kubeconfig)  # exec gets its own ApiClient (reference/kube-api.md §7)
         try:
-            return str(
-                stream(
-                    client.CoreV1Api(own).connect_get_namespaced_pod_exec,
-                    pods[0].metadata.name,
-                    "kube-system",
-                    container="cilium-agent",
-                    command=["cilium-health", "status"],
-                    stderr=True,
-                    stdin=False,
-                    stdout=True,
-                    tty=False,
-                )
-            )
+            return agent_exec(client.CoreV1Api(own), pods[0].metadata.name, ["cilium-health", "status"], stderr=True)
         finally:
             own.close()
 
@@ -104,20 +80,6 @@ def issued_by(cert_b64: str, ca_b64: str) -> bool:
     except Exception:
         return False
     return True
-
-
-def node_lines(health: str) -> dict[str, list[str]]:
-    """Node name → the four probe results, from the 1.13 layout (parsed here, independent of the pipeline)."""
-    nodes: dict[str, list[str]] = {}
-    current = None
-    for line in health.splitlines():
-        m = re.match(r"^  (\S+?)( \(localhost\))?:$", line)
-        if m:
-            current = m.group(1)
-            nodes[current] = []
-        elif current and re.match(r"^\s+(ICMP to stack|HTTP to agent):", line):
-            nodes[current].append(line.split(":", 1)[1].strip())
-    return nodes
 
 
 def enable_cluster_1(c1: Cluster) -> None:
@@ -194,7 +156,7 @@ def run_guide(sandbox_factory: Callable[..., Any], *, leave_out_remote_cert: boo
 
 
 def all_ok(health: str, expected_nodes: int) -> bool:
-    nodes = node_lines(health)
+    nodes = health_nodes(health)
     return len(nodes) == expected_nodes and all(
         len(p) == 4 and all(r.startswith("OK") for r in p) for p in nodes.values()
     )
@@ -207,7 +169,7 @@ def test_the_guide_done_by_hand_gives_a_healthy_mesh(sandbox_factory: Callable[.
         health = wait_until(
             "every node of both clusters OK", lambda c=c: (h := c.cilium_health()) and all_ok(h, 4) and h
         )
-        assert {n.split("/")[0] for n in node_lines(health)} == {"cluster-1", "cluster-2"}, health
+        assert {n.split("/")[0] for n in health_nodes(health)} == {"cluster-1", "cluster-2"}, health
 
 
 def test_leaving_out_the_remote_cert_breaks_the_mesh(sandbox_factory: Callable[..., Any]) -> None:
@@ -216,5 +178,5 @@ def test_leaving_out_the_remote_cert_breaks_the_mesh(sandbox_factory: Callable[.
     h1, h2 = c1.cilium_health(), c2.cilium_health()
     # cluster-2 cannot connect to cluster-1 (1.13 writes empty cert files without `tls`):
     # it does not see cluster-1's nodes, and cluster-1 cannot reach cluster-2's pod network.
-    assert node_lines(h2) and {n.split("/")[0] for n in node_lines(h2)} == {"cluster-2"}, h2
-    assert node_lines(h1) and not all_ok(h1, 4), h1
+    assert health_nodes(h2) and {n.split("/")[0] for n in health_nodes(h2)} == {"cluster-2"}, h2
+    assert health_nodes(h1) and not all_ok(h1, 4), h1

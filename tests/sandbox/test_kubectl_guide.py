@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,9 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+
+from tests.helpers import health_nodes
+from tests.helpers import wait_until as poll_until
 
 pytestmark = [
     pytest.mark.kubectl,
@@ -107,15 +109,8 @@ Kubectl = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def wait_until(what: str, fn: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll ``fn`` until it returns something truthy; fail saying what was awaited and last seen."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+    """``tests.helpers.wait_until`` polling every 0.1 s (each poll here may start a kubectl process)."""
+    return poll_until(what, fn, timeout, interval=0.1)
 
 
 @pytest.fixture
@@ -158,19 +153,16 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
+def ai_field(kubectl: Kubectl, jsonpath: str) -> str:
+    """``kubectl get ApplicationInstallation cilium -n kube-system -o jsonpath=<jsonpath>``."""
+    return ok(kubectl("get", "ApplicationInstallation", "cilium", "-n", "kube-system", "-o", f"jsonpath={jsonpath}"))
+
+
 def ai_applied(kubectl: Kubectl) -> str | None:
     """Generation, Ready status and its observedGeneration, once Ready is True for this generation."""
-    out = ok(
-        kubectl(
-            "get",
-            "ApplicationInstallation",
-            "cilium",
-            "-n",
-            "kube-system",
-            "-o",
-            "jsonpath={.metadata.generation} {.status.conditions.Ready.status} "
-            "{.status.conditions.Ready.observedGeneration}",
-        )
+    out = ai_field(
+        kubectl,
+        "{.metadata.generation} {.status.conditions.Ready.status} {.status.conditions.Ready.observedGeneration}",
     )
     gen, status, observed = (out.split() + ["", "", ""])[:3]
     return out if status == "True" and gen == observed else None
@@ -178,19 +170,7 @@ def ai_applied(kubectl: Kubectl) -> str | None:
 
 def edit_values(kubectl: Kubectl, snippet: dict[str, Any]) -> int:
     """``kubectl edit ApplicationInstallation cilium -n kube-system`` + the snippet; the new generation."""
-    before = int(
-        ok(
-            kubectl(
-                "get",
-                "ApplicationInstallation",
-                "cilium",
-                "-n",
-                "kube-system",
-                "-o",
-                "jsonpath={.metadata.generation}",
-            )
-        )
-    )
+    before = int(ai_field(kubectl, "{.metadata.generation}"))
     out = ok(kubectl("edit", "ApplicationInstallation", "cilium", "-n", "kube-system", snippet=snippet))
     assert "applicationinstallation.apps.kubermatic.k8c.io/cilium edited" in out, out
     applied = wait_until("the edited ApplicationInstallation to be Ready", lambda: ai_applied(kubectl))
@@ -295,20 +275,6 @@ def peer_snippet(
     if cluster_id is not None:
         snippet["cluster"] = {"name": name, "id": cluster_id}
     return snippet
-
-
-def health_nodes(output: str) -> dict[str, list[str]]:
-    """``cilium-health status`` (1.13 layout): node → its four probe results."""
-    nodes: dict[str, list[str]] = {}
-    current: str | None = None
-    for line in output.splitlines():
-        m = re.match(r"^  (\S+?)( \(localhost\))?:$", line)
-        if m:
-            current = m.group(1)
-            nodes[current] = []
-        elif current and re.match(r"^\s+(ICMP to stack|HTTP to agent):", line):
-            nodes[current].append(line.split(":", 1)[1].strip())
-    return nodes
 
 
 def service_backends(output: str, frontend: str) -> list[str] | None:
