@@ -1200,7 +1200,7 @@ def run_drill(
     A failed steady state gives "not run" with nothing disrupted. After a failed failover or restore the
     remaining clusters are skipped: the mesh is not fit to take more. The rollback runs in any case.
     Leftovers are recovered even with ``drill.enabled: false``: a disabled drill must not keep a
-    cluster scaled down. Clusters are always failed one at a time (``one_at_a_time`` is not relaxed).
+    cluster scaled down. Clusters are always failed one at a time (the spec refuses ``one_at_a_time: false``).
     ``run_phase(name, call)`` runs each phase (the flow makes each a Prefect task); ``on_phase`` sees
     each result as it comes.
     """

@@ -659,8 +659,24 @@ class DrillSettings(_Model):
     ] = 300
     one_at_a_time: Annotated[
         bool,
-        Field(title="One cluster at a time", description="Scale down one cluster per phase, never two at once."),
+        Field(
+            title="One cluster at a time",
+            description="Scale down one cluster per phase, never two at once (the only mode supported).",
+        ),
     ] = True
+
+    @field_validator("one_at_a_time", mode="after")
+    @classmethod
+    def _only_one_at_a_time(cls, value: bool) -> bool:
+        # Accepted as a field so a spec can say it; refused when false rather than silently ignored.
+        if not value:
+            raise _custom(
+                "drill_one_at_a_time",
+                "failing several clusters at once is not supported: the drill scales down one cluster per "
+                "phase and restores it before the next",
+                "remove drill.one_at_a_time or set it to true",
+            )
+        return value
 
     @field_validator("namespace", mode="after")
     @classmethod

@@ -443,3 +443,10 @@ def test_a_poll_interval_and_a_wait_both_set_and_in_conflict_are_named_together(
     found = problems(spec_data(timeouts={"health": 5, "poll_interval": 5}))
     assert list(found) == ["timeouts"], found
     assert "health is 5s" in found["timeouts"] and "poll_interval (5s)" in found["timeouts"]
+
+
+def test_drill_one_at_a_time_false_is_refused_not_ignored() -> None:
+    found = problems(spec_data(drill={"one_at_a_time": False}))
+    assert list(found) == ["drill.one_at_a_time"], found
+    assert "not supported" in found["drill.one_at_a_time"]
+    assert "remove drill.one_at_a_time or set it to true" in found["drill.one_at_a_time"]
