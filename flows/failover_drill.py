@@ -11,14 +11,17 @@ makes its phases visible and reports.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
 from clustermesh.drill import DrillPhase, DrillResult, run_drill
 from clustermesh.models import ClusterFacts
 from clustermesh.spec import MeshSpec
+from flows.mesh_setup import mesh_lock
 from tasks.notify import alert_on_failure
 from tasks.verify_steps import all_clients, check_reachability_and_versions
 
@@ -34,9 +37,25 @@ def _as_task(name: str, run: Callable[[], DrillPhase]) -> DrillPhase:
     return phase
 
 
+def _started_on_its_own() -> bool:
+    """True for a drill run by hand or from its deployment; False inside the nightly, which holds the lock."""
+    ctx = FlowRunContext.get()
+    return ctx is None or ctx.flow_run is None or ctx.flow_run.parent_task_run_id is None
+
+
 @flow(name="failover-drill", on_failure=[alert_on_failure], on_crashed=[alert_on_failure])
 def failover_drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None = None) -> DrillResult:
-    """Rehearse failover one cluster at a time; the result says passed, failed or "not run" and why."""
+    """Rehearse failover one cluster at a time; the result says passed, failed or "not run" and why.
+
+    Started on its own it holds the mesh's lock (``mesh-<name>``) like setup and nightly, so a drill
+    never scales backends down in the middle of a setup; as the nightly's subflow it runs under the
+    nightly's hold (taking the limit of 1 again would wait for itself).
+    """
+    with mesh_lock(spec) if _started_on_its_own() else nullcontext():
+        return _drill(spec, facts)
+
+
+def _drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None) -> DrillResult:
     logger = get_run_logger()
     if facts is None:
         facts, findings = check_reachability_and_versions(spec)

@@ -8,6 +8,7 @@ Replica counts are read with the official ``kubernetes`` client.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -137,3 +138,52 @@ def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_fl
     assert "first restored 1 deployment(s)" in result.summary()
     assert result.status == "passed", result.reason
     assert backends(k) == {"cluster-1": (2, 2, None), "cluster-2": (2, 2, None)}
+
+
+def test_a_drill_started_on_its_own_waits_for_the_mesh_lock_and_the_nightly_drill_does_not_wait_for_itself(
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from flows.mesh_setup import mesh_lock_name
+    from flows.mesh_verify import VerificationResult, nightly_mesh_verification
+
+    sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
+    k = kubes(sb)
+    spec = mesh_spec(sb)
+    limit = mesh_lock_name(spec)
+    with get_client(sync_client=True) as prefect:
+        prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
+    try:
+        drills: list[Any] = []
+        drill = threading.Thread(target=lambda: drills.append(failover_drill(spec, return_state=True)), daemon=True)
+        with concurrency(limit, occupy=1, timeout_seconds=30, strict=True):  # "a setup is running"
+            drill.start()
+            drill.join(timeout=4)
+            assert drill.is_alive() and drills == [], drills
+            # nothing touched while the mesh was held: the drill's namespace does not exist yet
+            for name, kube in k.items():
+                found = [n.metadata.name for n in k8s.CoreV1Api(kube.api).list_namespace().items]
+                assert DRILL_NS not in found, (name, found)
+        drill.join(timeout=120)
+        assert not drill.is_alive(), "the drill did not start within 120 s of the mesh being released"
+        assert drills[0].is_completed(), drills[0]
+        assert drills[0].result().status == "passed", drills[0].result().reason
+
+        # the nightly holds the same limit and runs the drill as its subflow: that must not wait for itself
+        nightlies: list[Any] = []
+        nightly = threading.Thread(
+            target=lambda: nightlies.append(nightly_mesh_verification(spec, run_drill=True, return_state=True)),
+            daemon=True,
+        )
+        nightly.start()
+        nightly.join(timeout=180)
+        assert not nightly.is_alive(), "the nightly with its drill did not finish within 180 s (waiting for itself?)"
+        result = nightlies[0].result()
+        assert isinstance(result, VerificationResult)
+        assert result.drill is not None and result.drill.status == "passed", result.describe()
+    finally:
+        with get_client(sync_client=True) as prefect:
+            prefect.delete_global_concurrency_limit_by_name(limit)
