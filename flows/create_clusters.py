@@ -7,8 +7,6 @@ every one healthy. Running it again creates nothing.
 
 from __future__ import annotations
 
-import os
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
@@ -16,6 +14,7 @@ from clustermesh.clusters import ClusterPlan, CreateResult
 from clustermesh.spec import MeshSpec
 from tasks import kkp_steps
 from tasks.notify import alert_on_failure
+from tasks.results import owner_only_files
 
 
 @flow(
@@ -32,8 +31,12 @@ def create_user_clusters(spec: MeshSpec) -> CreateResult:
         spec: The mesh; clusters referenced through KKP (``kkp:``) are created when missing, with the
             settings of ``kkp:`` (datacenter, versions, pod CIDR pool). Tokens by reference only.
     """
+    with owner_only_files():
+        return _create(spec)
+
+
+def _create(spec: MeshSpec) -> CreateResult:
     logger = get_run_logger()
-    os.umask(0o077)
     plan = kkp_steps.plan_user_clusters(spec)
     logger.info("%s", plan.describe())
     created: dict[str, ClusterPlan] = {}

@@ -6,7 +6,6 @@ cluster ends up with all the others as peers. Each step is a task named like the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -32,7 +31,7 @@ from clustermesh.spec import MeshSpec
 from clustermesh.values import CaMaterial, PeerEntry
 from tasks import setup_steps
 from tasks.notify import alert_on_failure
-from tasks.results import RESULT_KEY_ENV, caching_enabled
+from tasks.results import RESULT_KEY_ENV, caching_enabled, owner_only_files
 
 
 class SetupResult(BaseModel):
@@ -182,13 +181,12 @@ def cluster_mesh_setup(spec: MeshSpec, require_approval: bool = False) -> SetupR
             name), Cilium settings, timeouts, drill and notifications.
         require_approval: Show the plan as an artifact and pause for approval before the first write.
     """
-    with mesh_lock(spec):
+    with mesh_lock(spec), owner_only_files():
         return _setup(spec, require_approval)
 
 
 def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     logger = get_run_logger()
-    os.umask(0o077)  # result files and anything else this run writes: owner-only
     if not caching_enabled():
         logger.warning(
             "Results holding certificate keys are not cached: set %s to a Fernet key to enable it "

@@ -12,6 +12,8 @@ before anything is unpickled.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -69,3 +71,17 @@ class FernetPickleSerializer(Serializer):  # not Serializer[Any]: a parametrised
                 f"an encrypted result does not open with the current {RESULT_KEY_ENV} (rotated key?)"
             ) from None
         return PickleSerializer().loads(plain)
+
+
+@contextmanager
+def owner_only_files() -> Iterator[None]:
+    """Files created meanwhile (result records, anything else a run writes) are the owner's alone (umask 077).
+
+    The umask is per process, so it is put back afterwards: a process that runs a flow in-process (the CLI,
+    a test, ``serve``) keeps its own setting once the flow has finished.
+    """
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)

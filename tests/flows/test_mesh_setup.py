@@ -7,6 +7,7 @@ sandbox's ``cilium-health status`` (official client, parsed here) and reads ever
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,3 +44,19 @@ def test_setup_meshes_every_cluster_with_every_other(
 
     assert_peers_exactly_once(k)
     assert health_problems(k) == []
+
+
+def test_a_run_makes_its_files_owner_only_and_gives_the_process_its_umask_back(tmp_path: Path) -> None:
+    import os
+
+    from tasks.results import owner_only_files
+
+    previous = os.umask(0o022)
+    try:
+        with owner_only_files():
+            (tmp_path / "during").write_text("x")
+        (tmp_path / "after").write_text("x")
+        assert (tmp_path / "during").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "after").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
