@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import ipaddress
 import posixpath
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -133,15 +135,31 @@ def _version_tuple(version: str) -> tuple[int, int, int]:
     return nums[0], nums[1], nums[2]
 
 
-def _jitter(*parts: str) -> float:
-    """A stable pseudo-random number in [0, 1) (Python's ``hash`` is salted per process)."""
-    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+def _seed(*parts: str) -> hashlib.blake2b:
+    """The blake2b state of ``parts``, each followed by NUL: ``_rtts_ns`` goes on from there.
+
+    A health report has four probes per node of the mesh: hashing the common prefix once, and each
+    node's name once, is what makes 3,200 of them cheap.
+    """
+    return hashlib.blake2b("".join(f"{part}\x00" for part in parts).encode(), digest_size=8)
 
 
-def _rtt_ns(remote: bool, *parts: str) -> int:
-    j = _jitter(*parts)
-    return int(1_000_000 + j * 4_000_000) if remote else int(200_000 + j * 700_000)
+_PROBES = (b"host-icmp", b"host-http", b"ep-icmp", b"ep-http")
+
+
+def _rtts_ns(remote: bool, seed: hashlib.blake2b) -> list[int]:
+    """Round-trip times of the probes of one node, in ``_PROBES`` order: stable, pseudo-random, in range.
+
+    Each is drawn from the blake2b hash of the seed's parts and the probe's name (Python's ``hash`` is
+    salted per process).
+    """
+    base, spread = (1_000_000, 4_000_000) if remote else (200_000, 700_000)
+    out = []
+    for probe in _PROBES:
+        state = seed.copy()
+        state.update(probe)
+        out.append(int(base + int.from_bytes(state.digest(), "big") / 2**64 * spread))
+    return out
 
 
 def _is_true(value: Any) -> bool:
@@ -217,7 +235,11 @@ def _network(text: Any) -> Network | None:
 
 def health_endpoint_ip(pod_cidr: str) -> str:
     """The health endpoint's IP in a node's pod CIDR: stable (``.240`` in a /24), like the guide's example."""
-    net = ipaddress.ip_network(pod_cidr, strict=False)
+    return _health_ip(ipaddress.ip_network(pod_cidr, strict=False))
+
+
+@functools.lru_cache(maxsize=65536)
+def _health_ip(net: Network) -> str:
     offset = net.num_addresses - 16 if net.num_addresses >= 32 else min(1, net.num_addresses - 1)
     return str(net.network_address + offset)
 
@@ -324,18 +346,26 @@ def _host_error(pem: bytes, host: str) -> str | None:
     return f"x509: certificate is valid for {', '.join(dns + ips)}, not {host}"
 
 
-def _validity_error(pem: bytes, now: datetime) -> str | None:
+@functools.lru_cache(maxsize=4096)
+def _validity(pem: bytes) -> tuple[datetime, datetime] | None:
+    """``(not before, not after)`` of a certificate, None when it does not parse."""
     cert = _cert(pem)
-    if cert is None:
+    return None if cert is None else (cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+def _validity_error(pem: bytes, now: datetime) -> str | None:
+    validity = _validity(pem)
+    if validity is None:
         return "x509: malformed certificate"
+    not_before, not_after = validity
+    if not_before <= now <= not_after:
+        return None
     fmt = "%Y-%m-%dT%H:%M:%SZ"
     current = now.astimezone(UTC).strftime(fmt)
     prefix = "x509: certificate has expired or is not yet valid: current time"
-    if now > cert.not_valid_after_utc:
-        return f"{prefix} {current} is after {cert.not_valid_after_utc.strftime(fmt)}"
-    if now < cert.not_valid_before_utc:
-        return f"{prefix} {current} is before {cert.not_valid_before_utc.strftime(fmt)}"
-    return None
+    if now > not_after:
+        return f"{prefix} {current} is after {not_after.strftime(fmt)}"
+    return f"{prefix} {current} is before {not_before.strftime(fmt)}"
 
 
 # ---- what one cluster holds, parsed once per store change ---------------------------------------------
@@ -346,6 +376,7 @@ class _Node:
     name: str
     ip: str | None
     pod_cidr: Network | None
+    health_ip: str | None = None  # the health endpoint's IP in pod_cidr (parsed once, printed by every agent)
 
 
 @dataclass(frozen=True)
@@ -503,7 +534,7 @@ def _build_facts(name: str, store: Store) -> _Facts:
             node_cidrs.append(cidr)
         elif i < len(pool_subnets):
             cidr = pool_subnets[i]
-        f.nodes.append(_Node(node_name, ip, cidr))
+        f.nodes.append(_Node(node_name, ip, cidr, _health_ip(cidr) if cidr is not None else None))
     f.node_by_name = {n.name: n for n in f.nodes}
     f.pod_cidrs = pool or node_cidrs
 
@@ -642,6 +673,33 @@ def _peer_configs(files: dict[str, bytes], common: dict[str, bytes]) -> dict[str
 # ---- one evaluation across all clusters -----------------------------------------------------------------
 
 
+@dataclass
+class _SharedLinks:
+    """Cluster-level links of one state of the world, shared by every question asked while it lasts.
+
+    A link depends on the facts of every cluster (any of them may serve the peer's address), on the
+    blocked ports, and on the time through certificate validity alone. So results are kept while the facts
+    objects (one per store revision) and the blocked set stay the same, each with the certificates whose
+    validity it relied on, and reused only while those are all still valid. A result that found a
+    certificate invalid is not kept: its reason may name the current time. Every agent exec asks for the
+    links of its cluster; this is what spares the certificate checks of each one.
+    """
+
+    facts: tuple[_Facts, ...]
+    blocked: frozenset[tuple[frozenset[str], str]]
+    links: dict[tuple[str, str], tuple[Connection, tuple[bytes, ...]]] = field(default_factory=dict)
+
+    def holds_for(self, facts: tuple[_Facts, ...], blocked: frozenset[tuple[frozenset[str], str]]) -> bool:
+        return (
+            self.blocked == blocked
+            and len(self.facts) == len(facts)
+            and all(a is b for a, b in zip(self.facts, facts, strict=True))
+        )
+
+
+_SHARED_LINKS: _SharedLinks | None = None  # the latest state's (one sandbox asks about one state at a time)
+
+
 class _Mesh:
     """All clusters' facts for one question, with connection results memoized for its duration."""
 
@@ -652,6 +710,10 @@ class _Mesh:
         self.now = _now(now)
         self._facts: dict[str, _Facts] = {}
         self._links: dict[tuple[str, str], Connection] = {}
+        self._shared: _SharedLinks | None = None
+        # while a link is computed: the certificates found valid, and whether one was not
+        self._relied_on: list[bytes] = []
+        self._found_invalid = False
 
     def facts(self, name: str) -> _Facts:
         if name not in self._facts:
@@ -678,9 +740,38 @@ class _Mesh:
     def link(self, src: _Facts, dst: _Facts) -> Connection:
         """Cluster-level connection of src's agents to dst (agent readiness is checked per node on top)."""
         key = (src.name, dst.name)
-        if key not in self._links:
-            self._links[key] = self._link(src, dst)
-        return self._links[key]
+        found = self._links.get(key)
+        if found is None:
+            found = self._links[key] = self._shared_link(src, dst)
+        return found
+
+    def _shared_link(self, src: _Facts, dst: _Facts) -> Connection:
+        """``_link``, or its result from an earlier question about the same state (see ``_SharedLinks``)."""
+        global _SHARED_LINKS
+        if self._shared is None:
+            facts, blocked = tuple(self.all()), frozenset(self.faults.blocked)
+            shared = _SHARED_LINKS
+            if shared is None or not shared.holds_for(facts, blocked):
+                shared = _SHARED_LINKS = _SharedLinks(facts, blocked)
+            self._shared = shared
+        key = (src.name, dst.name)
+        hit = self._shared.links.get(key)
+        if hit is not None and all(_validity_error(pem, self.now) is None for pem in hit[1]):
+            return hit[0]
+        self._relied_on, self._found_invalid = [], False
+        conn = self._link(src, dst)
+        if not self._found_invalid:
+            self._shared.links[key] = (conn, tuple(self._relied_on))
+        return conn
+
+    def validity_error(self, pem: bytes) -> str | None:
+        """``_validity_error`` now, noted for ``_shared_link``: the only way time enters a link."""
+        err = _validity_error(pem, self.now)
+        if err is None:
+            self._relied_on.append(pem)
+        else:
+            self._found_invalid = True
+        return err
 
     def connected(self, src: _Facts, dst: _Facts, node: str | None) -> Connection:
         ready = self.agents_ready(src, node)
@@ -799,7 +890,7 @@ class _Mesh:
             return server, Connection(
                 False, "tls: failed to verify certificate: x509: certificate signed by unknown authority"
             )
-        err = _validity_error(server_pem, self.now) or _host_error(server_pem, host)
+        err = self.validity_error(server_pem) or _host_error(server_pem, host)
         if err:
             return server, Connection(False, f"tls: failed to verify certificate: {err}")
         if not _allows(server_pem, ExtendedKeyUsageOID.SERVER_AUTH):
@@ -811,7 +902,7 @@ class _Mesh:
         # 4. the server verifies the client
         if not _issued_by_any(client_pem, server.server_ca):
             return server, Connection(False, "remote error: tls: bad certificate")
-        if _validity_error(client_pem, self.now):
+        if self.validity_error(client_pem):
             return server, Connection(False, "remote error: tls: expired certificate")
         if not _allows(client_pem, ExtendedKeyUsageOID.CLIENT_AUTH):
             return server, Connection(False, "remote error: tls: bad certificate")
@@ -822,11 +913,13 @@ class _Mesh:
 
     def datapath_ok(self, src: _Facts, dst: _Facts, dst_node: str | None) -> bool:
         """Pod traffic src → dst node: VXLAN passes and the remote agent knows how to route replies to src."""
-        if self.blocked(src.name, dst.name, "udp/8472"):
-            return False
-        if not self.link(dst, src).ok:
+        if not self.tunnel_ok(src, dst):
             return False
         return dst_node is None or dst.agent_ready.get(dst_node, False)
+
+    def tunnel_ok(self, src: _Facts, dst: _Facts) -> bool:
+        """The cluster-level part of ``datapath_ok`` (the same for every node of dst)."""
+        return not self.blocked(src.name, dst.name, "udp/8472") and self.link(dst, src).ok
 
 
 # ---- public: connections ------------------------------------------------------------------------------
@@ -865,53 +958,55 @@ def _http_refused(ip: str) -> str:
 
 
 def _local_node(src: _Facts, me: str, n: _Node) -> HealthNode:
-    seed = (src.name, me, n.name)
-    host = ProbedPath(
-        n.ip or "",
-        _ok(_rtt_ns(False, *seed, "host-icmp")),
-        _ok(_rtt_ns(False, *seed, "host-http")),
-    )
+    host_icmp, host_http, ep_icmp, ep_http = _rtts_ns(False, _seed(src.name, me, n.name))
+    host = ProbedPath(n.ip or "", _ok(host_icmp), _ok(host_http))
     endpoint = None
-    if n.pod_cidr is not None:
-        endpoint = ProbedPath(
-            health_endpoint_ip(str(n.pod_cidr)),
-            _ok(_rtt_ns(False, *seed, "ep-icmp")),
-            _ok(_rtt_ns(False, *seed, "ep-http")),
-        )
+    if n.health_ip is not None:
+        endpoint = ProbedPath(n.health_ip, _ok(ep_icmp), _ok(ep_http))
     return HealthNode(src.cilium_name, n.name, host, endpoint, local=n.name == me)
 
 
-def _remote_node(mesh: _Mesh, src: _Facts, me: str, dst: _Facts, n: _Node) -> HealthNode:
-    seed = (src.name, me, dst.name, n.name)
-    ip = n.ip or ""
-    icmp = (
-        Probe(error=ICMP_TIMEOUT)
-        if mesh.blocked(src.name, dst.name, "icmp")
-        else _ok(_rtt_ns(True, *seed, "host-icmp"))
-    )
-    if mesh.blocked(src.name, dst.name, "tcp/4240"):
-        http = Probe(error=_http_timeout(ip))
-    elif not dst.agent_ready.get(n.name, False):
-        http = Probe(error=_http_refused(ip))
-    else:
-        http = _ok(_rtt_ns(True, *seed, "host-http"))
-    endpoint = None
-    if n.pod_cidr is not None:
-        ep_ip = health_endpoint_ip(str(n.pod_cidr))
-        if mesh.datapath_ok(src, dst, n.name):
-            endpoint = ProbedPath(
-                ep_ip, _ok(_rtt_ns(True, *seed, "ep-icmp")), _ok(_rtt_ns(True, *seed, "ep-http"))
-            )
+def _remote_nodes(mesh: _Mesh, src: _Facts, me: str, dst: _Facts) -> list[HealthNode]:
+    """The nodes of connected peer ``dst`` as the agent on ``me`` probes them.
+
+    Every agent lists every node of the mesh, so what holds for all of dst (faults, the datapath back
+    from dst) is decided once here, and the per-node work is the probes' round-trip times and objects.
+    """
+    icmp_blocked = mesh.blocked(src.name, dst.name, "icmp")
+    http_blocked = mesh.blocked(src.name, dst.name, "tcp/4240")
+    tunnel = mesh.tunnel_ok(src, dst)
+    icmp_timeout = Probe(error=ICMP_TIMEOUT)
+    prefix = _seed(src.name, me, dst.name)
+    out = []
+    for n in dst.nodes:
+        seed = prefix.copy()
+        seed.update(f"{n.name}\x00".encode())  # = _seed(src.name, me, dst.name, n.name)
+        host_icmp, host_http, ep_icmp, ep_http = _rtts_ns(True, seed)
+        ip = n.ip or ""
+        icmp = icmp_timeout if icmp_blocked else _ok(host_icmp)
+        agent_ready = dst.agent_ready.get(n.name, False)
+        if http_blocked:
+            http = Probe(error=_http_timeout(ip))
+        elif not agent_ready:
+            http = Probe(error=_http_refused(ip))
         else:
-            endpoint = ProbedPath(ep_ip, Probe(error=ICMP_TIMEOUT), Probe(error=_http_timeout(ep_ip)))
-    return HealthNode(dst.cilium_name, n.name, ProbedPath(ip, icmp, http), endpoint)
+            http = _ok(host_http)
+        endpoint = None
+        if n.health_ip is not None:
+            ep_ip = n.health_ip
+            if tunnel and agent_ready:  # mesh.datapath_ok(src, dst, n.name)
+                endpoint = ProbedPath(ep_ip, _ok(ep_icmp), _ok(ep_http))
+            else:
+                endpoint = ProbedPath(ep_ip, icmp_timeout, Probe(error=_http_timeout(ep_ip)))
+        out.append(HealthNode(dst.cilium_name, n.name, ProbedPath(ip, icmp, http), endpoint))
+    return out
 
 
 def _health(mesh: _Mesh, src: _Facts, node: str) -> HealthReport:
     local = sorted(src.nodes, key=lambda n: (n.name != node, n.name))
     nodes = [_local_node(src, node, n) for n in local]
     for dst in mesh.connected_peers(src, node):
-        nodes.extend(_remote_node(mesh, src, node, dst, n) for n in dst.nodes)
+        nodes.extend(_remote_nodes(mesh, src, node, dst))
     return HealthReport(nodes=nodes, timestamp=mesh.now, last_probed=mesh.now)
 
 
@@ -1074,15 +1169,26 @@ def _allocator(store: Store) -> _IdAllocator:
     return found
 
 
-def _frontends(mesh: _Mesh, src: _Facts, node: str) -> list[_Frontend]:
-    """Every frontend the agent on ``node`` programs, by ID.
+@dataclass
+class _PlannedPort:
+    """One port of a service with the frontends it gets (ID, address, port, type), before any backend."""
+
+    service: Obj
+    port: Obj
+    frontends: list[tuple[int, str, int, str]]
+
+
+def _plan_frontends(mesh: _Mesh, src: _Facts, node: str) -> list[_PlannedPort]:
+    """Every frontend the agent on ``node`` programs, with its ID: cheap, no backends looked up yet.
 
     IDs are allocated the first time the sandbox sees a frontend (services first seen together in
-    creation order), so they stay put when services appear or an address is added later.
+    creation order), so they stay put when services appear or an address is added later. Every agent
+    exec plans (whatever it prints), so IDs are handed out at the same moments however lazily the
+    backends are looked up.
     """
     me = src.node_by_name.get(node)
-    peers = mesh.connected_peers(src, node)
-    pending: list[tuple[_FrontendKey, ServiceEntry, list[_Backend], Obj, Obj]] = []
+    pending: list[tuple[_FrontendKey, str, int, str, int]] = []  # key, ip, port, type, index in ports
+    ports: list[tuple[Obj, Obj]] = []
     for svc in src.services:
         spec = svc.get("spec") or {}
         cluster_ip = str(spec.get("clusterIP") or "")
@@ -1092,25 +1198,12 @@ def _frontends(mesh: _Mesh, src: _Facts, node: str) -> list[_Frontend]:
         ns = str(_get(svc, "metadata", "namespace", default=""))
         name = str(_get(svc, "metadata", "name", default=""))
         svc_type = str(spec.get("type") or "ClusterIP")
-        is_global = _is_global(svc, src.ver)
-        affinity = _affinity(svc, src.ver) if is_global else None
-        policy = str(spec.get("externalTrafficPolicy") or "Cluster")
         lb_ips = [
             str(i["ip"])
             for i in _get(svc, "status", "loadBalancer", "ingress", default=[]) or []
             if isinstance(i, dict) and i.get("ip")
         ]
         for port in spec.get("ports") or []:
-            backends = _pod_backends(src, svc, port, local=True)
-            if is_global:
-                for dst in peers:
-                    remote = dst.services_by_key.get((ns, name))
-                    if remote is None or not _is_global(remote, dst.ver) or not _is_shared(remote, dst.ver):
-                        continue
-                    remote_port = _matching_port(remote, port)
-                    if remote_port is not None:
-                        backends.extend(_pod_backends(dst, remote, remote_port, local=False))
-            backends = _with_affinity(backends, affinity, src.ver)
             proto = str(port.get("protocol") or "TCP")
             svc_port = int(port.get("port") or 0)
             addrs: list[tuple[str, str, int, str]] = [(cluster_ip, cluster_ip, svc_port, "ClusterIP")]
@@ -1123,23 +1216,55 @@ def _frontends(mesh: _Mesh, src: _Facts, node: str) -> list[_Frontend]:
             if svc_type == "LoadBalancer":
                 addrs += [(ip, ip, svc_port, "LoadBalancer") for ip in lb_ips]
             for ip, key_ip, fport, kind in addrs:
-                entry = ServiceEntry(
-                    id=0,
-                    frontend_ip=ip,
-                    frontend_port=fport,
-                    protocol=proto,
-                    type=kind,
-                    name=name,
-                    namespace=ns,
-                    backends=[b.backend for b in backends],
-                    traffic_policy=policy,
-                )
-                pending.append(((uid, ns, name, key_ip, fport, proto, kind), entry, backends, svc, port))
+                pending.append(((uid, ns, name, key_ip, fport, proto, kind), ip, fport, kind, len(ports)))
+            ports.append((svc, port))
     ids = _allocator(mesh.states[src.name].store).assign([p[0] for p in pending])
-    out = [
-        _Frontend(dataclasses.replace(entry, id=ids[key]), backends, svc, port)
-        for key, entry, backends, svc, port in pending
-    ]
+    planned = [_PlannedPort(svc, port, []) for svc, port in ports]
+    for key, ip, fport, kind, index in pending:
+        planned[index].frontends.append((ids[key], ip, fport, kind))
+    return planned
+
+
+def _frontends(
+    mesh: _Mesh, src: _Facts, node: str, plan: list[_PlannedPort] | None = None
+) -> list[_Frontend]:
+    """The planned frontends (``_plan_frontends``, planned now unless given) with their backends, by ID."""
+    if plan is None:
+        plan = _plan_frontends(mesh, src, node)
+    peers = mesh.connected_peers(src, node) if plan else []
+    out: list[_Frontend] = []
+    for planned in plan:
+        svc, port = planned.service, planned.port
+        spec = svc.get("spec") or {}
+        ns = str(_get(svc, "metadata", "namespace", default=""))
+        name = str(_get(svc, "metadata", "name", default=""))
+        is_global = _is_global(svc, src.ver)
+        affinity = _affinity(svc, src.ver) if is_global else None
+        policy = str(spec.get("externalTrafficPolicy") or "Cluster")
+        backends = _pod_backends(src, svc, port, local=True)
+        if is_global:
+            for dst in peers:
+                remote = dst.services_by_key.get((ns, name))
+                if remote is None or not _is_global(remote, dst.ver) or not _is_shared(remote, dst.ver):
+                    continue
+                remote_port = _matching_port(remote, port)
+                if remote_port is not None:
+                    backends.extend(_pod_backends(dst, remote, remote_port, local=False))
+        backends = _with_affinity(backends, affinity, src.ver)
+        proto = str(port.get("protocol") or "TCP")
+        for frontend_id, ip, fport, kind in planned.frontends:
+            entry = ServiceEntry(
+                id=frontend_id,
+                frontend_ip=ip,
+                frontend_port=fport,
+                protocol=proto,
+                type=kind,
+                name=name,
+                namespace=ns,
+                backends=[b.backend for b in backends],
+                traffic_policy=policy,
+            )
+            out.append(_Frontend(entry, backends, svc, port))
     return sorted(out, key=lambda fe: fe.entry.id)
 
 
@@ -1205,22 +1330,51 @@ def _peers(mesh: _Mesh, src: _Facts, node: str) -> list[PeerStatus]:
     return [_peer_status(mesh, src, node, src.peers[name]) for name in sorted(src.peers)]
 
 
-def _snapshot(mesh: _Mesh, src: _Facts, node: str, ready: bool | None = None) -> AgentSnapshot:
-    if ready is False and src.agent_ready.get(node, False):
-        # the exec'd pod itself is restarting even though another agent pod on the node is ready
-        src = dataclasses.replace(src, agent_ready={**src.agent_ready, node: False})
-    return AgentSnapshot(
-        cilium_version=src.version,
-        cluster_name=src.cilium_name,
-        cluster_id=src.cluster_id or 0,
-        node_name=node,
-        health=_health(mesh, src, node),
-        services=[fe.entry for fe in _frontends(mesh, src, node)],
-        mesh_enabled=src.mesh_configured or bool(src.peers),
-        peers=_peers(mesh, src, node),
-        global_services=_global_count(src),
-        kube_proxy_replacement=src.kpr,
-    )
+class _LazySnapshot(AgentSnapshot):
+    """The ``AgentSnapshot`` of one agent, with each costly part computed when the CLI first reads it.
+
+    One exec prints one thing: ``cilium-health status`` the health report (every node of the mesh),
+    ``cilium service list`` the services, ``cilium status -o json`` the peers. The service IDs are
+    still allocated here, for every exec, as when every part was computed up front.
+    """
+
+    def __init__(self, mesh: _Mesh, src: _Facts, node: str, ready: bool | None = None) -> None:
+        # not the dataclass __init__: the fields below are set, the rest are the properties
+        if ready is False and src.agent_ready.get(node, False):
+            # the exec'd pod itself is restarting even though another agent pod on the node is ready
+            src = dataclasses.replace(src, agent_ready={**src.agent_ready, node: False})
+        for name, value in (
+            ("_mesh", mesh),
+            ("_src", src),
+            ("_plan", _plan_frontends(mesh, src, node)),
+            ("cilium_version", src.version),
+            ("cluster_name", src.cilium_name),
+            ("cluster_id", src.cluster_id or 0),
+            ("node_name", node),
+            ("mesh_enabled", src.mesh_configured or bool(src.peers)),
+            ("kube_proxy_replacement", src.kpr),
+        ):
+            object.__setattr__(self, name, value)
+
+    @functools.cached_property
+    def health(self) -> HealthReport:  # type: ignore[override]
+        return _health(self._mesh, self._src, self.node_name)
+
+    @functools.cached_property
+    def services(self) -> list[ServiceEntry]:  # type: ignore[override]
+        return [fe.entry for fe in _frontends(self._mesh, self._src, self.node_name, self._plan)]
+
+    @functools.cached_property
+    def peers(self) -> list[PeerStatus]:  # type: ignore[override]
+        return _peers(self._mesh, self._src, self.node_name)
+
+    @functools.cached_property
+    def global_services(self) -> int:  # type: ignore[override]
+        return _global_count(self._src)
+
+    def resolved(self) -> AgentSnapshot:
+        """A plain ``AgentSnapshot`` with every part computed."""
+        return AgentSnapshot(**{f.name: getattr(self, f.name) for f in dataclasses.fields(AgentSnapshot)})
 
 
 def agent_snapshot(
@@ -1228,7 +1382,7 @@ def agent_snapshot(
 ) -> AgentSnapshot:
     """Everything the agent on ``node`` of sandbox cluster ``cluster`` can print right now."""
     mesh = _Mesh(clusters, faults, now)
-    return _snapshot(mesh, mesh.facts(cluster), node)
+    return _LazySnapshot(mesh, mesh.facts(cluster), node).resolved()
 
 
 # ---- public: kubectl exec ----------------------------------------------------------------------------
@@ -1269,6 +1423,42 @@ def exec_command(
     now: datetime | None = None,
 ) -> tuple[int, bytes, bytes]:
     """``kubectl exec`` into a pod: agent CLIs in ``cilium-agent``, ``curl`` and ``sh -c`` anywhere."""
+    with _collector_paused():
+        return _exec(clusters, faults, cluster, namespace, pod, container, argv, now)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """CPython's cyclic garbage collector paused while one exec is answered.
+
+    An answer builds tens of thousands of short-lived objects (in an 800-node mesh, the health report
+    and its JSON). With the collector on, they outlive its young collections while the answer is being
+    built and pile up in the oldest generation, whose full collections walk every object of every
+    store: at 16 clusters x 50 nodes that cost more CPU than building the answer. Paused, they are
+    freed by reference counting once the answer is done (an exec makes no reference cycles:
+    tests/sandbox pins that), and nothing is promoted. What another thread allocates meanwhile is
+    collected once the collector runs again.
+    """
+    if not gc.isenabled():  # paused already (e.g. by an exec on another sandbox's loop thread)
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _exec(
+    clusters: Clusters,
+    faults: MeshFaults | None,
+    cluster: str,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    argv: list[str],
+    now: datetime | None,
+) -> tuple[int, bytes, bytes]:
     mesh = _Mesh(clusters, faults, now)
     src = mesh.facts(cluster)
     obj = src.pods_by_key.get((namespace, pod))
@@ -1304,7 +1494,7 @@ def _run(ctx: _ExecContext, argv: list[str], *, shell: bool) -> tuple[int, bytes
 
         node = str(_get(ctx.pod, "spec", "nodeName", default="") or "")
         pod_ready = _ready(ctx.pod)
-        snapshot = _snapshot(ctx.mesh, ctx.src, node, ready=pod_ready)
+        snapshot = _LazySnapshot(ctx.mesh, ctx.src, node, ready=pod_ready)
         code, out, err = run_agent_command(snapshot, [binary, *argv[1:]])
         return code, out.encode(), err.encode()
     if shell:

@@ -12,7 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from sandbox import cilium_cli
 from sandbox.cilium_cli import TabWriter, go_duration, run_agent_command
 from sandbox.cilium_model import (
     AgentSnapshot,
@@ -629,3 +632,73 @@ def test_tabwriter_counts_runes_not_bytes() -> None:
     w.write("µs\t1\n")
     w.write("ms\t2\n")
     assert w.getvalue() == "µs  1\nms  2\n"
+
+
+# --------------------------------------------------------------------------- Go's JSON, byte for byte
+
+
+def marshal_indent(data: object) -> str:
+    """What Cilium's ``dumpJSON`` prints for these models, with the standard library's encoder (the reference)."""
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(char, escaped)
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029") + "\n\n"
+
+
+JSON_TEXT = st.text(
+    alphabet=st.one_of(
+        st.characters(blacklist_categories=("Cs",)),  # any code point a Python str can encode to UTF-8
+        st.sampled_from('&<>\u2028\u2029"\\/\x00\x1f\x7f\t\nµé€😀'),
+    )
+)
+JSON_DATA = st.recursive(
+    st.none() | st.booleans() | st.integers() | JSON_TEXT,  # no floats: no model has one
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(JSON_TEXT, inner, max_size=4),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_DATA)
+def test_json_output_is_the_reference_encoding_of_any_json_data(data: object) -> None:
+    """Integers past 64 bits, key order by code point, escapes, non-ASCII: all as the reference has them."""
+    assert cilium_cli._go_json(data) == marshal_indent(data)
+
+
+def _json_outputs() -> list[tuple[str, AgentSnapshot, list[str]]]:
+    services = [
+        *study_lab_services(),
+        nginx(backends=nginx_backends(), cluster="cluster-2"),
+        nginx(17, "10.240.27.209", "LoadBalancer", backends=[Backend("172.25.0.7", 80, zone="eu-<1>&")]),
+    ]
+    nodes = guide_mesh_nodes(cluster_2_endpoint_down=True) + security_group_nodes()
+    last = datetime(2024, 6, 3, 10, 15, 5, tzinfo=UTC)
+    out = []
+    for version in ("1.13.8", "1.14.16", "1.16.9", "1.17.12", "1.18.10", "1.19.4"):
+        snap = _snapshot(version, nodes, T_2024, services=services, peers=peers(), last_probed=last)
+        out += [
+            (f"{version} {' '.join(argv)}", snap, argv)
+            for argv in (
+                ["cilium-health", "status", "-o", "json"],
+                ["cilium", "service", "list", "-o", "json"],
+                ["cilium", "status", "-o", "json"],
+            )
+        ]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("snap", "argv"), [o[1:] for o in _json_outputs()], ids=[o[0] for o in _json_outputs()]
+)
+def test_json_outputs_are_the_reference_encoding_of_their_models(
+    snap: AgentSnapshot, argv: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Health, services and status as the fast encoder writes them, never falling back to the reference."""
+
+    def no_fallback(data: object) -> str:
+        raise AssertionError("the model went to the standard library's encoder")
+
+    monkeypatch.setattr(cilium_cli, "_go_json_stdlib", no_fallback)
+    code, out, err = run(snap, *argv)
+    assert (code, err) == (0, "")
+    assert out == marshal_indent(json.loads(out))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gc
 import ipaddress
 import sys
 import types
@@ -981,3 +982,67 @@ def test_curl_with_remote_affinity_uses_only_the_preferred_remote_backends() -> 
     faults = MeshFaults()
     faults.block("cluster-2", "cluster-1", "udp/8472")
     assert curl((c1, c2), faults, c1, *CURL, "http://nginx")[0] == 28
+
+
+def test_a_link_found_at_one_time_is_checked_again_at_another() -> None:
+    """Certificates expire: the same clusters asked a year later are no longer connected, then again now."""
+    c1, c2 = own_ca_pair()
+    clusters = world(c1, c2)
+    later = NOW + dt.timedelta(days=3650)
+    assert connection(clusters, None, "cluster-1", "cluster-2", now=NOW).ok
+    reason = connection(clusters, None, "cluster-1", "cluster-2", now=later).reason
+    assert "certificate has expired" in reason and later.strftime("%Y-%m-%dT%H:%M:%SZ") in reason
+    assert connection(clusters, None, "cluster-1", "cluster-2", now=NOW).ok
+    faults = MeshFaults()
+    faults.block("cluster-1", "cluster-2", "tcp/2379")
+    assert (
+        connection(clusters, faults, "cluster-1", "cluster-2", now=NOW).reason == "context deadline exceeded"
+    )
+
+
+def test_service_ids_are_handed_out_by_every_agent_exec_whatever_it_prints() -> None:
+    """A frontend seen by a health check keeps its ID to itself even if it is gone at the next listing."""
+    c1 = build_cluster("cluster-1", 1)
+    clusters = world(c1)
+    last = max(e.id for e in service_entries(clusters, None, "cluster-1", c1.nodes()[0]))
+    c1.service("web")
+    argv = ["cilium-health", "status", "-o", "json"]
+    assert exec_command(clusters, None, "cluster-1", NS, "cilium-0", "cilium-agent", argv, NOW)[0] == 0
+    c1.store.delete("v1/services", "default", "web")
+    c1.service("api")
+    listed = service_entries(clusters, None, "cluster-1", c1.nodes()[0])
+    assert [e.id for e in listed if e.name == "api"] == [last + 2]  # web had last + 1
+
+
+AGENT_COMMANDS = (
+    ["cilium-health", "status", "-o", "json"],
+    ["cilium-health", "status", "--verbose"],
+    ["cilium", "service", "list", "-o", "json"],
+    ["cilium", "status", "--all-clusters"],
+    ["cilium", "status", "-o", "json"],
+    ["sh", "-c", "cilium version && cilium-health status --succinct"],
+    ["cilium", "bogus"],
+)
+
+
+def test_agent_execs_make_no_reference_cycles_and_leave_the_collector_on() -> None:
+    """Execs pause the garbage collector: what an answer builds must be freed by reference counting."""
+    c1, c2 = global_nginx("1.16.9")
+    clusters = world(c1, c2)
+    for argv in AGENT_COMMANDS:  # caches filled, lazy imports done
+        exec_command(clusters, None, "cluster-1", NS, "cilium-0", "cilium-agent", argv, NOW)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for argv in AGENT_COMMANDS:
+            exec_command(clusters, None, "cluster-1", NS, "cilium-1", "cilium-agent", argv, NOW)
+            assert gc.isenabled()
+        gc.collect()
+        cycles = sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert cycles == []
+    with pytest.raises(KeyError, match="no sandbox cluster named"):
+        exec_command(clusters, None, "cluster-9", NS, "cilium-0", "cilium-agent", ["cilium", "status"])
+    assert gc.isenabled()
