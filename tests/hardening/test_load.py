@@ -1,38 +1,39 @@
-"""Load: the real setup flow, then the nightly verification (no drill), on many sandbox clusters at once.
+"""Load: the real setup flow, then the nightly verification (no drill), on 16 sandbox clusters × 50 nodes.
 
-The issue's figure is 16 clusters × 50 nodes. On the 2-CPU CI machine that takes far longer than the ~3
-minutes a CI test may take (see ``bench/scale.py``: setup and nightly grow with the square of the agents,
-because every agent's ``cilium-health status -o json`` lists every node of the mesh, and the sandbox
-renders all of them on one thread). So the 16×50 run is marked ``slow`` and runs only with
-``CLUSTERMESH_SLOW=1``; CI runs the same checks on 16 clusters × 3 nodes, the full 16×16 matrix.
+800 agents, each answering ``cilium-health status -o json`` with every node of the mesh (800): the nightly
+reads 640,000 node entries. The sandbox runs in its own process (``clustermesh sandbox up``), as clusters
+do, so its CPU is not the pipeline's; figures for 2–16 clusters come from ``bench/scale.py``, not from here.
+A smaller mesh (16 × 3) checks the same on every run of the module before the large one.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 import pytest
 
+from clustermesh.spec import load_spec
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification
-from tests.flows.conftest import mesh_spec
+from tests.helpers import sandbox_process
 
 # a temporary Prefect server for this module, with PREFECT_HOME and result storage in a temp dir (tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("module_prefect_server", "no_result_key")
 
 
-def setup_then_verify(sandbox_factory: Callable[..., Any], clusters: int, nodes: int) -> VerificationResult:
+def setup_then_verify(directory: Path, clusters: int, nodes: int) -> VerificationResult:
     """A healthy mesh from the real setup flow, then one nightly verification without the drill."""
-    sb = sandbox_factory(clusters=clusters, nodes=nodes, cilium_version="1.16")
-    names = [ep.name for ep in sb.endpoints]
-    spec = mesh_spec(sb)
+    options = ("--clusters", str(clusters), "--nodes", str(nodes), "--cilium-version", "1.16")
+    with sandbox_process(directory, *options, env=os.environ):
+        spec = load_spec(directory / "mesh.yaml")
+        names = [c.name for c in spec.clusters]
+        assert len(names) == clusters
 
-    setup = cluster_mesh_setup(spec)
+        setup = cluster_mesh_setup(spec)
 
-    assert setup.health.healthy, setup.health.summary()
-    state = nightly_mesh_verification(spec, run_drill=False, return_state=True)
+        assert setup.health.healthy, setup.health.summary()
+        state = nightly_mesh_verification(spec, run_drill=False, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     assert isinstance(result, VerificationResult)
@@ -48,19 +49,12 @@ def setup_then_verify(sandbox_factory: Callable[..., Any], clusters: int, nodes:
     return result
 
 
-def test_nightly_verification_of_16_clusters_reports_pass_with_the_full_matrix(
-    sandbox_factory: Callable[..., Any],
-) -> None:
-    setup_then_verify(sandbox_factory, clusters=16, nodes=3)
+def test_nightly_verification_of_16_clusters_reports_pass_with_the_full_matrix(tmp_path: Path) -> None:
+    setup_then_verify(tmp_path / "sandbox", clusters=16, nodes=3)
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600)
-@pytest.mark.skipif(
-    os.environ.get("CLUSTERMESH_SLOW") != "1",
-    reason="16×50 takes well over 10 minutes on 2 CPUs (bench/scale.py); set CLUSTERMESH_SLOW=1 to run it",
-)
+@pytest.mark.timeout(900)
 def test_nightly_verification_of_16_clusters_with_50_nodes_each_reports_pass_with_50_of_50_everywhere(
-    sandbox_factory: Callable[..., Any],
+    tmp_path: Path,
 ) -> None:
-    setup_then_verify(sandbox_factory, clusters=16, nodes=50)
+    setup_then_verify(tmp_path / "sandbox", clusters=16, nodes=50)
