@@ -7,14 +7,22 @@ source agent reaches it, because one blocked node pair already breaks pod traffi
 A destination node no source agent lists at all is "missing": the source is not connected to that
 cluster (apiserver unreachable, wrong address or certificates), which is a different fix from a
 firewall, so the two are kept apart.
+
+Every answer lists every node of the mesh (800 at 16 clusters of 50), so each is folded into what the
+matrix needs (``NodesSeen``: per cluster, the nodes reachable and the failures of the others) as soon
+as it is parsed; the probe never holds more than one parsed answer at a time.
 """
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -31,8 +39,10 @@ __all__ = [
     "HealthCell",
     "HealthMatrix",
     "MESH_HEALTH_CHECK",
+    "NodesSeen",
     "expected_nodes",
     "health_matrix",
+    "nodes_seen",
     "probe_cluster",
     "probe_mesh",
     "wait_for_mesh_health",
@@ -69,6 +79,70 @@ class HealthClient(Protocol):
 # ------------------------------------------------------------------------------------------- probing
 
 
+@dataclass(frozen=True, slots=True)
+class NodesSeen:
+    """What one agent lists of one cluster's nodes: all the matrix needs of its `cilium-health status`.
+
+    Kept instead of the parsed answer, which names every node of the mesh with its addresses and
+    probes: one per agent would grow with agents × nodes (640,000 node objects at 16 clusters of 50).
+    """
+
+    reachable: frozenset[str]
+    """Bare names of the nodes listed with every probed path OK."""
+    failing: tuple[tuple[str, tuple[str, ...]], ...]
+    """``(node, failures)`` of every node listed with a failing path, sorted by node."""
+
+
+_NOTHING_SEEN = NodesSeen(reachable=frozenset(), failing=())
+
+_H = TypeVar("_H", bound=Hashable)
+
+
+class _Shared:
+    """One object per distinct value, for the agents of one cluster (they answer in parallel).
+
+    The agents of a healthy cluster all see the same nodes, so their views are stored once instead of
+    once per agent, and so are the failures that repeat from node to node in a broken one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[Hashable, Hashable] = {}
+
+    def __call__(self, value: _H, /) -> _H:
+        with self._lock:
+            return cast(_H, self._values.setdefault(value, value))
+
+
+class _Share(Protocol):
+    def __call__(self, value: _H, /) -> _H: ...
+
+
+def _unshared(value: _H, /) -> _H:
+    return value
+
+
+def nodes_seen(status: HealthStatus, cluster: str, share: _Share = _unshared) -> dict[str, NodesSeen]:
+    """Fold one agent's answer into what it sees of each cluster, by cluster name.
+
+    ``cluster`` is the agent's own: Cilium prints the nodes of a cluster named ``default`` without a
+    prefix, and only the agent's own cluster can be meant by a bare name. A name listed twice counts
+    as its last listing. ``share`` may return an equal object already held (see ``_Shared``).
+    """
+    listed: dict[str, dict[str, HealthNode]] = {}
+    for n in status.nodes:
+        listed.setdefault(cluster if n.cluster is None else n.cluster, {})[n.node] = n
+    return {
+        name: share(
+            NodesSeen(
+                reachable=frozenset(node for node, n in nodes.items() if n.reachable),
+                failing=tuple(sorted((node, share(tuple(n.failures))) for node, n in nodes.items() if not n.reachable)),
+            )
+        )
+        for name, nodes in listed.items()
+    }
+
+
 class AgentHealth(BaseModel):
     """One agent's answer, or why there is none: an agent we could not ask cannot vouch for its node."""
 
@@ -76,8 +150,14 @@ class AgentHealth(BaseModel):
 
     pod: str
     node: str
-    status: HealthStatus | None
+    seen: dict[str, NodesSeen] | None
+    """What the agent lists of each cluster's nodes (``nodes_seen``); None when it did not answer."""
     error: str | None
+
+    @classmethod
+    def from_status(cls, pod: str, node: str, status: HealthStatus, *, cluster: str) -> AgentHealth:
+        """The answer ``status`` of an agent of ``cluster``, folded; the status itself is not kept."""
+        return cls(pod=pod, node=node, seen=nodes_seen(status, cluster), error=None)
 
 
 class ClusterHealth(BaseModel):
@@ -104,7 +184,38 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _ask_agent(client: HealthClient, pod: str, node: str, *, timeout: float) -> AgentHealth:
+_READING = threading.Lock()
+"""One answer parsed at a time in the process: parsing holds the GIL, so parallel parses gain nothing
+and only multiply the decoded JSON alive at once (64 answers of 800 nodes at 16 clusters)."""
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector off for the duration (and back on after, if it was on).
+
+    An answer decodes into thousands of dicts that reference counting frees the moment the fold is
+    done. Collections while they are alive only promote them to the oldest generation, and every
+    full collection then walks the whole process (some 400,000 objects under Prefect): at 8 clusters
+    of 50 nodes that was a third of the probe's CPU. Only held under ``_READING``, so never nested.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_answer(text: str, cluster: str, share: _Share) -> dict[str, NodesSeen]:
+    """Parse one agent's answer and fold it at once: the full ``HealthStatus`` never outlives this call."""
+    with _READING, _collector_paused():
+        return nodes_seen(parse_health(text), cluster, share)
+
+
+def _ask_agent(
+    client: HealthClient, cluster: str, pod: str, node: str, *, timeout: float, share: _Share
+) -> AgentHealth:
     """JSON first (one layout across versions); the text form when JSON is refused or unreadable."""
     problems: list[str] = []
     for argv in (HEALTH_JSON, HEALTH_TEXT):
@@ -118,10 +229,12 @@ def _ask_agent(client: HealthClient, pod: str, node: str, *, timeout: float) -> 
             problems.append(f"`{shown}` exited {out.exit_code}: {_short(out.stderr or out.stdout) or 'no output'}")
             continue
         try:
-            return AgentHealth(pod=pod, node=node, status=parse_health(out.stdout), error=None)
+            seen = _read_answer(out.stdout, cluster, share)
         except ClusterMeshError as exc:
             problems.append(f"`{shown}` output unreadable: {_short(str(exc))}")
-    return AgentHealth(pod=pod, node=node, status=None, error="; ".join(problems))
+            continue
+        return AgentHealth(pod=pod, node=node, seen=seen, error=None)
+    return AgentHealth(pod=pod, node=node, seen=None, error="; ".join(problems))
 
 
 def probe_cluster(
@@ -144,12 +257,13 @@ def probe_cluster(
         if phase == "Running":
             agents.append((name, node))
         else:
-            not_running.append(
-                AgentHealth(pod=name, node=node, status=None, error=f"agent pod is {phase}, not Running")
-            )
+            not_running.append(AgentHealth(pod=name, node=node, seen=None, error=f"agent pod is {phase}, not Running"))
+    share = _Shared()
     workers = max(1, min(max_workers, len(agents)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"health-{cluster}") as pool:
-        answers = list(pool.map(lambda a: _ask_agent(client, a[0], a[1], timeout=timeout), agents))
+        answers = list(
+            pool.map(lambda a: _ask_agent(client, cluster, a[0], a[1], timeout=timeout, share=share), agents)
+        )
     return ClusterHealth(cluster=cluster, agents=sorted(answers + not_running, key=lambda a: (a.node, a.pod)))
 
 
@@ -265,40 +379,33 @@ def _path_label(failure: str) -> str:
     return label
 
 
-def _listed(status: HealthStatus, src: str, dst: str) -> dict[str, HealthNode]:
-    """Nodes of ``dst`` by bare name; unprefixed names are the local cluster's (named ``default``)."""
-    out: dict[str, HealthNode] = {}
-    for n in status.nodes:
-        if n.cluster == dst or (n.cluster is None and dst == src):
-            out[n.node] = n
-    return out
-
-
 def _cell(src: str, dst: str, health: ClusterHealth | None, dst_nodes: Sequence[str]) -> HealthCell:
-    answered = [a for a in (health.agents if health else []) if a.status is not None]
+    answered = [a for a in (health.agents if health else []) if a.seen is not None]
     reachable = 0
     missing: list[str] = []
     failures: list[str] = []
     seen_failures: set[str] = set()
     paths: set[str] = set()
-    views = [(a, _listed(a.status, src, dst)) for a in answered if a.status is not None]
+    views: list[tuple[AgentHealth, frozenset[str], dict[str, tuple[str, ...]]]] = []
+    for agent in answered:
+        seen = (agent.seen or {}).get(dst, _NOTHING_SEEN)
+        views.append((agent, seen.reachable, dict(seen.failing)))
     for node in dst_nodes:
         ok = bool(views)
-        for agent, listed in views:
-            entry = listed.get(node)
-            if entry is None:
-                ok = False
+        for agent, reached, failing in views:
+            if node in reached:
+                continue
+            ok = False
+            node_failures = failing.get(node)
+            if node_failures is None:  # not listed at all
                 if node not in missing:
                     missing.append(node)
                 continue
-            if not entry.reachable:
-                ok = False
-                for failure in entry.failures:
-                    paths.add(_path_label(failure))
-                    text = f"{src} agent on {agent.node or agent.pod} → {dst}/{node}: {failure}"
-                    if failure not in seen_failures and len(failures) < MAX_FAILURES_PER_CELL:
-                        seen_failures.add(failure)
-                        failures.append(text)
+            for failure in node_failures:
+                paths.add(_path_label(failure))
+                if failure not in seen_failures and len(failures) < MAX_FAILURES_PER_CELL:
+                    seen_failures.add(failure)
+                    failures.append(f"{src} agent on {agent.node or agent.pod} → {dst}/{node}: {failure}")
         reachable += ok
     return HealthCell(
         src=src,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import pickle
 from collections.abc import Sequence
@@ -58,8 +59,10 @@ def status(local: str, *nodes: dict[str, Any]) -> HealthStatus:
     return parse_health(text)
 
 
-def agent(node: str, st: HealthStatus | None, error: str | None = None) -> AgentHealth:
-    return AgentHealth(pod=f"cilium-{node}", node=node, status=st, error=error)
+def agent(cluster: str, node: str, st: HealthStatus | None, error: str | None = None) -> AgentHealth:
+    if st is None:
+        return AgentHealth(pod=f"cilium-{node}", node=node, seen=None, error=error)
+    return AgentHealth.from_status(f"cilium-{node}", node, st, cluster=cluster)
 
 
 NODES = {"cluster-1": ["a1", "a2"], "cluster-2": ["b1", "b2"]}
@@ -72,7 +75,9 @@ def healthy_view(local_cluster: str, local_node: str) -> HealthStatus:
 
 
 def healthy_observed() -> dict[str, ClusterHealth]:
-    return {c: ClusterHealth(cluster=c, agents=[agent(n, healthy_view(c, n)) for n in ns]) for c, ns in NODES.items()}
+    return {
+        c: ClusterHealth(cluster=c, agents=[agent(c, n, healthy_view(c, n)) for n in ns]) for c, ns in NODES.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------- matrix
@@ -91,7 +96,8 @@ def test_remote_nodes_not_listed_are_missing_not_unreachable() -> None:
     observed = healthy_observed()
     only_local = status("cluster-2/b1", node_json("cluster-2/b1"), node_json("cluster-2/b2"))
     observed["cluster-2"] = ClusterHealth(
-        cluster="cluster-2", agents=[agent("b1", only_local), agent("b2", healthy_view("cluster-2", "b2"))]
+        cluster="cluster-2",
+        agents=[agent("cluster-2", "b1", only_local), agent("cluster-2", "b2", healthy_view("cluster-2", "b2"))],
     )
     matrix = health_matrix(observed, NODES)
     cell = matrix.cell("cluster-2", "cluster-1")
@@ -113,7 +119,8 @@ def test_a_node_counts_only_when_every_agent_of_the_source_reaches_it() -> None:
         ),
     )
     observed["cluster-1"] = ClusterHealth(
-        cluster="cluster-1", agents=[agent("a1", healthy_view("cluster-1", "a1")), agent("a2", partial)]
+        cluster="cluster-1",
+        agents=[agent("cluster-1", "a1", healthy_view("cluster-1", "a1")), agent("cluster-1", "a2", partial)],
     )
     cell = health_matrix(observed, NODES).cell("cluster-1", "cluster-2")
     assert (cell.reachable, cell.missing) == (1, [])
@@ -127,8 +134,8 @@ def test_unprefixed_names_belong_to_a_cluster_named_default() -> None:
     view = status("n1", node_json("n1"), node_json("cluster-2/b1"))
     other = status("cluster-2/b1", node_json("cluster-2/b1"), node_json("n1"))
     observed = {
-        "default": ClusterHealth(cluster="default", agents=[agent("n1", view)]),
-        "cluster-2": ClusterHealth(cluster="cluster-2", agents=[agent("b1", other)]),
+        "default": ClusterHealth(cluster="default", agents=[agent("default", "n1", view)]),
+        "cluster-2": ClusterHealth(cluster="cluster-2", agents=[agent("cluster-2", "b1", other)]),
     }
     matrix = health_matrix(observed, nodes)
     assert matrix.cell("default", "default").reachable == 1
@@ -142,7 +149,10 @@ def test_an_agent_error_makes_the_mesh_unhealthy_even_when_the_others_see_everyt
     observed = healthy_observed()
     observed["cluster-1"] = ClusterHealth(
         cluster="cluster-1",
-        agents=[agent("a1", healthy_view("cluster-1", "a1")), agent("a2", None, "exec failed")],
+        agents=[
+            agent("cluster-1", "a1", healthy_view("cluster-1", "a1")),
+            agent("cluster-1", "a2", None, "exec failed"),
+        ],
     )
     matrix = health_matrix(observed, NODES)
     assert all(c.healthy for c in matrix.cells)
@@ -163,7 +173,9 @@ def test_a_cluster_without_agents_proves_nothing() -> None:
 
 def test_a_node_without_an_agent_makes_the_mesh_unhealthy() -> None:
     observed = healthy_observed()
-    observed["cluster-1"] = ClusterHealth(cluster="cluster-1", agents=[agent("a1", healthy_view("cluster-1", "a1"))])
+    observed["cluster-1"] = ClusterHealth(
+        cluster="cluster-1", agents=[agent("cluster-1", "a1", healthy_view("cluster-1", "a1"))]
+    )
     matrix = health_matrix(observed, NODES)
     assert all(c.healthy for c in matrix.cells)
     assert matrix.agent_errors == ["cluster-1: no cilium agent on node(s) a2"]
@@ -185,7 +197,7 @@ def test_failures_are_capped_and_distinct() -> None:
         node_json("c1/x"),
         *(node_json(f"c2/n{i}", host=(TIMEOUT, OK)) for i in range(10)),
     )
-    observed = {"c1": ClusterHealth(cluster="c1", agents=[agent("x", view)])}
+    observed = {"c1": ClusterHealth(cluster="c1", agents=[agent("c1", "x", view)])}
     cell = health_matrix(observed, nodes).cell("c1", "c2")
     assert cell.reachable == 0
     assert cell.failures == ["c1 agent on x → c2/n0: host ICMP: Connection timed out"]
@@ -200,7 +212,7 @@ def test_at_most_five_distinct_failures_are_kept_but_every_failing_probe_is_name
         *(node_json(f"c2/n{i}", host_ip=f"10.0.1.{i}", host=(OK, http_fail(f"10.0.1.{i}"))) for i in range(7)),
         node_json("c2/n7", endpoint=(TIMEOUT, OK)),
     )
-    observed = {"c1": ClusterHealth(cluster="c1", agents=[agent("x", view)])}
+    observed = {"c1": ClusterHealth(cluster="c1", agents=[agent("c1", "x", view)])}
     cell = health_matrix(observed, nodes).cell("c1", "c2")
     assert len(cell.failures) == 5 and cell.failures[4].startswith("c1 agent on x → c2/n4: host HTTP")
     assert cell.failing_paths == ["endpoint ICMP", "host HTTP"]
@@ -209,7 +221,7 @@ def test_at_most_five_distinct_failures_are_kept_but_every_failing_probe_is_name
 def test_table_rows_and_text_show_each_cell() -> None:
     observed = healthy_observed()
     only_local = status("cluster-2/b1", node_json("cluster-2/b1"), node_json("cluster-2/b2"))
-    observed["cluster-2"] = ClusterHealth(cluster="cluster-2", agents=[agent("b1", only_local)])
+    observed["cluster-2"] = ClusterHealth(cluster="cluster-2", agents=[agent("cluster-2", "b1", only_local)])
     matrix = health_matrix(observed, NODES)
     assert matrix.table_rows() == [
         {"from \\ to": "cluster-1", "cluster-1": "2/2 ✓", "cluster-2": "2/2 ✓"},
@@ -296,7 +308,7 @@ def test_probe_uses_json_and_falls_back_to_text_when_json_is_refused() -> None:
         ("cilium-a", "a", None),
         ("cilium-b", "b", None),
     ]
-    assert [a.status.local if a.status else None for a in health.agents] == ["c1/a", "c1/b"]
+    assert [sorted(a.seen["c1"].reachable) if a.seen else None for a in health.agents] == [["a"], ["b"]]
     assert all(container == "cilium-agent" for _, container, _ in client.calls)
     assert ("cilium-a", "cilium-agent", TEXT_ARGV) not in client.calls
 
@@ -313,7 +325,7 @@ def test_probe_records_exec_failures_and_unreadable_output_per_agent() -> None:
     )
     health = probe_cluster(client, "c1", timeout=5)
     errors = {a.pod: a.error or "" for a in health.agents}
-    assert all(a.status is None for a in health.agents)
+    assert all(a.seen is None for a in health.agents)
     assert "`cilium-health status -o json` failed" in errors["cilium-a"] and "timed out" in errors["cilium-a"]
     assert "`cilium-health status` failed" in errors["cilium-a"]
     assert "`cilium-health status -o json` output unreadable" in errors["cilium-b"]
@@ -331,6 +343,26 @@ def test_probe_skips_terminating_agents_and_records_pending_ones() -> None:
         ("cilium-b", None),
     ]
     assert {p for p, _, _ in client.calls} == {"cilium-b"}
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_probing_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    client = FakeClient(
+        [pod("cilium-a", "a"), pod("cilium-b", "b")],
+        {
+            ("cilium-a", JSON_ARGV): ExecOutput(0, HEALTH_JSON, ""),
+            ("cilium-b", JSON_ARGV): ExecOutput(0, '{"nodes": [', ""),  # unreadable: parsing raises
+            ("cilium-b", TEXT_ARGV): ExecOutput(0, "garbage\n", ""),
+        },
+    )
+    was_enabled = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        health = probe_cluster(client, "c1", timeout=5)
+        assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+    assert [a.error is None for a in health.agents] == [True, False]
 
 
 def test_expected_nodes_are_the_sorted_node_names() -> None:
@@ -371,7 +403,7 @@ def unhealthy_matrix() -> HealthMatrix:
     observed = healthy_observed()
     observed["cluster-2"] = ClusterHealth(
         cluster="cluster-2",
-        agents=[agent("b1", status("cluster-2/b1", node_json("cluster-2/b1"), node_json("cluster-2/b2")))],
+        agents=[agent("cluster-2", "b1", status("cluster-2/b1", node_json("cluster-2/b1"), node_json("cluster-2/b2")))],
     )
     return health_matrix(observed, NODES)
 

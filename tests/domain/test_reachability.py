@@ -30,9 +30,7 @@ def node_json(name: str, host: tuple[Any, Any] = (OK, OK), endpoint: tuple[Any, 
     return {
         "name": name,
         "host": {"primary-address": {"ip": "10.0.0.3", "icmp": host[0], "http": host[1]}},
-        "health-endpoint": {
-            "primary-address": {"ip": "172.26.0.1", "icmp": endpoint[0], "http": endpoint[1]}
-        },
+        "health-endpoint": {"primary-address": {"ip": "172.26.0.1", "icmp": endpoint[0], "http": endpoint[1]}},
     }
 
 
@@ -48,10 +46,10 @@ def matrix_where(
     c2 = parse_health(json.dumps({"local": {"name": "cluster-2/b"}, "nodes": c2_nodes}))
     observed = {
         "cluster-1": ClusterHealth(
-            cluster="cluster-1", agents=[AgentHealth(pod="p", node="a", status=c1, error=None)]
+            cluster="cluster-1", agents=[AgentHealth.from_status("p", "a", c1, cluster="cluster-1")]
         ),
         "cluster-2": ClusterHealth(
-            cluster="cluster-2", agents=[AgentHealth(pod="q", node="b", status=c2, error=None)]
+            cluster="cluster-2", agents=[AgentHealth.from_status("q", "b", c2, cluster="cluster-2")]
         ),
     }
     return health_matrix(observed, {"cluster-1": ["a"], "cluster-2": ["b"]})
@@ -132,7 +130,7 @@ Name                    IP          Node   Endpoints
     c1 = parse_health(text)
     observed = {
         "cluster-1": ClusterHealth(
-            cluster="cluster-1", agents=[AgentHealth(pod="p", node="a", status=c1, error=None)]
+            cluster="cluster-1", agents=[AgentHealth.from_status("p", "a", c1, cluster="cluster-1")]
         )
     }
     matrix = health_matrix(observed, {"cluster-1": ["a"], "cluster-2": ["b"]})

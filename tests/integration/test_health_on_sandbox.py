@@ -171,9 +171,10 @@ def test_table_layout_of_newer_versions_reads_like_json(
         matrix = health_matrix({"cluster-1": health}, matrix_nodes)
         assert matrix.cell("cluster-1", "cluster-1").healthy, matrix.render_text()
         assert matrix.cell("cluster-1", "cluster-2").missing == ["x", "y"]
-    json_view = {(n.name, n.reachable) for a in by_json.agents if a.status for n in a.status.nodes}
-    text_view = {(n.name, n.reachable) for a in by_text.agents if a.status for n in a.status.nodes}
-    assert json_view == text_view and len(json_view) == 2
+    json_view = {a.pod: a.seen for a in by_json.agents}
+    text_view = {a.pod: a.seen for a in by_text.agents}
+    assert json_view == text_view
+    assert all(seen is not None and len(seen["cluster-1"].reachable) == 2 for seen in json_view.values())
 
 
 def test_firewall_rules_use_the_sandbox_nodes(sandbox_factory: Callable[..., Any]) -> None:
