@@ -83,9 +83,7 @@ def health_json() -> str:
 
     def probe(ok: bool) -> dict[str, Any]:
         return (
-            {"latency": 1_234_567, "lastProbed": "2025-07-01T08:00:00Z"}
-            if ok
-            else {"status": "Connection timed out"}
+            {"latency": 1_234_567, "lastProbed": "2025-07-01T08:00:00Z"} if ok else {"status": "Connection timed out"}
         )
 
     nodes = []

@@ -92,11 +92,7 @@ def main() -> None:
             print(f"GET one ConfigMap: {per_s:,.0f} requests/s ({n} requests)")
             per_s, n = rate(lambda: core.list_namespaced_config_map("bench"), args.seconds)
             print(f"LIST 1,000 ConfigMaps: {per_s:,.1f} requests/s ({n} requests)")
-            pod = (
-                core.list_namespaced_pod("kube-system", label_selector="k8s-app=cilium")
-                .items[0]
-                .metadata.name
-            )
+            pod = core.list_namespaced_pod("kube-system", label_selector="k8s-app=cilium").items[0].metadata.name
             exec_api = client.ApiClient(conf)
             exec_core = client.CoreV1Api(exec_api)
 

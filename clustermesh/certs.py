@@ -179,9 +179,7 @@ def issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def _spki(public_key: object) -> bytes:
     assert hasattr(public_key, "public_bytes")
-    encoded = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    encoded = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert isinstance(encoded, bytes)
     return encoded
 
@@ -199,9 +197,7 @@ class CertFinding:
     """One thing wrong (error) or about to go wrong (warning) with a certificate pair."""
 
     severity: Literal["error", "warning"]
-    code: Literal[
-        "unreadable", "key-mismatch", "wrong-issuer", "expired", "expiring", "not-yet-valid", "not-a-ca"
-    ]
+    code: Literal["unreadable", "key-mismatch", "wrong-issuer", "expired", "expiring", "not-yet-valid", "not-a-ca"]
     source: str
     message: str
 
@@ -234,9 +230,7 @@ def check_pair(
     now = now or datetime.now(UTC)
     if info.not_before > now:
         findings.append(
-            CertFinding(
-                "error", "not-yet-valid", cert_source, f"valid only from {info.not_before.isoformat()}"
-            )
+            CertFinding("error", "not-yet-valid", cert_source, f"valid only from {info.not_before.isoformat()}")
         )
     if info.expired:
         findings.append(

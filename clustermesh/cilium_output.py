@@ -369,9 +369,7 @@ class _HealthTextReader:
 
     def start_layout(self, layout: Literal["probe-time", "summary"], line_no: int, line: str) -> None:
         if self.layout is not None:
-            raise self.fail(
-                line_no, line, "a second status header", "one `Probe time:` or `Cluster health:` line"
-            )
+            raise self.fail(line_no, line, "a second status header", "one `Probe time:` or `Cluster health:` line")
         self.layout = layout
 
     def timestamp_of(self, text: str, line_no: int, line: str) -> datetime:
@@ -411,9 +409,7 @@ class _HealthTextReader:
             )
         elif _TABLE_HEADER.fullmatch(line):
             if self.layout != "summary" or self.table_header is not None or self.detail:
-                raise self.fail(
-                    line_no, line, "table header out of place", "it once, after `Cluster health:`"
-                )
+                raise self.fail(line_no, line, "table header out of place", "it once, after `Cluster health:`")
             self.in_table = True
             self.table_header = (line_no, line)
         elif self.in_table and (m := _COUNT_ROW.fullmatch(line) or _WORD_ROW.fullmatch(line)):
@@ -462,20 +458,14 @@ class _HealthTextReader:
             self.path_line(m, line_no, line)
         elif m := _PROBE_LINE.fullmatch(line):
             if self.path is None or self.path.ip is None:
-                raise self.fail(
-                    line_no, line, "probe result outside a path", "`… connectivity to <ip>:` first"
-                )
+                raise self.fail(line_no, line, "probe result outside a path", "`… connectivity to <ip>:` first")
             probe = "ICMP" if m["probe"].startswith("ICMP") else "HTTP"
             if self.path.results[probe] is not None:
-                raise self.fail(
-                    line_no, line, f"second {probe} result", "one ICMP and one HTTP line per path"
-                )
+                raise self.fail(line_no, line, f"second {probe} result", "one ICMP and one HTTP line per path")
             result = _LAST_PROBED.sub("", m["result"])
             self.path.results[probe] = "OK" if _OK_RESULT.fullmatch(result) else result
         else:
-            raise self.fail(
-                line_no, line, "unknown line", "a path line, `ICMP to stack:` or `HTTP to agent:`"
-            )
+            raise self.fail(line_no, line, "unknown line", "a path line, `ICMP to stack:` or `HTTP to agent:`")
 
     def path_line(self, m: re.Match[str], line_no: int, line: str) -> None:
         assert self.node is not None and self.node.paths is not None
@@ -515,9 +505,7 @@ class _HealthTextReader:
             if len(drafts) > total:
                 raise self.fail(line_no, line, f"{len(drafts)} nodes listed but {total} known", "<= M rows")
             if not drafts and reachable < total:
-                raise self.fail(
-                    line_no, line, "unreachable nodes counted but none listed (truncated?)", "node rows"
-                )
+                raise self.fail(line_no, line, "unreachable nodes counted but none listed (truncated?)", "node rows")
         locals_ = [d for d in drafts if d.local]
         if len(locals_) > 1:
             second = locals_[1]
@@ -653,9 +641,7 @@ def parse_health(text: str) -> HealthStatus:
 
 _SERVICE_HEADER = re.compile(r"(?P<id>ID\s+)?Frontend\s+Service Type\s+Backend")
 _SERVICE_TYPE = r"(?P<type>[A-Za-z][A-Za-z-]*)(?P<remote> \(Remote\))?"
-_BACKEND_CELL = (
-    r"(?P<n>[0-9]{1,9}) => (?P<addr>\S+) \((?P<state>[a-z][a-z-]*)\)(?P<preferred> \(preferred\))?"
-)
+_BACKEND_CELL = r"(?P<n>[0-9]{1,9}) => (?P<addr>\S+) \((?P<state>[a-z][a-z-]*)\)(?P<preferred> \(preferred\))?"
 _ROW_WITH_ID = re.compile(rf"(?P<sid>[0-9]{{1,9}})\s+(?P<fe>\S+)\s+{_SERVICE_TYPE}(?:\s+{_BACKEND_CELL})?")
 _ROW_WITHOUT_ID = re.compile(rf"(?P<fe>\S+)\s+{_SERVICE_TYPE}(?:\s+{_BACKEND_CELL})?")
 _CONTINUATION = re.compile(rf"\s+{_BACKEND_CELL}")
@@ -702,16 +688,12 @@ class _ServiceTextReader:
                     raise self.fail(line_no, line, "backend before any service", "a service row first")
                 cont = _CONTINUATION.fullmatch(line)
                 if cont is None:
-                    raise self.fail(
-                        line_no, line, "unreadable backend line", "`<n> => <ip>:<port> (<state>)`"
-                    )
+                    raise self.fail(line_no, line, "unreadable backend line", "`<n> => <ip>:<port> (<state>)`")
                 self.backend(cont, line_no, line)
             elif (r := row.fullmatch(line)) is not None:
                 self.service(r, line_no, line)
             else:
-                raise self.fail(
-                    line_no, line, "unreadable service row", "`<id>  <ip>:<port>  <type>  <backend>`"
-                )
+                raise self.fail(line_no, line, "unreadable service row", "`<id>  <ip>:<port>  <type>  <backend>`")
         return [Service.model_validate(s) for s in self.services]
 
     def service(self, m: re.Match[str], line_no: int, line: str) -> None:

@@ -35,9 +35,7 @@ def _fail(message: str, code: int = 2) -> None:
 def sandbox_up(
     directory: DirOption = Path("sandbox-run"),
     clusters: Annotated[int, typer.Option(help="How many user clusters (1 to 64).")] = 2,
-    cilium_version: Annotated[
-        str, typer.Option(help="Cilium line 1.13 to 1.19, optionally with a patch.")
-    ] = "1.13",
+    cilium_version: Annotated[str, typer.Option(help="Cilium line 1.13 to 1.19, optionally with a patch.")] = "1.13",
     nodes: Annotated[int, typer.Option(help="Worker nodes per cluster.")] = 2,
     time_scale: Annotated[
         float,
@@ -45,9 +43,7 @@ def sandbox_up(
     ] = 1.0,
     kkp_version: Annotated[
         str | None,
-        typer.Option(
-            help="KKP release to imitate (values before 2.25, valuesBlock after); default fits Cilium."
-        ),
+        typer.Option(help="KKP release to imitate (values before 2.25, valuesBlock after); default fits Cilium."),
     ] = None,
     overlap_pod_cidrs: Annotated[
         bool, typer.Option(help="Give cluster-2 the pod CIDR of cluster-1 (to see step 1 refuse it).")
@@ -104,18 +100,10 @@ def sandbox_fault(
         ),
     ],
     directory: DirOption = Path("sandbox-run"),
-    cluster: Annotated[
-        str | None, typer.Option(help="Cluster the fault applies to (default: all, for api-*).")
-    ] = None,
-    between: Annotated[
-        str | None, typer.Option(help="For block-port: two clusters, 'cluster-1,cluster-2'.")
-    ] = None,
-    port: Annotated[
-        str | None, typer.Option(help="For block-port: udp/8472, tcp/4240, icmp or tcp/2379.")
-    ] = None,
-    rate: Annotated[
-        float | None, typer.Option(help="For api-errors: share of requests that fail (0..1).")
-    ] = None,
+    cluster: Annotated[str | None, typer.Option(help="Cluster the fault applies to (default: all, for api-*).")] = None,
+    between: Annotated[str | None, typer.Option(help="For block-port: two clusters, 'cluster-1,cluster-2'.")] = None,
+    port: Annotated[str | None, typer.Option(help="For block-port: udp/8472, tcp/4240, icmp or tcp/2379.")] = None,
+    rate: Annotated[float | None, typer.Option(help="For api-errors: share of requests that fail (0..1).")] = None,
     seconds: Annotated[float | None, typer.Option(help="For api-latency and certgen-delay.")] = None,
     off: Annotated[bool, typer.Option("--off", help="Turn lb-never or api-down off again.")] = False,
     cidr: Annotated[str | None, typer.Option(help="For pod-cidr: the new pod CIDR of --cluster.")] = None,

@@ -69,9 +69,7 @@ def _from_file(name: str, path: Path, context: str | None, timeout: float) -> Cl
         raise KubeconfigError(
             name, f"kubeconfig file {path} does not exist", fix="check clusters[].kubeconfig.path in the spec"
         )
-    return ClusterClient.from_kubeconfig_file(
-        path, context=context, cluster_name=name, request_timeout=timeout
-    )
+    return ClusterClient.from_kubeconfig_file(path, context=context, cluster_name=name, request_timeout=timeout)
 
 
 def _from_kkp(cluster: ClusterSpec, timeout: float, load_secret: SecretLoader | None) -> ClusterClient:
@@ -80,6 +78,4 @@ def _from_kkp(cluster: ClusterSpec, timeout: float, load_secret: SecretLoader | 
     with kkp.client_for(cluster, load_secret=load_secret, timeout=timeout) as api:
         found = kkp.find_cluster(api, cluster)
         text = api.kubeconfig(found.id)
-    return ClusterClient.from_kubeconfig_text(
-        text, context=None, cluster_name=cluster.name, request_timeout=timeout
-    )
+    return ClusterClient.from_kubeconfig_text(text, context=None, cluster_name=cluster.name, request_timeout=timeout)

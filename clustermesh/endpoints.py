@@ -41,9 +41,7 @@ def service_address(svc: dict[str, Any], nodes: list[dict[str, Any]]) -> tuple[l
             if not hostnames:
                 return None
             # cilium-cli resolves a hostname once and pins it (cilium-cli#1539): ips[] needs addresses
-            ips = sorted(
-                {str(a[4][0]) for a in socket.getaddrinfo(hostnames[0], None, type=socket.SOCK_STREAM)}
-            )
+            ips = sorted({str(a[4][0]) for a in socket.getaddrinfo(hostnames[0], None, type=socket.SOCK_STREAM)})
         return ips, int(port.get("port", 2379))
     if spec.get("type") == "NodePort" and port.get("nodePort"):
         for node in nodes:

@@ -179,9 +179,7 @@ def translate_error(
         return _from_status(status, reason or str(exc.reason or ""), message, call)
     if isinstance(exc, pydantic.ValidationError):
         # Field paths and messages only: input values could be anything, secrets included.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
         return call.error(
             InvalidError,
             f"the client refused the request before sending it: {problems}",
@@ -265,9 +263,7 @@ def _read_status_body(body: object, redact: Callable[[str], str]) -> tuple[str, 
     details = status.get("details")
     causes = details.get("causes") if isinstance(details, dict) else None
     if not message and isinstance(causes, list):
-        message = "; ".join(
-            f"{c.get('field', '')}: {c.get('message', '')}" for c in causes[:5] if isinstance(c, dict)
-        )
+        message = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes[:5] if isinstance(c, dict))
     return str(status.get("reason") or ""), redact(_cut(message, 1000))
 
 
@@ -373,9 +369,7 @@ class _Kind:
 
 
 _KINDS: dict[tuple[str, str], _Kind] = {
-    ("v1", "Namespace"): _Kind(
-        "namespaces", False, "core", "read_namespace", "create_namespace", "replace_namespace"
-    ),
+    ("v1", "Namespace"): _Kind("namespaces", False, "core", "read_namespace", "create_namespace", "replace_namespace"),
     ("v1", "Service"): _Kind(
         "services",
         True,
@@ -565,9 +559,7 @@ class ClusterClient:
 
         files = _MemoryFiles()
         try:
-            _move_data_to_memory(
-                cluster_body, "certificate-authority", files, secret=False, cluster=cluster_name
-            )
+            _move_data_to_memory(cluster_body, "certificate-authority", files, secret=False, cluster=cluster_name)
             _move_data_to_memory(user_body, "client-certificate", files, secret=False, cluster=cluster_name)
             _move_data_to_memory(user_body, "client-key", files, secret=True, cluster=cluster_name)
             only_chosen = {
@@ -578,9 +570,7 @@ class ClusterClient:
             }
             configuration = k8s.Configuration()
             try:
-                loader = _KubeConfigLoader(
-                    config_dict=only_chosen, active_context=chosen, config_base_path=base_dir
-                )
+                loader = _KubeConfigLoader(config_dict=only_chosen, active_context=chosen, config_base_path=base_dir)
                 loader.load_and_set(configuration)
             except (ConfigException, OSError, ValueError) as exc:
                 raise KubeconfigError(
@@ -687,9 +677,7 @@ class ClusterClient:
         answer = self._call("get", "/version", self._version.get_code)
         return str(answer.get("gitVersion", "")) if isinstance(answer, dict) else ""
 
-    def get_application_installation(
-        self, namespace: str = "kube-system", name: str = "cilium"
-    ) -> dict[str, Any]:
+    def get_application_installation(self, namespace: str = "kube-system", name: str = "cilium") -> dict[str, Any]:
         """KKP's ApplicationInstallation; raises :class:`NotFoundError` when it is missing."""
         target = f"{namespace}/{AI_PLURAL}/{name}"
         return _as_object(
@@ -707,14 +695,10 @@ class ClusterClient:
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Secret, or None if absent; its data never enters a message of ours."""
-        return self._get_or_none(
-            f"{namespace}/secrets/{name}", self._core.read_namespaced_secret, name, namespace
-        )
+        return self._get_or_none(f"{namespace}/secrets/{name}", self._core.read_namespaced_secret, name, namespace)
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self._get_or_none(
-            f"{namespace}/services/{name}", self._core.read_namespaced_service, name, namespace
-        )
+        return self._get_or_none(f"{namespace}/services/{name}", self._core.read_namespaced_service, name, namespace)
 
     def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_or_none(
@@ -729,9 +713,7 @@ class ClusterClient:
     def list_nodes(self) -> list[dict[str, Any]]:
         return _items(self._call("list", "nodes", self._core.list_node), "Node", "v1")
 
-    def list_pods(
-        self, namespace: str, label_selector: str, field_selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, label_selector: str, field_selector: str | None = None) -> list[dict[str, Any]]:
         target = f"{namespace}/pods (labelSelector {label_selector!r}"
         target += f", fieldSelector {field_selector!r})" if field_selector else ")"
         answer = self._call(
@@ -792,16 +774,13 @@ class ClusterClient:
         if kind is None:
             supported = ", ".join(f"{v} {k}" for v, k in _KINDS)
             raise ValueError(
-                f"create_or_replace supports {supported}; "
-                f"got {manifest.get('apiVersion')} {manifest.get('kind')}"
+                f"create_or_replace supports {supported}; got {manifest.get('apiVersion')} {manifest.get('kind')}"
             )
         metadata = manifest.get("metadata") or {}
         name = metadata.get("name")
         namespace = metadata.get("namespace")
         if not name or (kind.namespaced and not namespace):
-            raise ValueError(
-                f"{manifest.get('kind')} manifest needs metadata.name (and .namespace if namespaced)"
-            )
+            raise ValueError(f"{manifest.get('kind')} manifest needs metadata.name (and .namespace if namespaced)")
         api = self._core if kind.api == "core" else self._apps
         ids: tuple[str, ...] = (str(name), str(namespace)) if kind.namespaced else (str(name),)
         target = f"{namespace}/{kind.plural}/{name}" if kind.namespaced else f"{kind.plural}/{name}"
@@ -817,9 +796,7 @@ class ClusterClient:
         body = _replacement(current, desired)
         if _contains(current, body):
             return Applied(current, "unchanged")
-        replaced = self._call(
-            "replace", target, getattr(api, kind.replace), *ids, body, field_manager=FIELD_MANAGER
-        )
+        replaced = self._call("replace", target, getattr(api, kind.replace), *ids, body, field_manager=FIELD_MANAGER)
         return Applied(_as_object(replaced), "replaced")
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
@@ -867,9 +844,7 @@ class ClusterClient:
 
     # -- exec --------------------------------------------------------------------------------------
 
-    def exec(
-        self, namespace: str, pod: str, container: str, argv: Sequence[str], *, timeout: float
-    ) -> ExecOutput:
+    def exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], *, timeout: float) -> ExecOutput:
         """Run ``argv`` in a container; output and exit code come back, a non-zero exit is not raised.
 
         Runs on its own ApiClient (see the class docstring). Reads the channels until the server closes
@@ -1092,9 +1067,7 @@ def _replacement(current: Mapping[str, Any], desired: dict[str, Any]) -> dict[st
             if key not in spec and key in current_spec:
                 spec[key] = copy.deepcopy(current_spec[key])
         current_ports = {
-            (p.get("port"), p.get("protocol", "TCP")): p
-            for p in current_spec.get("ports") or []
-            if isinstance(p, dict)
+            (p.get("port"), p.get("protocol", "TCP")): p for p in current_spec.get("ports") or [] if isinstance(p, dict)
         }
         for port in spec.get("ports") or []:
             old = current_ports.get((port.get("port"), port.get("protocol", "TCP")))
@@ -1150,9 +1123,7 @@ def _named_entries(
 ) -> dict[str, Mapping[str, Any]]:
     entries = config.get(key) or []
     if not isinstance(entries, list):
-        raise KubeconfigError(
-            cluster_name, f"{key} is not a list", fix=f"write {key} as a list of named entries"
-        )
+        raise KubeconfigError(cluster_name, f"{key} is not a list", fix=f"write {key} as a list of named entries")
     out: dict[str, Mapping[str, Any]] = {}
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
@@ -1215,9 +1186,7 @@ class _MemoryFiles:
                 os.close(fd)
 
 
-def _move_data_to_memory(
-    body: dict[str, Any], key: str, files: _MemoryFiles, *, secret: bool, cluster: str
-) -> None:
+def _move_data_to_memory(body: dict[str, Any], key: str, files: _MemoryFiles, *, secret: bool, cluster: str) -> None:
     """Swap ``<key>-data`` for ``<key>`` naming an in-memory file, so the loader writes no temp file."""
     data_key = f"{key}-data"
     data = body.get(data_key)

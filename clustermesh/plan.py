@@ -53,15 +53,11 @@ class SetupPlan(BaseModel):
         return "\n".join(lines)
 
 
-def _peek(
-    client: ClusterClient, facts: ClusterFacts, spec: MeshSpec, want_ca_key: bool
-) -> MeshEndpoint | None:
+def _peek(client: ClusterClient, facts: ClusterFacts, spec: MeshSpec, want_ca_key: bool) -> MeshEndpoint | None:
     """An endpoint if it already exists; a plan never waits."""
     quick = spec.model_copy(
         update={
-            "timeouts": Timeouts(
-                install=0.02, load_balancer=0.02, certificates=0.02, health=0.02, poll_interval=0.01
-            )
+            "timeouts": Timeouts(install=0.02, load_balancer=0.02, certificates=0.02, health=0.02, poll_interval=0.01)
         }
     )
     try:
@@ -78,8 +74,7 @@ def plan_setup(spec: MeshSpec, open_client: Callable[[ClusterSpec], ClusterClien
         first = spec.first
         shared = spec.cilium.resolve(profile_for(facts[first.name].cilium_version)).ca_mode == "shared"
         endpoints = {
-            c.name: _peek(clients[c.name], facts[c.name], spec, shared and c.name == first.name)
-            for c in spec.clusters
+            c.name: _peek(clients[c.name], facts[c.name], spec, shared and c.name == first.name) for c in spec.clusters
         }
         first_ep = endpoints[first.name]
         shared_ca = first_ep.shared_ca() if (shared and first_ep is not None) else None
@@ -95,9 +90,7 @@ def plan_setup(spec: MeshSpec, open_client: Callable[[ClusterSpec], ClusterClien
             ai = clients[c.name].get_application_installation()
             change = plan_mesh_values(ai, facts[c.name], c, spec, peers=peers_known, shared_ca=ca)
             plans.append(
-                ClusterPlan(
-                    cluster=c.name, changed=change.changed, diff=change.diff_lines(), pending_peers=pending
-                )
+                ClusterPlan(cluster=c.name, changed=change.changed, diff=change.diff_lines(), pending_peers=pending)
             )
         return SetupPlan(mesh=spec.name, warnings=warnings, clusters=plans)
     finally:

@@ -168,9 +168,7 @@ def _pod_cidrs(values: dict[str, Any], nodes: list[dict[str, Any]]) -> list[str]
     cidrs = [str(c) for c in found]
     if cidrs:
         return cidrs
-    node_cidrs = {
-        str((n.get("spec") or {}).get("podCIDR")) for n in nodes if (n.get("spec") or {}).get("podCIDR")
-    }
+    node_cidrs = {str((n.get("spec") or {}).get("podCIDR")) for n in nodes if (n.get("spec") or {}).get("podCIDR")}
     return sorted(node_cidrs)
 
 

@@ -67,9 +67,7 @@ def parse_cilium_version(version: str) -> CiliumVersion:
     if match is None:
         raise UnsupportedVersionError(version, SUPPORTED_LINES)
     patch = match.group("patch")
-    return CiliumVersion(
-        int(match.group("major")), int(match.group("minor")), None if patch is None else int(patch)
-    )
+    return CiliumVersion(int(match.group("major")), int(match.group("minor")), None if patch is None else int(patch))
 
 
 @dataclass(frozen=True)

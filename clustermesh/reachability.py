@@ -65,11 +65,7 @@ def list_node_addresses(client: NodeClient, cluster: str) -> list[NodeAddress]:
         name = str((n.get("metadata") or {}).get("name") or "")
         addresses = (n.get("status") or {}).get("addresses") or []
         ip = next(
-            (
-                str(a.get("address"))
-                for a in addresses
-                if isinstance(a, dict) and a.get("type") == "InternalIP"
-            ),
+            (str(a.get("address")) for a in addresses if isinstance(a, dict) and a.get("type") == "InternalIP"),
             None,
         )
         out.append(NodeAddress(cluster=cluster, node=name, internal_ip=ip))

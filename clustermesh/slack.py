@@ -268,9 +268,7 @@ def _figures(summary: Summary) -> list[tuple[str, str]]:
     if summary.nodes_total is None:
         nodes = "not measured"
     else:
-        nodes = (
-            f"{summary.nodes_reachable if summary.nodes_reachable is not None else '?'}/{summary.nodes_total}"
-        )
+        nodes = f"{summary.nodes_reachable if summary.nodes_reachable is not None else '?'}/{summary.nodes_total}"
     days = summary.cert_expiry_days
     if days is None:
         expiry = "not measured"
@@ -530,9 +528,7 @@ class Notifier:
         else:
             assert target.webhook_url is not None
             hook_url = target.webhook_url.get_secret_value()
-            self._hook = WebhookClient(
-                url=hook_url, timeout=timeout, logger=_sdk_log, retry_handlers=_retry_handlers()
-            )
+            self._hook = WebhookClient(url=hook_url, timeout=timeout, logger=_sdk_log, retry_handlers=_retry_handlers())
             if urlsplit(hook_url).hostname in _LOOPBACK:
                 self._hook.proxy = None
 
@@ -581,9 +577,7 @@ class Notifier:
                     raise
                 # blocks=[] clears the old blocks: leaving them would show the stale status.
                 self._web.chat_update(channel=channel_id, ts=ts, text=text, blocks=[])
-                _log.warning(
-                    "Slack refused the summary blocks (%s); updated with plain text", self._api_error(e)
-                )
+                _log.warning("Slack refused the summary blocks (%s); updated with plain text", self._api_error(e))
                 return PostResult(ok=True, ts=ts, channel=channel_id, posted=1, detail="plain text only")
         except Exception as e:  # noqa: BLE001 - Slack must never fail the run
             return self._failure("update summary", e)

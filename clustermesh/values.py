@@ -76,9 +76,7 @@ KKP_OWNED_PATHS: tuple[Path, ...] = (
 )
 """Keys KKP enforces on every reconcile or its webhook keeps immutable (kkp.md §2): never ours to write."""
 
-_SECRET_VALUE_KEYS = frozenset(
-    {"cert", "key", "caCert", "caBundle", "crt", "ca.crt", "ca.key", "tls.crt", "tls.key"}
-)
+_SECRET_VALUE_KEYS = frozenset({"cert", "key", "caCert", "caBundle", "crt", "ca.crt", "ca.key", "tls.crt", "tls.key"})
 _HIDDEN_KEY_WORDS = ("password", "token", "secret")
 _B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n\r")
 
@@ -100,9 +98,7 @@ class PeerEntry(BaseModel):
     name: str = Field(description="the peer's cluster.name")
     ips: list[IPvAnyAddress] = Field(min_length=1, description="clustermesh-apiserver addresses of the peer")
     port: int = Field(default=2379, ge=1, le=65535, description="2379 for LoadBalancer, else the nodePort")
-    cert: str = Field(
-        repr=False, description="tls.crt of the peer's clustermesh-apiserver-remote-cert (base64)"
-    )
+    cert: str = Field(repr=False, description="tls.crt of the peer's clustermesh-apiserver-remote-cert (base64)")
     key: SecretStr = Field(repr=False, description="tls.key of that Secret (base64)")
     ca_cert: str | None = Field(default=None, repr=False, description="ca.crt of that Secret (base64), 1.14+")
 
@@ -160,8 +156,7 @@ def _parse_block(obj: str, block: str) -> Values:
         raise ValuesError(
             obj,
             f"spec.valuesBlock is not valid YAML{where}: {exc.problem or 'syntax error'}",
-            fix="fix the block in the UI or with `kubectl edit applicationinstallation cilium "
-            "-n kube-system`",
+            fix="fix the block in the UI or with `kubectl edit applicationinstallation cilium -n kube-system`",
         ) from None
     except yaml.YAMLError:
         raise ValuesError(obj, "spec.valuesBlock is not valid YAML", fix="fix the block") from None
@@ -300,9 +295,7 @@ def render_mesh_values(
         raise ValuesError(obj, "lists itself as a peer", fix="pass only the other clusters' endpoints")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValuesError(
-            obj, f"peers listed twice: {', '.join(duplicates)}", fix="pass one endpoint per peer"
-        )
+        raise ValuesError(obj, f"peers listed twice: {', '.join(duplicates)}", fix="pass one endpoint per peer")
     if shared_ca is not None and resolved.ca_mode != "shared":
         raise ValuesError(
             obj,
@@ -363,9 +356,7 @@ def _get(values: Any, path: Path) -> tuple[bool, Any]:
     return True, node
 
 
-def legacy_paths_to_remove(
-    profile: CiliumProfile, current: Mapping[str, Any], patch: int | None
-) -> list[Path]:
+def legacy_paths_to_remove(profile: CiliumProfile, current: Mapping[str, Any], patch: int | None) -> list[Path]:
     """Old keys the chart would ignore or refuse on this line (the guide's CA key on 1.15+)."""
     found, _ = _get(current, profile.legacy_ca_path)
     if found and profile.old_ca_key_effect(patch) != "used":
@@ -387,9 +378,7 @@ def _touches(overlay: Any, path: Path) -> bool:
 
 def _check_ownership(overlay: Mapping[str, Any], remove: Sequence[Path]) -> None:
     for path in KKP_OWNED_PATHS:
-        if _touches(dict(overlay), path) or any(
-            p[: len(path)] == path or path[: len(p)] == p for p in remove
-        ):
+        if _touches(dict(overlay), path) or any(p[: len(path)] == path or path[: len(p)] == p for p in remove):
             raise KkpOwnedKeyError(
                 "values overlay",
                 f"would change {'.'.join(path)}, which KKP enforces or keeps immutable",
@@ -485,9 +474,7 @@ class ValuesChange:
 
 
 def _yaml_lines(values: Mapping[str, Any]) -> list[str]:
-    text = yaml.safe_dump(
-        dict(values), sort_keys=True, default_flow_style=False, allow_unicode=True, width=120
-    )
+    text = yaml.safe_dump(dict(values), sort_keys=True, default_flow_style=False, allow_unicode=True, width=120)
     return text.splitlines()
 
 

@@ -50,9 +50,9 @@ def _create(spec: MeshSpec) -> CreateResult:
         created[name] = future.result()
         logger.info("%s: KKP cluster %s created", name, created[name].cluster_id)
     waits = [
-        kkp_steps.wait_user_cluster_healthy.with_options(
-            task_run_name=f"Wait until {entry.name} is healthy"
-        ).submit(spec, entry.name, entry.cluster_id or "")
+        kkp_steps.wait_user_cluster_healthy.with_options(task_run_name=f"Wait until {entry.name} is healthy").submit(
+            spec, entry.name, entry.cluster_id or ""
+        )
         for entry in (created.get(c.name, c) for c in plan.clusters)
         if entry.action != "not-kkp"
     ]

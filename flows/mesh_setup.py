@@ -197,9 +197,9 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
 
     # 1. Prerequisites, per cluster in parallel, then across clusters
     futures = [
-        setup_steps.check_prerequisites.with_options(
-            task_run_name=f"1. Check prerequisites of {c.name}"
-        ).submit(spec, c.name)
+        setup_steps.check_prerequisites.with_options(task_run_name=f"1. Check prerequisites of {c.name}").submit(
+            spec, c.name
+        )
         for c in spec.clusters
     ]
     facts = [f.result() for f in futures]
@@ -233,9 +233,7 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     ).result()
     shared_ca = first_endpoint.shared_ca() if shared else None
     # 4. Enable Cluster Mesh in every other cluster, pointing at the first
-    step4 = [
-        configure("4. Enable Cluster Mesh", c.name, [first_endpoint.peer_entry()], shared_ca) for c in others
-    ]
+    step4 = [configure("4. Enable Cluster Mesh", c.name, [first_endpoint.peer_entry()], shared_ca) for c in others]
     changes.extend(f.result() for f in step4)
     # 5. Retrieve every other cluster's data; with a shared CA, wait until certgen re-issued with it
     step5 = [

@@ -109,9 +109,7 @@ def _check_pem(b64: str, field_name: str, template: str) -> None:
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise _fail(
-            3, 12, f"error calling buildCustomCert: unable to decode base64 {field_name}", template
-        ) from None
+        raise _fail(3, 12, f"error calling buildCustomCert: unable to decode base64 {field_name}", template) from None
     if b"-----BEGIN" not in raw:
         raise _fail(3, 12, f"error calling buildCustomCert: {field_name} is not a PEM block", template)
 
@@ -129,9 +127,7 @@ def render(version: str, values: dict[str, Any]) -> Rendered:
     """Render ``values`` with the chart of ``version``, or raise ``ChartError`` as Helm would fail."""
     major, minor, patch = parse_version(version)
     if (major, minor) < (1, 13) or (major, minor) > (1, 19):
-        raise ChartError(
-            f"chart cilium version {version} is not available in the sandbox (1.13 to 1.19 only)"
-        )
+        raise ChartError(f"chart cilium version {version} is not available in the sandbox (1.13 to 1.19 only)")
     ver = (major, minor, patch)
     if not isinstance(values, dict):
         raise ChartError("values must be a map")
@@ -142,9 +138,7 @@ def render(version: str, values: dict[str, Any]) -> Rendered:
     cluster_id = _int(_get(values, "cluster.id", 0), "cluster.id")
     max_connected = 255
     if ver >= (1, 15, 0):
-        max_connected = _int(
-            _get(values, "clustermesh.maxConnectedClusters", 255), "clustermesh.maxConnectedClusters"
-        )
+        max_connected = _int(_get(values, "clustermesh.maxConnectedClusters", 255), "clustermesh.maxConnectedClusters")
         if max_connected not in (255, 511):
             raise _fail(23, 5, f"clustermesh.maxConnectedClusters must be 255 or 511, got {max_connected}")
     if cluster_id < 0 or cluster_id > max_connected:
@@ -229,9 +223,7 @@ def render(version: str, values: dict[str, Any]) -> Rendered:
         if cert:
             template = "clustermesh-apiserver/tls-helm/_helpers.tpl"
             if not key:
-                raise ChartError(
-                    f"execution error at (cilium/templates/{template}:23:58): missing {source}.key"
-                )
+                raise ChartError(f"execution error at (cilium/templates/{template}:23:58): missing {source}.key")
             _check_pem(cert, f"{source}.cert", template)
             _check_pem(key, f"{source}.key", template)
             ca_cert, ca_key, ca_source = cert, key, source

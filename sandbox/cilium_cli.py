@@ -116,9 +116,7 @@ class TabWriter:
         self._format(out, lines, 0, len(lines), [])
         return "".join(out)
 
-    def _format(
-        self, out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]
-    ) -> None:
+    def _format(self, out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]) -> None:
         column = len(widths)
         this = line0
         while this < line1:
@@ -139,9 +137,7 @@ class TabWriter:
         self._write_lines(out, lines, line0, line1, widths)
 
     @staticmethod
-    def _write_lines(
-        out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]
-    ) -> None:
+    def _write_lines(out: list[str], lines: list[list[str]], line0: int, line1: int, widths: list[int]) -> None:
         for i in range(line0, line1):
             for j, cell in enumerate(lines[i]):
                 out.append(cell)
@@ -324,9 +320,7 @@ def _write_node_detail(w: TabWriter, view: _HealthView, node: HealthNode, verbos
     _write_path(w, view, "Endpoint", node.endpoint, verbose)
 
 
-def _format_health_legacy(
-    w: TabWriter, view: _HealthView, print_all: bool, succinct: bool, verbose: bool
-) -> None:
+def _format_health_legacy(w: TabWriter, view: _HealthView, print_all: bool, succinct: bool, verbose: bool) -> None:
     """1.13–1.16 ``FormatHealthStatusResponse``: ``Probe time:`` + detail blocks, or the succinct table."""
     nodes = view.report.nodes
     if succinct and not verbose:
@@ -356,9 +350,7 @@ def _path_counts(path: ProbedPath | None) -> str:
     return text + (" (1 unknown)" if state == _UNKNOWN else "")
 
 
-def _format_health_table(
-    w: TabWriter, view: _HealthView, all_nodes: bool, verbose: bool, max_lines: int
-) -> None:
+def _format_health_table(w: TabWriter, view: _HealthView, all_nodes: bool, verbose: bool, max_lines: int) -> None:
     """1.17+ ``FormatHealthStatusResponse``: summary, ``Name IP Node Endpoints`` and a row per node."""
     nodes = view.report.nodes
     summary = f"Cluster health:\t{view.healthy}/{len(nodes)} reachable\t({view.timestamp})"
@@ -858,13 +850,7 @@ def _strip_flags(args: list[str], cmd: _Command) -> list[str]:
             if rest:
                 rest.pop(0)
             continue
-        if (
-            s.startswith("-")
-            and not s.startswith("--")
-            and "=" not in s
-            and len(s) == 2
-            and s[1] not in short_bools
-        ):
+        if s.startswith("-") and not s.startswith("--") and "=" not in s and len(s) == 2 and s[1] not in short_bools:
             if rest:
                 rest.pop(0)
             continue
@@ -896,9 +882,7 @@ def _usage(cmd: _Command) -> str:
         parts.append(f"\n\nAliases:\n  {', '.join((cmd.name, *cmd.aliases))}")
     if cmd.children:
         pad = max(11, *(len(c.name) for c in cmd.children))  # cobra's minNamePadding
-        listed = "".join(
-            f"\n  {c.name.ljust(pad)} {c.short}" for c in sorted(cmd.children, key=lambda c: c.name)
-        )
+        listed = "".join(f"\n  {c.name.ljust(pad)} {c.short}" for c in sorted(cmd.children, key=lambda c: c.name))
         parts.append(f"\n\nAvailable Commands:{listed}")
     parts.append(f"\n\nFlags:\n{_flag_usages(cmd.local_flags()).rstrip()}")
     inherited = cmd.inherited()
@@ -927,8 +911,7 @@ def _execute(root: _Command, args: list[str], snapshot: AgentSnapshot, version: 
                 return (
                     1,
                     "",
-                    f'Error: unknown command "{names[0]}" for "{root.path}"\n'
-                    f"Run '{root.path} --help' for usage.\n",
+                    f'Error: unknown command "{names[0]}" for "{root.path}"\nRun \'{root.path} --help\' for usage.\n',
                 )
             break  # cobra accepts stray args below the root; a non-runnable command then prints its help
         remaining.remove(names[0])
@@ -957,9 +940,7 @@ def _unsupported_output(fmt: str) -> Result:
     return 1, "", f"couldn't find output printer for {fmt!r} (the simulated agent prints only json)\n"
 
 
-def _health_status(
-    snapshot: AgentSnapshot, version: Version, opts: dict[str, Any], args: list[str]
-) -> Result:
+def _health_status(snapshot: AgentSnapshot, version: Version, opts: dict[str, Any], args: list[str]) -> Result:
     local = _local_node(snapshot.health, snapshot.node_name)
     view = _HealthView(snapshot.health, local, version)
     output = opts.get("output", "")

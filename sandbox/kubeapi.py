@@ -113,9 +113,7 @@ class _Guard:
             if faults.latency_s > 0:
                 await asyncio.sleep(faults.latency_s)
             if faults.down:
-                await self._deny(
-                    scope, receive, send, ApiError(503, "ServiceUnavailable", "the server is down")
-                )
+                await self._deny(scope, receive, send, ApiError(503, "ServiceUnavailable", "the server is down"))
                 return
             if faults.error_rate > 0 and faults.roll() < faults.error_rate:
                 if scope["type"] == "http" and faults.roll() < 0.5 and self._drop(receive):
@@ -125,9 +123,7 @@ class _Guard:
                     return
                 await self._deny(scope, receive, send, ApiError(500, "InternalError", "injected API error"))
                 return
-        headers = dict(
-            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
-        )
+        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", []))
         auth = headers.get("authorization", "")
         if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)):
             await self._deny(scope, receive, send, ApiError(401, "Unauthorized", "Unauthorized"))
@@ -297,20 +293,13 @@ class KubeApi:
 
     # ---- resource routing --------------------------------------------------------------------------
 
-    def _resolve(
-        self, group: str, version: str, rest: str
-    ) -> tuple[ResourceType, str | None, str | None, str]:
+    def _resolve(self, group: str, version: str, rest: str) -> tuple[ResourceType, str | None, str | None, str]:
         """Split ``[namespaces/{ns}/]{plural}[/{name}[/{sub}]]`` into its parts."""
         api_version = f"{group}/{version}" if group else version
         by_plural = {rt.plural: rt for rt in self._types() if rt.api_version == api_version}
         parts = [p for p in rest.split("/") if p]
         namespace: str | None = None
-        if (
-            len(parts) >= 3
-            and parts[0] == "namespaces"
-            and parts[2] in by_plural
-            and by_plural[parts[2]].namespaced
-        ):
+        if len(parts) >= 3 and parts[0] == "namespaces" and parts[2] in by_plural and by_plural[parts[2]].namespaced:
             namespace = parts[1]
             parts = parts[2:]
         if not parts or parts[0] not in by_plural or len(parts) > 3:
@@ -321,9 +310,7 @@ class KubeApi:
         if rt.namespaced and name is not None and namespace is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if sub and sub not in rt.subresources:
-            raise ApiError(
-                404, "NotFound", f"the server could not find the requested resource ({rt.plural}/{sub})"
-            )
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({rt.plural}/{sub})")
         return rt, namespace, name, sub
 
     async def core_resource(self, request: Request) -> Response:
@@ -428,9 +415,7 @@ class KubeApi:
             else:
                 history = store.events_since(rt.key, since)
                 if history is None:
-                    expired = _status(
-                        410, "Expired", f"too old resource version: {since} ({store.resource_version})"
-                    )
+                    expired = _status(410, "Expired", f"too old resource version: {since} ({store.resource_version})")
                     yield line("ERROR", expired)
                     return
                 initial = [(e.type, e.object) for e in history if selected(e.object)]
@@ -452,9 +437,7 @@ class KubeApi:
             finally:
                 store.remove_listener(listener)
 
-        return StreamingResponse(
-            events(), media_type="application/json", headers={"Cache-Control": "no-cache"}
-        )
+        return StreamingResponse(events(), media_type="application/json", headers={"Cache-Control": "no-cache"})
 
     # ---- writes ------------------------------------------------------------------------------------
 
@@ -477,9 +460,7 @@ class KubeApi:
                 return yaml.safe_load(raw)
             return json.loads(raw)
         except (ValueError, yaml.YAMLError) as exc:
-            raise ApiError(
-                400, "BadRequest", f"the body of the request could not be decoded: {exc}"
-            ) from None
+            raise ApiError(400, "BadRequest", f"the body of the request could not be decoded: {exc}") from None
 
     def _check_object(self, rt: ResourceType, body: Any) -> Obj:
         if not isinstance(body, dict):
@@ -494,8 +475,7 @@ class KubeApi:
             raise ApiError(
                 400,
                 "BadRequest",
-                f"the API version of the object ({api_version}) does not match the request "
-                f"({rt.api_version})",
+                f"the API version of the object ({api_version}) does not match the request ({rt.api_version})",
             )
         return body
 
@@ -514,17 +494,13 @@ class KubeApi:
         created = self.store.create(rt.key, defaulted(rt, body), ns)
         return JSONResponse(created, status_code=201)
 
-    async def _replace(
-        self, request: Request, rt: ResourceType, ns: str | None, name: str, sub: str
-    ) -> Response:
+    async def _replace(self, request: Request, rt: ResourceType, ns: str | None, name: str, sub: str) -> Response:
         body = self._check_object(rt, await self._body(request))
         if sub == "status":
             return JSONResponse(self.store.replace(rt.key, ns, name, body, subresource="status"))
         return JSONResponse(self.store.replace(rt.key, ns, name, defaulted(rt, body)))
 
-    async def _patch(
-        self, request: Request, rt: ResourceType, ns: str | None, name: str, sub: str
-    ) -> Response:
+    async def _patch(self, request: Request, rt: ResourceType, ns: str | None, name: str, sub: str) -> Response:
         media = _media_type(request)
         body = await self._body(request, allow=patching.PATCH_TYPES)
         current = self.store.try_get(rt.key, ns, name)
@@ -585,9 +561,7 @@ class KubeApi:
             media = _media_type(request)
             body = await self._body(request, allow=patching.PATCH_TYPES)
             # a Scale is no built-in with merge keys: strategic and apply both merge like JSON merge
-            kind = (
-                patching.MERGE_PATCH if media in (patching.STRATEGIC_PATCH, patching.APPLY_PATCH) else media
-            )
+            kind = patching.MERGE_PATCH if media in (patching.STRATEGIC_PATCH, patching.APPLY_PATCH) else media
             wanted = patching.apply_patch(scale_of(current), body, kind, kind="Scale", custom=False)
         else:
             raise ApiError(405, "MethodNotAllowed", "scale supports GET, PUT and PATCH")
@@ -595,9 +569,7 @@ class KubeApi:
             raise ApiError(400, "BadRequest", "a Scale must be an object")
         replicas = _get(wanted, "spec", "replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
-            raise ApiError(
-                422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: must be >= 0'
-            )
+            raise ApiError(422, "Invalid", f'Scale.autoscaling "{name}" is invalid: spec.replicas: must be >= 0')
         new = dict(current)
         new["spec"] = {**current.get("spec", {}), "replicas": replicas}
         sent_rv = _get(wanted, "metadata", "resourceVersion")
@@ -653,8 +625,7 @@ class KubeApi:
                 return nothing, _status(
                     400,
                     "BadRequest",
-                    f"a container name must be specified for pod {name}, "
-                    f"choose one of: [{' '.join(map(str, main))}]",
+                    f"a container name must be specified for pod {name}, choose one of: [{' '.join(map(str, main))}]",
                 )
             container = str(main[0])
         if container not in names:
@@ -694,9 +665,7 @@ def scale_of(obj: Obj) -> Obj:
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
-            if k in meta
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
         },
         "spec": {"replicas": int(_get(obj, "spec", "replicas") or 0)},
         "status": {
@@ -746,9 +715,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("sandbox API handler failed: %s %s", request.method, request.url.path)
-    return JSONResponse(
-        _status(500, "InternalError", f"internal error: {type(exc).__name__}"), status_code=500
-    )
+    return JSONResponse(_status(500, "InternalError", f"internal error: {type(exc).__name__}"), status_code=500)
 
 
 def create_app(

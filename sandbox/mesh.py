@@ -514,9 +514,7 @@ def _build_facts(name: str, store: Store) -> _Facts:
     except (TypeError, ValueError):
         mask = 24
 
-    raw_nodes = sorted(
-        _objects(store, "v1/nodes"), key=lambda o: str(_get(o, "metadata", "name", default=""))
-    )
+    raw_nodes = sorted(_objects(store, "v1/nodes"), key=lambda o: str(_get(o, "metadata", "name", default="")))
     node_cidrs: list[Network] = []
     pool_subnets = _pool_subnets(pool, mask, len(raw_nodes))
     for i, node in enumerate(raw_nodes):
@@ -526,9 +524,7 @@ def _build_facts(name: str, store: Store) -> _Facts:
             if isinstance(addr, dict) and addr.get("type") == "InternalIP" and addr.get("address"):
                 ip = str(addr["address"])
                 break
-        cidr_text = _get(node, "spec", "podCIDR") or next(
-            iter(_get(node, "spec", "podCIDRs", default=[]) or []), None
-        )
+        cidr_text = _get(node, "spec", "podCIDR") or next(iter(_get(node, "spec", "podCIDRs", default=[]) or []), None)
         cidr = _network(cidr_text) if cidr_text else None
         if cidr is not None:
             node_cidrs.append(cidr)
@@ -645,9 +641,7 @@ def _peer_configs(files: dict[str, bytes], common: dict[str, bytes]) -> dict[str
         cert_path = str(cfg.get("cert-file") or f"{CLUSTERMESH_DIR}{key}.etcd-client.crt")
         key_path = str(cfg.get("key-file") or f"{CLUSTERMESH_DIR}{key}.etcd-client.key")
         ca_path = cfg.get("trusted-ca-file")
-        ca_path = (
-            str(ca_path) if ca_path else (f"{CLUSTERMESH_DIR}{key}.etcd-client-ca.crt" if not cfg else None)
-        )
+        ca_path = str(ca_path) if ca_path else (f"{CLUSTERMESH_DIR}{key}.etcd-client-ca.crt" if not cfg else None)
 
         def load(path: str | None) -> bytes | None:
             if path is None:
@@ -720,9 +714,7 @@ class _Mesh:
             try:
                 state = self.states[name]
             except KeyError:
-                raise KeyError(
-                    f"no sandbox cluster named {name!r} (have: {', '.join(sorted(self.states))})"
-                ) from None
+                raise KeyError(f"no sandbox cluster named {name!r} (have: {', '.join(sorted(self.states))})") from None
             self._facts[name] = _facts(state)
         return self._facts[name]
 
@@ -811,9 +803,7 @@ class _Mesh:
             if err:
                 return Connection(False, err)
         if src.cilium_name == dst.cilium_name:
-            return Connection(
-                False, f"remote cluster has the same name {dst.cilium_name} as the local cluster"
-            )
+            return Connection(False, f"remote cluster has the same name {dst.cilium_name} as the local cluster")
         peer = src.peers.get(dst.cilium_name)
         if peer is None:
             return Connection(False, f"no clustermesh configuration for cluster {dst.cilium_name}")
@@ -947,10 +937,7 @@ def _ok(rtt: int) -> Probe:
 
 
 def _http_timeout(ip: str) -> str:
-    return (
-        f'Get "http://{ip}:4240/hello": context deadline exceeded '
-        "(Client.Timeout exceeded while awaiting headers)"
-    )
+    return f'Get "http://{ip}:4240/hello": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
 
 
 def _http_refused(ip: str) -> str:
@@ -1108,9 +1095,7 @@ def _matching_port(svc: Obj, port: Obj) -> Obj | None:
     return None
 
 
-def _with_affinity(
-    backends: list[_Backend], affinity: str | None, ver: tuple[int, int, int]
-) -> list[_Backend]:
+def _with_affinity(backends: list[_Backend], affinity: str | None, ver: tuple[int, int, int]) -> list[_Backend]:
     """Mark preferred backends as the agent's affinity logic does, and apply the 1.18 ``none`` bug."""
     if affinity == "none" and ver[:2] == (1, 18) and ver >= (1, 18, 10):
         return [b for b in backends if b.local]  # cilium#46623: remote backends dropped
@@ -1225,9 +1210,7 @@ def _plan_frontends(mesh: _Mesh, src: _Facts, node: str) -> list[_PlannedPort]:
     return planned
 
 
-def _frontends(
-    mesh: _Mesh, src: _Facts, node: str, plan: list[_PlannedPort] | None = None
-) -> list[_Frontend]:
+def _frontends(mesh: _Mesh, src: _Facts, node: str, plan: list[_PlannedPort] | None = None) -> list[_Frontend]:
     """The planned frontends (``_plan_frontends``, planned now unless given) with their backends, by ID."""
     if plan is None:
         plan = _plan_frontends(mesh, src, node)
@@ -1292,9 +1275,7 @@ def _peer_status(mesh: _Mesh, src: _Facts, node: str, peer: _PeerConfig) -> Peer
         if conn.ok:
             conn = Connection(False, "remote cluster configuration required but not found")
     if dst is None or not conn.ok:
-        return PeerStatus(
-            name=peer.name, ready=False, num_failures=1, last_failure=mesh.now, error=conn.reason
-        )
+        return PeerStatus(name=peer.name, ready=False, num_failures=1, last_failure=mesh.now, error=conn.reason)
     pods = [p for ps in dst.pods_by_ns.values() for p in ps if _get(p, "status", "podIP")]
     workload = [p for p in pods if not _get(p, "spec", "hostNetwork")]
     identities = {

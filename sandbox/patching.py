@@ -127,23 +127,17 @@ def _smp_map(target: dict[str, Any], patch: dict[str, Any], kind: str, path: tup
 
 def _smp_list(current: Any, patch: list[Any], kind: str, path: tuple[str, ...]) -> list[Any]:
     if any(isinstance(i, dict) and i.get("$patch") == "replace" for i in patch):
-        return [
-            _strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "replace")
-        ]
+        return [_strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "replace")]
     key = merge_key(kind, path)
     if key is None or not isinstance(current, list):
-        return [
-            _strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "delete")
-        ]
+        return [_strip_directives(i) for i in patch if not (isinstance(i, dict) and i.get("$patch") == "delete")]
     result = copy.deepcopy(current)
     for item in patch:
         if not isinstance(item, dict) or key not in item:
             if not (isinstance(item, dict) and item.get("$patch")):
                 result.append(_strip_directives(item))
             continue
-        idx = next(
-            (n for n, cur in enumerate(result) if isinstance(cur, dict) and cur.get(key) == item[key]), None
-        )
+        idx = next((n for n, cur in enumerate(result) if isinstance(cur, dict) and cur.get(key) == item[key]), None)
         if item.get("$patch") == "delete":
             if idx is not None:
                 del result[idx]

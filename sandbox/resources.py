@@ -22,9 +22,7 @@ CUSTOM_GROUPS = {APPINSTALL_GROUP}
 def builtin_types() -> list[ResourceType]:
     """Every kind a sandbox cluster serves."""
     return [
-        ResourceType(
-            "", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",), singular="namespace"
-        ),
+        ResourceType("", "v1", "namespaces", "Namespace", namespaced=False, short_names=("ns",), singular="namespace"),
         ResourceType(
             "",
             "v1",
@@ -58,9 +56,7 @@ def builtin_types() -> list[ResourceType]:
             categories=("all",),
         ),
         ResourceType("", "v1", "endpoints", "Endpoints", short_names=("ep",), singular="endpoints"),
-        ResourceType(
-            "", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",), singular="serviceaccount"
-        ),
+        ResourceType("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",), singular="serviceaccount"),
         ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", singular="endpointslice"),
         ResourceType(
             "apps",
@@ -182,9 +178,7 @@ def _pod_restarts(obj: Obj) -> int:
 
 
 def _svc_external(obj: Obj) -> str:
-    ips = [
-        i.get("ip") or i.get("hostname") for i in _get(obj, "status", "loadBalancer", "ingress", default=[])
-    ]
+    ips = [i.get("ip") or i.get("hostname") for i in _get(obj, "status", "loadBalancer", "ingress", default=[])]
     ips = [i for i in ips if i] + list(_get(obj, "spec", "externalIPs", default=[]))
     if ips:
         return ",".join(ips)
@@ -210,9 +204,7 @@ def _node_status(obj: Obj) -> str:
 
 def _node_roles(obj: Obj) -> str:
     prefix = "node-role.kubernetes.io/"
-    roles = sorted(
-        k[len(prefix) :] for k in _get(obj, "metadata", "labels", default={}) if k.startswith(prefix)
-    )
+    roles = sorted(k[len(prefix) :] for k in _get(obj, "metadata", "labels", default={}) if k.startswith(prefix))
     return ",".join(roles) or "<none>"
 
 
@@ -289,9 +281,7 @@ TABLE_COLUMNS: dict[str, list[Column]] = {
             "string",
             0,
             "Ready replicas.",
-            lambda o: (
-                f"{_get(o, 'status', 'readyReplicas', default=0)}/{_get(o, 'spec', 'replicas', default=1)}"
-            ),
+            lambda o: f"{_get(o, 'status', 'readyReplicas', default=0)}/{_get(o, 'spec', 'replicas', default=1)}",
         ),
         (
             "Up-to-date",

@@ -115,9 +115,7 @@ def parse_label_selector(text: str | None) -> list[Requirement]:
                 key, value = part.split(op, 1)
                 if "=" in value or "!" in value:
                     raise _bad("label", text, "unexpected '=' in value")
-                reqs.append(
-                    Requirement(_check_key(key.strip(), text), norm, (_check_value(value.strip(), text),))
-                )
+                reqs.append(Requirement(_check_key(key.strip(), text), norm, (_check_value(value.strip(), text),)))
                 break
         else:
             if " " in part or "(" in part or ")" in part:

@@ -209,21 +209,15 @@ class Sandbox:
         if self.kkp:
             await self._start_kkp()
 
-    async def _start_cluster(
-        self, i: int, pod_cidr: str | None, cilium_version: str | None = None
-    ) -> ClusterEndpoint:
+    async def _start_cluster(self, i: int, pod_cidr: str | None, cilium_version: str | None = None) -> ClusterEndpoint:
         """One simulated user cluster: its store in the world, its CA, token and HTTPS API server."""
         assert self.world is not None and self._tmp is not None
         tmp = Path(self._tmp.name)
         store = Store()
         store.register(builtin_types())
-        sim = self.world.add_cluster(
-            store, index=i, nodes=self.nodes, pod_cidr=pod_cidr, cilium_version=cilium_version
-        )
+        sim = self.world.add_cluster(store, index=i, nodes=self.nodes, pod_cidr=pod_cidr, cilium_version=cilium_version)
         ca = pki.make_ca(f"{sim.name}-apiserver-ca")
-        serving = pki.issue(
-            ca, "kube-apiserver", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False
-        )
+        serving = pki.issue(ca, "kube-apiserver", dns_names=("localhost",), ip_addresses=("127.0.0.1",), client=False)
         certfile, keyfile = tmp / f"{sim.name}.crt", tmp / f"{sim.name}.key"
         certfile.write_bytes(serving.cert_pem)
         keyfile.write_bytes(serving.key_pem)
@@ -425,18 +419,14 @@ class Sandbox:
         for ep in self.endpoints:
             ctx = ssl.create_default_context(cadata=ep.ca.cert_pem.decode())
             while True:
-                req = urllib.request.Request(
-                    ep.url + "/version", headers={"Authorization": f"Bearer {ep.token}"}
-                )
+                req = urllib.request.Request(ep.url + "/version", headers={"Authorization": f"Bearer {ep.token}"})
                 try:
                     with urllib.request.urlopen(req, context=ctx, timeout=5) as resp:
                         if resp.status == 200:
                             break
                 except OSError as exc:
                     if time.monotonic() > deadline:
-                        raise SandboxError(
-                            f"{ep.name} did not answer on {ep.url} within {timeout}s: {exc}"
-                        ) from exc
+                        raise SandboxError(f"{ep.name} did not answer on {ep.url} within {timeout}s: {exc}") from exc
                     time.sleep(0.05)
 
     # ---- faults ---------------------------------------------------------------------------------
@@ -445,9 +435,7 @@ class Sandbox:
         for ep in self.endpoints:
             if ep.name == name:
                 return ep
-        raise SandboxError(
-            f"no cluster named {name!r}: the sandbox has {', '.join(e.name for e in self.endpoints)}"
-        )
+        raise SandboxError(f"no cluster named {name!r}: the sandbox has {', '.join(e.name for e in self.endpoints)}")
 
     def fault(self, kind: str, **args: Any) -> dict[str, Any]:
         """Inject or clear a fault. Runs on the loop thread; returns what was done."""
@@ -571,9 +559,7 @@ def run_foreground(sandbox: Sandbox) -> None:
         for ep in sandbox.endpoints:
             print(f"  {ep.name}: {ep.url}  kubeconfig {ep.kubeconfig}", flush=True)
         if sandbox.kkp:
-            print(
-                f"  KKP API: {sandbox.kkp_url} (token and project in kkp.json; spec: mesh-kkp.yaml)", flush=True
-            )
+            print(f"  KKP API: {sandbox.kkp_url} (token and project in kkp.json; spec: mesh-kkp.yaml)", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

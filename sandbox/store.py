@@ -112,9 +112,7 @@ class Store:
         try:
             return self.types[key]
         except KeyError:
-            raise ApiError(
-                404, "NotFound", f"the server could not find the requested resource ({key})"
-            ) from None
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({key})") from None
 
     @property
     def resource_version(self) -> str:
@@ -192,9 +190,7 @@ class Store:
             name = meta["generateName"] + uuid.uuid4().hex[:5]
             meta["name"] = name
         if not name:
-            raise ApiError(
-                422, "Invalid", f"{rt.kind} is invalid: metadata.name: Required value: name is required"
-            )
+            raise ApiError(422, "Invalid", f"{rt.kind} is invalid: metadata.name: Required value: name is required")
         if (ns, name) in self._objects[key]:
             raise ApiError(
                 409,

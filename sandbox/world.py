@@ -457,9 +457,7 @@ class World:
         for k, node in enumerate(c.nodes):
             slice_, health, host = self._node_slice(c, k)
             try:
-                c.store.mutate(
-                    NODES, None, node, lambda n, s=slice_, h=health, o=host: _set_node_cidr(n, s, h, o)
-                )
+                c.store.mutate(NODES, None, node, lambda n, s=slice_, h=health, o=host: _set_node_cidr(n, s, h, o))
             except Exception:  # noqa: BLE001 - the node may have been deleted by a test
                 continue
         self._enforce_kkp_keys(c)
@@ -810,9 +808,7 @@ class World:
         except Exception:  # noqa: BLE001 - keep the loop alive; the next change retries
             log.exception("reconcile of %s failed", c.name)
 
-    def _after(
-        self, c: SimCluster, key: Any, delay: float, fn: Callable[[], None], *, replace: bool = False
-    ) -> None:
+    def _after(self, c: SimCluster, key: Any, delay: float, fn: Callable[[], None], *, replace: bool = False) -> None:
         """One timer per key: kept when already pending (or replaced), dropped once fired."""
         old = c.timers.get(key)
         if old is not None and old.pending:
@@ -996,8 +992,7 @@ class World:
         c.release_version += 1  # the failed revision
         if job.atomic:
             msg = (
-                f"release {RELEASE} failed, and has been rolled back due to atomic being set: "
-                "context deadline exceeded"
+                f"release {RELEASE} failed, and has been rolled back due to atomic being set: context deadline exceeded"
             )
             if c.deployed is not None:
                 c.release_version += 1  # the rollback revision
@@ -1015,9 +1010,7 @@ class World:
         atomic = bool(_get(ai, "spec", "deployOptions", "helm", "atomic", default=False))
         if job is not None:  # the release was applied and then failed (and maybe rolled back)
             helm_status = "deployed" if job.atomic else "failed"
-            description = (
-                f"Rollback to {c.release_version - 2}" if job.atomic else f"Upgrade failed: {message}"
-            )
+            description = f"Rollback to {c.release_version - 2}" if job.atomic else f"Upgrade failed: {message}"
         else:  # Helm never got to apply anything: the previous release stays
             helm_status = "deployed" if c.deployed is not None else "failed"
             description = ""
@@ -1133,12 +1126,7 @@ class World:
         s.mutate(DSS, NS, "cilium", ds)
         if r.mesh_enabled:
             self._apply_apiserver(c, r, aliases if (r.kvstoremesh and r.line >= "1.15") else [])
-            if (
-                certgen
-                and r.tls_auto_enabled
-                and r.tls_method in ("helm", "cronJob")
-                and not r.certgen_is_hook
-            ):
+            if certgen and r.tls_auto_enabled and r.tls_method in ("helm", "cronJob") and not r.certgen_is_hook:
                 self._schedule_certgen(c)
         else:
             for key, name in ((DEPLOYS, APISERVER), (SVCS, APISERVER)):
@@ -1320,9 +1308,7 @@ class World:
             cur = c.store.try_get(SECRETS, NS, name)
             if cur is not None and _leaf_ok(cur, ca, spec["ips"]):
                 continue
-            kp = pki.issue(
-                ca, spec["cn"], dns_names=spec["dns"], ip_addresses=spec["ips"], server=spec["server"]
-            )
+            kp = pki.issue(ca, spec["cn"], dns_names=spec["dns"], ip_addresses=spec["ips"], server=spec["server"])
             self._put_tls_secret(c, name, ca, kp)
 
     def _put_tls_secret(self, c: SimCluster, name: str, ca: pki.KeyPair, kp: pki.KeyPair) -> None:
@@ -1347,9 +1333,7 @@ class World:
             return
         ca_sec = c.store.try_get(SECRETS, NS, "cilium-ca")
         local_ca = str(_get(ca_sec, "data", "ca.crt", default=""))
-        remote = (
-            _get(c.store.try_get(SECRETS, NS, "clustermesh-apiserver-remote-cert"), "data", default={}) or {}
-        )
+        remote = _get(c.store.try_get(SECRETS, NS, "clustermesh-apiserver-remote-cert"), "data", default={}) or {}
         data: dict[str, str] = {}
         for e in r.clusters:
             host = e.address or f"{e.name}.mesh.cilium.io"
@@ -1459,9 +1443,7 @@ class World:
                 st = pod.setdefault("status", {})
                 _set_ready(st, False, now)
                 for cs in st.get("containerStatuses", []):
-                    cs["lastState"] = {
-                        "terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}
-                    }
+                    cs["lastState"] = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}}
                     cs["restartCount"] = int(cs.get("restartCount", 0)) + 1
                     cs["ready"] = False
                     cs["state"] = {"running": {"startedAt": now}}
@@ -1527,9 +1509,7 @@ class World:
         for key, d in deploys.items():
             self._reconcile_deployment(c, d, by_owner.get(key, []), nodes, immediate)
 
-    def _reconcile_deployment(
-        self, c: SimCluster, d: Obj, pods: list[Obj], nodes: list[Obj], immediate: bool
-    ) -> None:
+    def _reconcile_deployment(self, c: SimCluster, d: Obj, pods: list[Obj], nodes: list[Obj], immediate: bool) -> None:
         ns = d["metadata"]["namespace"]
         replicas = int(_get(d, "spec", "replicas", default=1))
         tmpl = _get(d, "spec", "template", default={}) or {}
@@ -1567,9 +1547,7 @@ class World:
                 c.store.mutate(PODS, ns, pname, lambda pod, g=gate: _set_waiting(pod, g))
                 continue
             ip = _node_ip(node) if host_network else (p["status"].get("podIP") or self._alloc_ip(c, node))
-            c.store.mutate(
-                PODS, ns, pname, lambda pod, ip=ip, node=node: _start_pod(pod, ip, _node_ip(node), now)
-            )
+            c.store.mutate(PODS, ns, pname, lambda pod, ip=ip, node=node: _start_pod(pod, ip, _node_ip(node), now))
         self._update_deployment_status(c, d, hash_)
 
     def _create_pod(self, c: SimCluster, d: Obj, hash_: str, node: Obj, *, ready: bool) -> Obj:
@@ -1593,9 +1571,7 @@ class World:
                 "phase": "Pending",
                 "hostIP": host_ip,
                 "qosClass": "BestEffort",
-                "conditions": [
-                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}
-                ],
+                "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": now_rfc3339()}],
             }
         pod: Obj = {
             "metadata": {
@@ -1702,9 +1678,7 @@ class World:
         svcs = c.store.list(SVCS)
         used_ips = {s["spec"].get("clusterIP") for s in svcs}
         used_ports = {p.get("nodePort") for s in svcs for p in s["spec"].get("ports", [])}
-        lb_used = {
-            ing.get("ip") for s in svcs for ing in _get(s, "status", "loadBalancer", "ingress", default=[])
-        }
+        lb_used = {ing.get("ip") for s in svcs for ing in _get(s, "status", "loadBalancer", "ingress", default=[])}
         for s in svcs:
             ns, name = s["metadata"]["namespace"], s["metadata"]["name"]
             spec = s["spec"]
@@ -1738,9 +1712,7 @@ class World:
             ingress = _get(s, "status", "loadBalancer", "ingress", default=[])
             has_free = any(ip not in lb_used for ip in c.lb_pool)
             if type_ == "LoadBalancer" and not ingress and not c.lb_never and has_free:
-                self._after(
-                    c, ("lb", ns, name), LB_DELAY, lambda ns=ns, name=name: self._assign_lb(c, ns, name)
-                )
+                self._after(c, ("lb", ns, name), LB_DELAY, lambda ns=ns, name=name: self._assign_lb(c, ns, name))
             elif type_ != "LoadBalancer" and ingress:
                 c.store.mutate(SVCS, ns, name, lambda o: o.__setitem__("status", {"loadBalancer": {}}))
 
@@ -1864,9 +1836,7 @@ class World:
             "ports": slice_ports or [],
         }
         if c.store.try_get(SLICES, ns, slice_name) is None:
-            c.store.create(
-                SLICES, {"metadata": {"name": slice_name, "namespace": ns, "labels": slice_labels}, **body}
-            )
+            c.store.create(SLICES, {"metadata": {"name": slice_name, "namespace": ns, "labels": slice_labels}, **body})
         else:
 
             def fn2(o: Obj) -> None:
@@ -2108,9 +2078,7 @@ def _leaf_ok(secret: Obj, ca: pki.KeyPair, need_ips: tuple[str, ...]) -> bool:
         return False
     if need_ips:
         try:
-            san = x509.load_pem_x509_certificate(cert).extensions.get_extension_for_class(
-                x509.SubjectAlternativeName
-            )
+            san = x509.load_pem_x509_certificate(cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
             have = {str(ip) for ip in san.value.get_values_for_type(x509.IPAddress)}
         except Exception:  # noqa: BLE001
             return False

@@ -34,9 +34,7 @@ def load_secret_block(name: str) -> str:
 
 
 def connect(spec: MeshSpec, cluster: str) -> ClusterClient:
-    return open_cluster(
-        spec.cluster(cluster), request_timeout=spec.timeouts.api, load_secret=load_secret_block
-    )
+    return open_cluster(spec.cluster(cluster), request_timeout=spec.timeouts.api, load_secret=load_secret_block)
 
 
 def retry_transient(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
@@ -105,9 +103,7 @@ def collect_mesh_endpoint(
     spec: MeshSpec, facts: ClusterFacts, want_ca_key: bool, expected_ca: str | None = None
 ) -> MeshEndpoint:
     with connect(spec, facts.name) as client:
-        return endpoints.collect_mesh_endpoint(
-            client, facts, spec, want_ca_key=want_ca_key, expected_ca=expected_ca
-        )
+        return endpoints.collect_mesh_endpoint(client, facts, spec, want_ca_key=want_ca_key, expected_ca=expected_ca)
 
 
 @task(name="7. Check node reachability", cache_policy=RUN_CACHE, persist_result=True, **COMMON)

@@ -67,9 +67,7 @@ def _validate_blocks(blocks: Any) -> None:
     if not isinstance(blocks, list):
         raise _BlocksError("invalid_blocks_format", "blocks must be an array")
     if len(blocks) > MAX_BLOCKS:
-        raise _BlocksError(
-            "invalid_blocks", f"no more than {MAX_BLOCKS} items allowed [json-pointer:/blocks]"
-        )
+        raise _BlocksError("invalid_blocks", f"no more than {MAX_BLOCKS} items allowed [json-pointer:/blocks]")
     total = 0
     for i, block in enumerate(blocks):
         where = f"[json-pointer:/blocks/{i}]"
@@ -108,8 +106,7 @@ def _validate_blocks(blocks: Any) -> None:
                     if not 1 <= n <= MAX_FIELD_TEXT:
                         raise _BlocksError(
                             "invalid_blocks",
-                            f"must be less than {MAX_FIELD_TEXT + 1} characters "
-                            f"{where[:-1]}/fields/{j}/text]",
+                            f"must be less than {MAX_FIELD_TEXT + 1} characters {where[:-1]}/fields/{j}/text]",
                         )
                     total += n
         elif kind == "context":
@@ -158,9 +155,7 @@ class SlackTestServer:
         handler = type("_BoundHandler", (_Handler,), {"slack": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="slack-test-server", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="slack-test-server", daemon=True)
         self._thread.start()
         return self
 
@@ -312,8 +307,7 @@ class SlackTestServer:
         thread_ts = body.get("thread_ts") or None
         with self._lock:
             if thread_ts is not None and not any(
-                m["ts"] == thread_ts and m["channel"] == channel and m.get("thread_ts") is None
-                for m in self._messages
+                m["ts"] == thread_ts and m["channel"] == channel and m.get("thread_ts") is None for m in self._messages
             ):
                 return {"ok": False, "error": "thread_not_found"}
             msg: dict[str, Any] = {
@@ -470,9 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry["answer"] = answer
         self._reply(200, "application/json; charset=utf-8", json.dumps(answer).encode())
 
-    def _reply(
-        self, status: int, content_type: str, payload: bytes, headers: dict[str, str] | None = None
-    ) -> None:
+    def _reply(self, status: int, content_type: str, payload: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)

@@ -70,9 +70,7 @@ def make_leaf(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -230,9 +228,7 @@ def test_check_pair_reports_mismatch_wrong_issuer_and_expiry(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
 ) -> None:
     other_ca, other_key = make_ca("Cilium CA")
-    leaf, _ = make_leaf(
-        other_ca, other_key, not_before=NOW - timedelta(days=30), not_after=NOW - timedelta(days=3)
-    )
+    leaf, _ = make_leaf(other_ca, other_key, not_before=NOW - timedelta(days=30), not_after=NOW - timedelta(days=3))
     _, wrong_key = make_leaf(*ca)
     findings = check_pair(
         b64(pem(leaf)),

@@ -243,17 +243,10 @@ def test_verbose_118_strips_last_probed_from_results() -> None:
 
 
 def test_missing_probe_result_counts_as_unreachable() -> None:
-    text = (
-        "Probe time:   2024-01-01T00:00:00Z\n"
-        "Nodes:\n"
-        "  node-a (localhost):\n"
-        "    Host connectivity to 10.0.0.2:\n"
-    )
+    text = "Probe time:   2024-01-01T00:00:00Z\nNodes:\n  node-a (localhost):\n    Host connectivity to 10.0.0.2:\n"
     status = parse_health(text)
 
-    assert by_name(status) == {
-        "node-a": (False, ["host ICMP: no result (unknown)", "host HTTP: no result (unknown)"])
-    }
+    assert by_name(status) == {"node-a": (False, ["host ICMP: no result (unknown)", "host HTTP: no result (unknown)"])}
 
 
 def test_health_json_118_reads_probe_interval_and_unknown_probes() -> None:

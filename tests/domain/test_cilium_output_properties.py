@@ -230,9 +230,7 @@ def service_lists(draw: st.DrawFn) -> list[Service]:
                 id=service_id,
                 frontend=_host_port(ip, port),
                 protocol=proto,
-                type=draw(
-                    st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer", "ExternalIPs", "HostPort"])
-                ),
+                type=draw(st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer", "ExternalIPs", "HostPort"])),
                 remote=draw(st.booleans()),
                 name=None,
                 namespace=None,
@@ -366,9 +364,7 @@ def render_health_json(nodes: list[dict[str, Any]]) -> str:
                 }
             }
         out.append(entry)
-    return json.dumps(
-        {"local": {"name": nodes[0]["name"]}, "nodes": out, "timestamp": "2024-01-01T00:00:00Z"}
-    )
+    return json.dumps({"local": {"name": nodes[0]["name"]}, "nodes": out, "timestamp": "2024-01-01T00:00:00Z"})
 
 
 def render_health_text(nodes: list[dict[str, Any]], last_probed: bool) -> str:
@@ -394,9 +390,7 @@ def render_health_text(nodes: list[dict[str, Any]], last_probed: bool) -> str:
 
 def expected_failures(node: dict[str, Any]) -> list[str]:
     labels = ["host ICMP", "host HTTP"] + (["endpoint ICMP", "endpoint HTTP"] if node["endpoint_ip"] else [])
-    return [
-        f"{label}: {result}" for label, result in zip(labels, node["results"], strict=False) if result != "OK"
-    ]
+    return [f"{label}: {result}" for label, result in zip(labels, node["results"], strict=False) if result != "OK"]
 
 
 @ROUND_TRIP

@@ -165,9 +165,7 @@ def test_a_non_json_body_is_cut_short() -> None:
 
 
 def test_a_refused_exec_handshake_keeps_status_and_message_but_not_headers() -> None:
-    body = json.dumps(
-        status_body(403, "Forbidden", 'pods "cilium-x" is forbidden: cannot create pods/exec')
-    ).encode()
+    body = json.dumps(status_body(403, "Forbidden", 'pods "cilium-x" is forbidden: cannot create pods/exec')).encode()
     headers = {"authorization": f"Bearer {TOKEN}", "content-type": "application/json"}
     exc = ApiException(status=0, reason=f"Handshake status 403 Forbidden -+-+- {headers} -+-+- {body!r}")
     error = translate_error(exc, cluster="kkp-a", verb="exec", target="kube-system/pods/cilium-x/exec")
@@ -287,9 +285,7 @@ def kubeconfig(
 
 def test_an_unknown_context_is_refused_listing_the_available_ones() -> None:
     with pytest.raises(KubeconfigError) as info:
-        ClusterClient.from_kubeconfig_text(
-            kubeconfig(), context="kkp-c", cluster_name="mesh-1", request_timeout=5
-        )
+        ClusterClient.from_kubeconfig_text(kubeconfig(), context="kkp-c", cluster_name="mesh-1", request_timeout=5)
     text = str(info.value)
     assert "'kkp-c'" in text
     assert "'kkp-a'" in text and "'kkp-b'" in text
@@ -299,9 +295,7 @@ def test_an_unknown_context_is_refused_listing_the_available_ones() -> None:
 
 def test_without_context_or_current_context_the_available_ones_are_listed() -> None:
     with pytest.raises(KubeconfigError, match="no current-context.*'kkp-a', 'kkp-b'"):
-        ClusterClient.from_kubeconfig_text(
-            kubeconfig(current=None), context=None, cluster_name="m", request_timeout=5
-        )
+        ClusterClient.from_kubeconfig_text(kubeconfig(current=None), context=None, cluster_name="m", request_timeout=5)
 
 
 @pytest.mark.parametrize("flag", [True, "true", "True"])
@@ -346,9 +340,7 @@ def test_a_context_naming_a_missing_user_is_refused() -> None:
     config = yaml.safe_load(kubeconfig())
     config["contexts"][0]["context"]["user"] = "ghost"
     with pytest.raises(KubeconfigError, match="user 'ghost'.*defined users: admin"):
-        ClusterClient.from_kubeconfig_text(
-            yaml.safe_dump(config), context="kkp-a", cluster_name="m", request_timeout=5
-        )
+        ClusterClient.from_kubeconfig_text(yaml.safe_dump(config), context="kkp-a", cluster_name="m", request_timeout=5)
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "memfd_create"), reason="memfd is Linux-only")
@@ -374,16 +366,12 @@ def test_key_and_certificate_data_stay_in_memory() -> None:
 def test_invalid_base64_names_the_field_not_the_value() -> None:
     user = {"client-key-data": "%%%" + TOKEN, "client-certificate-data": base64.b64encode(b"c").decode()}
     with pytest.raises(KubeconfigError, match="client-key-data is not valid base64") as info:
-        ClusterClient.from_kubeconfig_text(
-            kubeconfig(user=user), context="kkp-a", cluster_name="m", request_timeout=5
-        )
+        ClusterClient.from_kubeconfig_text(kubeconfig(user=user), context="kkp-a", cluster_name="m", request_timeout=5)
     assert TOKEN not in str(info.value)
 
 
 def test_repr_shows_cluster_and_server_only() -> None:
-    with ClusterClient.from_kubeconfig_text(
-        kubeconfig(), context=None, cluster_name="m", request_timeout=5
-    ) as c:
+    with ClusterClient.from_kubeconfig_text(kubeconfig(), context=None, cluster_name="m", request_timeout=5) as c:
         assert repr(c) == "ClusterClient(cluster_name='m', server='https://127.0.0.1:6443')"
 
 
@@ -399,9 +387,7 @@ def closed_port() -> Iterator[int]:
 def test_a_call_to_an_unreachable_server_raises_transient_without_the_library_chain(closed_port: int) -> None:
     text = kubeconfig(server=f"https://127.0.0.1:{closed_port}")
     with (
-        ClusterClient.from_kubeconfig_text(
-            text, context="kkp-a", cluster_name="mesh-1", request_timeout=2
-        ) as c,
+        ClusterClient.from_kubeconfig_text(text, context="kkp-a", cluster_name="mesh-1", request_timeout=2) as c,
         pytest.raises(TransientKubeError) as info,
     ):
         c.version()

@@ -75,9 +75,7 @@ def summary(**changes: Any) -> Summary:
                 reason="UDP 8472 blocked",
                 fix="allow VXLAN between node subnets",
             ),
-            Finding(
-                level="warning", subject="cluster-c", reason="CA expires in 12 days", fix="rotate the CA"
-            ),
+            Finding(level="warning", subject="cluster-c", reason="CA expires in 12 days", fix="rotate the CA"),
         ],
     }
     values.update(changes)
@@ -151,9 +149,7 @@ def test_summary_without_run_url_has_no_link_and_unmeasured_figures_say_so() -> 
 
 
 def test_all_passing_summary_says_so_instead_of_listing() -> None:
-    blocks = summary_blocks(
-        summary(status="PASS", findings=[Finding(level="ok", subject="a", reason="fine")])
-    )
+    blocks = summary_blocks(summary(status="PASS", findings=[Finding(level="ok", subject="a", reason="fine")]))
     assert blocks[0]["text"]["text"].startswith("PASSED:")
     assert "All checks passed (0 failures, 0 warnings, 1 ok)." in sections(blocks)
 
@@ -394,9 +390,7 @@ def test_connection_refused_returns_a_failed_result(slack: SlackTestServer) -> N
     notifier = bot(slack)
     slack.stop()
     assert notifier.post_summary(summary()).error == "connection_error"
-    assert notifier.update_summary("1700000001.000001", summary(), channel="C0123456789").error == (
-        "connection_error"
-    )
+    assert notifier.update_summary("1700000001.000001", summary(), channel="C0123456789").error == ("connection_error")
     assert notifier.post_details("1700000001.000001", ["a"]).error == "connection_error"
 
 

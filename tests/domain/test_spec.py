@@ -130,9 +130,7 @@ def test_disjoint_ipv4_and_ipv6_pod_cidrs_are_accepted() -> None:
 
 @pytest.mark.parametrize("cidr", ["172.25.0.1/16", "not-a-cidr", "300.0.0.0/8"])
 def test_invalid_pod_cidrs_are_rejected(cidr: str) -> None:
-    assert "clusters[0].pod_cidrs[0]" in problems(
-        spec_data(cluster("a", 1, pod_cidrs=[cidr]), cluster("b", 2))
-    )
+    assert "clusters[0].pod_cidrs[0]" in problems(spec_data(cluster("a", 1, pod_cidrs=[cidr]), cluster("b", 2)))
 
 
 def test_kubeconfig_needs_exactly_one_source() -> None:
@@ -238,9 +236,7 @@ def test_a_wait_shorter_than_the_default_poll_interval_is_blamed_on_the_wait_tha
 
 
 def test_drill_settings_are_checked() -> None:
-    found = problems(
-        spec_data(drill={"replicas": 0, "port": 70000, "affinity": "nearest", "namespace": "Drill"})
-    )
+    found = problems(spec_data(drill={"replicas": 0, "port": 70000, "affinity": "nearest", "namespace": "Drill"}))
     assert {"drill.replicas", "drill.port", "drill.affinity", "drill.namespace"} <= set(found)
     assert "use one of 'local', 'remote' or 'none'" in found["drill.affinity"]
 
@@ -390,9 +386,7 @@ _cluster_like = st.fixed_dictionaries(
             st.dictionaries(_keys, _scalars, max_size=3),
         ),
     },
-    optional={
-        "pod_cidrs": st.lists(st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "fd00::/64", "x"]), max_size=3)
-    },
+    optional={"pod_cidrs": st.lists(st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "fd00::/64", "x"]), max_size=3)},
 )
 _spec_like = st.one_of(
     st.dictionaries(_keys, _values, max_size=6),

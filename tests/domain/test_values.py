@@ -255,9 +255,7 @@ def test_second_cluster_on_1_13_gets_shared_ca_under_the_old_key_and_no_ca_cert(
 
 def test_per_peer_mode_on_1_16_adds_ca_cert_and_uses_helm_certgen() -> None:
     spec = mesh()
-    values = render_mesh_values(
-        profile_for("1.16.9"), spec.first, spec, shared_ca=None, peers=[peer(2), peer(3)]
-    )
+    values = render_mesh_values(profile_for("1.16.9"), spec.first, spec, shared_ca=None, peers=[peer(2), peer(3)])
     entries = values["clustermesh"]["config"]["clusters"]
     assert [e["tls"] for e in entries] == [
         {"cert": CERT_2, "key": KEY_2, "caCert": CA_2},
@@ -278,9 +276,7 @@ def test_shared_mode_on_1_15_puts_the_ca_at_top_level_tls() -> None:
 
 def test_511_and_nodeport_and_explicit_method_are_rendered() -> None:
     spec = mesh(max_connected_clusters=511, service_type="NodePort", tls_method="certmanager")
-    values = render_mesh_values(
-        profile_for("1.17"), spec.first, spec, shared_ca=None, peers=[peer(2, port=32379)]
-    )
+    values = render_mesh_values(profile_for("1.17"), spec.first, spec, shared_ca=None, peers=[peer(2, port=32379)])
     assert values["clustermesh"]["maxConnectedClusters"] == 511
     assert values["clustermesh"]["apiserver"]["service"] == {"type": "NodePort"}
     assert values["clustermesh"]["apiserver"]["tls"]["auto"] == {"method": "certmanager"}
@@ -304,9 +300,7 @@ def test_a_cluster_never_lists_itself_or_a_peer_twice() -> None:
 def test_per_peer_mode_needs_the_peers_ca_cert() -> None:
     spec = mesh()
     with pytest.raises(ValuesError, match="no caCert"):
-        render_mesh_values(
-            profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2, ca_cert=None)]
-        )
+        render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2, ca_cert=None)])
 
 
 def test_a_ca_key_is_never_copied_in_per_peer_mode() -> None:
@@ -390,9 +384,7 @@ def test_diff_never_shows_key_material() -> None:
         KKP_VALUES,
         render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2)]),
     )
-    overlay = render_mesh_values(
-        profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2), peer(3)]
-    )
+    overlay = render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2), peer(3)])
     change = plan_change(current, overlay)
     text = "\n".join(change.diff_lines())
     for secret in (KEY_2, KEY_3, CERT_2, CERT_3, CA_3):
@@ -408,9 +400,7 @@ def test_diff_changes_when_a_key_rotates_but_shows_only_fingerprints() -> None:
     spec = mesh()
     old = render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2)])
     rotated_key = fake_pem_b64("EC PRIVATE KEY", "rotated")
-    new = render_mesh_values(
-        profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2, key=rotated_key)]
-    )
+    new = render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2, key=rotated_key)])
     lines = plan_change(old, new).diff_lines()
     assert f"-        key: <{fingerprint(KEY_2)}>" in lines
     assert f"+        key: <{fingerprint(rotated_key)}>" in lines
@@ -427,9 +417,7 @@ def test_redaction_catches_pem_anywhere_and_hides_tokens() -> None:
 
 
 def test_legacy_ca_key_is_removed_only_where_the_chart_ignores_or_refuses_it() -> None:
-    current = deep_merge(
-        KKP_VALUES, {"clustermesh": {"apiserver": {"tls": {"ca": {"cert": "c", "key": "k"}}}}}
-    )
+    current = deep_merge(KKP_VALUES, {"clustermesh": {"apiserver": {"tls": {"ca": {"cert": "c", "key": "k"}}}}})
     path = ("clustermesh", "apiserver", "tls", "ca")
     assert legacy_paths_to_remove(profile_for("1.13"), current, 4) == []
     assert legacy_paths_to_remove(profile_for("1.14"), current, 16) == []

@@ -144,23 +144,17 @@ class TextOnly:
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.inner.list_nodes()
 
-    def list_pods(
-        self, namespace: str, label_selector: str, field_selector: str | None = None
-    ) -> list[dict[str, Any]]:
+    def list_pods(self, namespace: str, label_selector: str, field_selector: str | None = None) -> list[dict[str, Any]]:
         return self.inner.list_pods(namespace, label_selector, field_selector)
 
-    def exec(
-        self, namespace: str, pod: str, container: str, argv: Sequence[str], *, timeout: float
-    ) -> ExecOutput:
+    def exec(self, namespace: str, pod: str, container: str, argv: Sequence[str], *, timeout: float) -> ExecOutput:
         if "-o" in argv:
             return ExecOutput(1, "", "Error: unknown shorthand flag: 'o'\n")
         return self.inner.exec(namespace, pod, container, argv, timeout=timeout)
 
 
 @pytest.mark.parametrize("version", ["1.17", "1.18"])
-def test_table_layout_of_newer_versions_reads_like_json(
-    sandbox_factory: Callable[..., Any], version: str
-) -> None:
+def test_table_layout_of_newer_versions_reads_like_json(sandbox_factory: Callable[..., Any], version: str) -> None:
     sb = sandbox_factory(clusters=2, cilium_version=version)
     clients = clients_for(sb)
     by_json = probe_cluster(clients["cluster-1"], "cluster-1", timeout=10)

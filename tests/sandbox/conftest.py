@@ -90,9 +90,7 @@ def kube_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeServer
     calls: list[tuple[str, str, str, list[str]]] = []
     app = create_app(store, token=token, exec_handler=echo_exec_handler(calls), faults=faults)
     loop = LoopThread().start()
-    server = loop.run(
-        start_https_server(app, certfile=str(tmp / "tls.crt"), keyfile=str(tmp / "tls.key")), timeout=30
-    )
+    server = loop.run(start_https_server(app, certfile=str(tmp / "tls.crt"), keyfile=str(tmp / "tls.key")), timeout=30)
     kubeconfig = write_kubeconfig(tmp / "kubeconfig", f"https://127.0.0.1:{server.port}", ca.cert_pem, token)
     yield KubeServer(loop, store, server, token, ca.cert_pem, tmp / "ca.crt", kubeconfig, faults, calls)
     loop.run(server.stop(), timeout=30)

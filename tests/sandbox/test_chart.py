@@ -27,9 +27,7 @@ def test_defaults_are_the_charts_defaults() -> None:
     assert r.tls_method == "helm" and not r.certgen_is_hook
 
 
-@pytest.mark.parametrize(
-    ("version", "kvstoremesh"), [("1.13.8", False), ("1.15.16", False), ("1.16.9", True)]
-)
+@pytest.mark.parametrize(("version", "kvstoremesh"), [("1.13.8", False), ("1.15.16", False), ("1.16.9", True)])
 def test_kvstoremesh_default_follows_the_version(version: str, kvstoremesh: bool) -> None:
     assert render(version, mesh()).kvstoremesh is kvstoremesh
 

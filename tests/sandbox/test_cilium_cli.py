@@ -55,9 +55,7 @@ def _read(fixtures: Path, name: str) -> str:
 NODE_1 = "f5m2nzcb4z-worker-p7m58g-7f44796457-wv5fq"
 NODE_1B = "f5m2nzcb4z-worker-p7m58g-7f44796457-x2b9q"
 NODE_2 = "qqkp9pksmb-worker-cn24gj-5d55cc7b65-tmz9w"
-TIMEOUT = (
-    'Get "http://{}:4240/hello": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
-)
+TIMEOUT = 'Get "http://{}:4240/hello": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
 
 
 def _ok(*rtts: int) -> tuple[Probe, Probe]:
@@ -91,9 +89,7 @@ def _snapshot(
 def guide_mesh_nodes(cluster_2_endpoint_down: bool = False) -> list[HealthNode]:
     """The KKP guide's two-cluster mesh as cluster-1's agent sees it."""
     endpoint_2 = (
-        ProbedPath(
-            "172.26.0.240", Probe(error="Connection timed out"), Probe(error=TIMEOUT.format("172.26.0.240"))
-        )
+        ProbedPath("172.26.0.240", Probe(error="Connection timed out"), Probe(error=TIMEOUT.format("172.26.0.240")))
         if cluster_2_endpoint_down
         else ProbedPath("172.26.0.240", *_ok(1_636_700, 4_215_347))
     )
@@ -123,9 +119,7 @@ def security_group_nodes() -> list[HealthNode]:
             "kubernetes",
             "ip-172-31-38-56",
             ProbedPath("172.31.38.56", Probe(rtt_ns=788_957), Probe(error=TIMEOUT.format("172.31.38.56"))),
-            ProbedPath(
-                "10.0.0.13", Probe(error="Connection timed out"), Probe(error=TIMEOUT.format("10.0.0.13"))
-            ),
+            ProbedPath("10.0.0.13", Probe(error="Connection timed out"), Probe(error=TIMEOUT.format("10.0.0.13"))),
         ),
     ]
 
@@ -221,9 +215,7 @@ def test_service_list_1_13_affinity_reproduces_the_guide(fixtures: Path) -> None
 
 def test_service_list_1_13_after_local_scale_down_reproduces_the_guide(fixtures: Path) -> None:
     remote_only = [Backend("172.26.0.31", 80), Backend("172.26.0.196", 80)]
-    snap = _snapshot(
-        "1.13.0-rc3", guide_mesh_nodes(), T_2022, services=[nginx(backends=remote_only), WIDE_STAND_IN]
-    )
+    snap = _snapshot("1.13.0-rc3", guide_mesh_nodes(), T_2022, services=[nginx(backends=remote_only), WIDE_STAND_IN])
     _, out, _ = run(snap, "cilium", "service", "list", "--clustermesh-affinity")
     expected = _read(fixtures, "service-list-1.13-affinity-local-scaled-to-zero.txt")
     assert _rstrip_lines(_block_of(out, 16)) == expected
@@ -290,9 +282,7 @@ def test_service_list_1_16_json_reproduces_the_model(fixtures: Path) -> None:
     expected = _read(fixtures, "service-list-1.16-affinity.json")
     assert code == 0
     assert json.loads(out) == json.loads(expected)
-    assert (
-        out == expected + "\n"
-    )  # reconstructed fixture without dumpJSON's empty line, see the health JSON test
+    assert out == expected + "\n"  # reconstructed fixture without dumpJSON's empty line, see the health JSON test
 
 
 def cluster_without_mesh_1_18() -> list[ServiceEntry]:
@@ -371,24 +361,16 @@ def test_unknown_executable_is_not_found() -> None:
 
 def test_addresses_carry_the_protocol_from_1_17() -> None:
     services = [nginx(backends=nginx_backends())]
-    rows_16 = run(
-        _snapshot("1.16.9", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list"
-    )[1]
-    rows_17 = run(
-        _snapshot("1.17.0", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list"
-    )[1]
+    rows_16 = run(_snapshot("1.16.9", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list")[1]
+    rows_17 = run(_snapshot("1.17.0", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list")[1]
     assert "10.240.27.208:80 " in rows_16 and "/TCP" not in rows_16
     assert "10.240.27.208:80/TCP" in rows_17 and "1 => 172.25.0.160:80/TCP (active)" in rows_17
 
 
 def test_remote_services_are_flagged_from_1_14() -> None:
     services = [nginx(remote=True, cluster="cluster-2", backends=[Backend("172.26.0.31", 80)])]
-    on_13 = run(
-        _snapshot("1.13.3", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list"
-    )[1]
-    on_14 = run(
-        _snapshot("1.14.3", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list"
-    )[1]
+    on_13 = run(_snapshot("1.13.3", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list")[1]
+    on_14 = run(_snapshot("1.14.3", guide_mesh_nodes(), T_2024, services=services), "cilium", "service", "list")[1]
     assert "(Remote)" not in on_13
     assert "ClusterIP (Remote)" in on_14
     as_json = run(
@@ -407,21 +389,15 @@ def test_preferred_marks_only_the_affinity_pick_up_to_1_17() -> None:
     assert out.count("(preferred)") == 2
     assert "3 => 172.26.0.31:80/TCP (active)   " in out
     assert "(preferred)" not in run(snap, "cilium", "service", "list")[1]
-    backends = json.loads(run(snap, "cilium", "service", "list", "-o", "json")[1])[0]["spec"][
-        "backend-addresses"
-    ]
+    backends = json.loads(run(snap, "cilium", "service", "list", "-o", "json")[1])[0]["spec"]["backend-addresses"]
     assert [b.get("preferred", False) for b in backends] == [True, True, False, False]
 
 
 @pytest.mark.parametrize("version", ["1.18.10", "1.19.1"])
 def test_1_18_lists_only_preferred_backends_and_marks_all_of_them(version: str) -> None:
     """cilium#43681: preferred backends hide the rest; with none preferred, all show as preferred."""
-    remote_only = nginx(
-        17, "10.240.27.209", backends=[Backend("172.26.0.31", 80), Backend("172.26.0.196", 80)]
-    )
-    snap = _snapshot(
-        version, guide_mesh_nodes(), T_2024, services=[nginx(backends=nginx_backends()), remote_only]
-    )
+    remote_only = nginx(17, "10.240.27.209", backends=[Backend("172.26.0.31", 80), Backend("172.26.0.196", 80)])
+    snap = _snapshot(version, guide_mesh_nodes(), T_2024, services=[nginx(backends=nginx_backends()), remote_only])
     out = run(snap, "cilium-dbg", "service", "list", "--clustermesh-affinity")[1]
     assert "172.26.0.31:80/TCP (active)" in out  # listed: the other service has no preferred backend
     rows_16 = _block_of(out, 16).splitlines()[1:]
@@ -449,9 +425,7 @@ def test_health_1_18_adds_probe_interval_and_last_probed() -> None:
         "lastProbed": "2024-06-03T10:15:05Z",
         "latency": 1_659_939,
     }
-    on_17 = json.loads(
-        run(_snapshot("1.17.2", guide_mesh_nodes(), T_2024), "cilium-health", "status", "-o", "json")[1]
-    )
+    on_17 = json.loads(run(_snapshot("1.17.2", guide_mesh_nodes(), T_2024), "cilium-health", "status", "-o", "json")[1])
     assert "probeInterval" not in on_17
     assert "lastProbed" not in on_17["nodes"][0]["host"]["primary-address"]["icmp"]
 
@@ -484,9 +458,7 @@ def test_health_exits_zero_when_probes_fail() -> None:
 
 def peers() -> list[PeerStatus]:
     return [
-        PeerStatus(
-            "cluster-2", True, num_nodes=1, num_identities=7, num_services=1, num_endpoints=4, cluster_id=2
-        ),
+        PeerStatus("cluster-2", True, num_nodes=1, num_identities=7, num_services=1, num_endpoints=4, cluster_id=2),
         PeerStatus(
             "cluster-3",
             False,
@@ -564,9 +536,7 @@ def test_unknown_flag_fails_like_cobra() -> None:
     code, out, err = run(snap, "cilium-health", "status", "--foo")
     assert (code, out) == (1, "")
     assert err.startswith("Error: unknown flag: --foo\nUsage:\n  cilium-health status [flags]\n")
-    assert run(snap, "cilium", "service", "list", "-x")[2].startswith(
-        "Error: unknown shorthand flag: 'x' in -x\n"
-    )
+    assert run(snap, "cilium", "service", "list", "-x")[2].startswith("Error: unknown shorthand flag: 'x' in -x\n")
     assert run(snap, "cilium", "status", "-o")[2].startswith("Error: flag needs an argument: 'o' in -o\n")
     assert run(snap, "cilium", "status", "--verbose=maybe")[0] == 1
 
@@ -585,10 +555,7 @@ def test_help_goes_to_stdout_with_exit_zero() -> None:
     snap = _snapshot("1.16.0", guide_mesh_nodes(), T_2024)
     code, out, err = run(snap, "cilium-dbg", "service", "list", "--help")
     assert (code, err) == (0, "")
-    assert (
-        "  cilium-dbg service list [flags]" in out
-        and "--clustermesh-affinity   Print clustermesh affinity" in out
-    )
+    assert "  cilium-dbg service list [flags]" in out and "--clustermesh-affinity   Print clustermesh affinity" in out
     assert run(snap, "cilium-dbg")[0] == 0
 
 
@@ -687,9 +654,7 @@ def _json_outputs() -> list[tuple[str, AgentSnapshot, list[str]]]:
     return out
 
 
-@pytest.mark.parametrize(
-    ("snap", "argv"), [o[1:] for o in _json_outputs()], ids=[o[0] for o in _json_outputs()]
-)
+@pytest.mark.parametrize(("snap", "argv"), [o[1:] for o in _json_outputs()], ids=[o[0] for o in _json_outputs()])
 def test_json_outputs_are_the_reference_encoding_of_their_models(
     snap: AgentSnapshot, argv: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

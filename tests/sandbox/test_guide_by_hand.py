@@ -43,9 +43,7 @@ class Cluster:
     def applied(self) -> bool:
         ai = self.custom.get_namespaced_custom_object(GROUP, VERSION, "kube-system", PLURAL, "cilium")
         ready = (ai.get("status", {}).get("conditions") or {}).get("Ready", {})
-        return bool(
-            ready.get("status") == "True" and ready.get("observedGeneration") == ai["metadata"]["generation"]
-        )
+        return bool(ready.get("status") == "True" and ready.get("observedGeneration") == ai["metadata"]["generation"])
 
     def secret(self, name: str) -> dict[str, str] | None:
         try:
@@ -136,11 +134,7 @@ def run_guide(sandbox_factory: Callable[..., Any], *, leave_out_remote_cert: boo
     ip2 = wait_until("clustermesh-apiserver IP in cluster-2", c2.lb_ip)
     remote2 = wait_until(
         "cluster-2 remote cert issued by cluster-1's CA",
-        lambda: (
-            (s := c2.secret("clustermesh-apiserver-remote-cert"))
-            and issued_by(s["tls.crt"], ca1["ca.crt"])
-            and s
-        ),
+        lambda: (s := c2.secret("clustermesh-apiserver-remote-cert")) and issued_by(s["tls.crt"], ca1["ca.crt"]) and s,
     )
     # 6. Point cluster 1 at cluster 2
     c1.edit_values(

@@ -140,10 +140,7 @@ def test_legacy_discovery_lists_groups_and_subresources(raw: httpx.Client) -> No
     groups = {g["name"] for g in raw.get("/apis").json()["groups"]}
     assert {"apps", "discovery.k8s.io", AI_GROUP} <= groups
     apps = {r["name"]: r for r in raw.get("/apis/apps/v1").json()["resources"]}
-    assert (
-        apps["deployments/scale"].items()
-        >= {"group": "autoscaling", "version": "v1", "kind": "Scale"}.items()
-    )
+    assert apps["deployments/scale"].items() >= {"group": "autoscaling", "version": "v1", "kind": "Scale"}.items()
     ai = {r["name"]: r for r in raw.get(f"/apis/{AI_GROUP}/v1").json()["resources"]}
     assert ai[AI_PLURAL]["shortNames"] == ["appinstall"]
     assert raw.get("/apis/nope.example.com/v1").status_code == 404
@@ -187,9 +184,7 @@ def test_openapi_index_points_at_hashed_documents_with_field_validation(raw: htt
 
 
 def test_create_returns_201_with_server_set_metadata(raw: httpx.Client, core: client.CoreV1Api) -> None:
-    resp = raw.post(
-        "/api/v1/namespaces/team-a/configmaps", content=json.dumps({"metadata": {"name": "cm-201"}})
-    )
+    resp = raw.post("/api/v1/namespaces/team-a/configmaps", content=json.dumps({"metadata": {"name": "cm-201"}}))
     assert resp.status_code == 201  # no Content-Type: treated as JSON, like the Python client sends
     meta = resp.json()["metadata"]
     assert meta["namespace"] == "team-a" and meta["uid"] and meta["creationTimestamp"]
@@ -242,9 +237,7 @@ def test_list_filters_by_label_and_field_selectors(core: client.CoreV1Api, raw: 
     assert raw.get("/api/v1/pods", params={"fieldSelector": "spec.bogus=1"}).status_code == 400
 
 
-def test_replace_bumps_generation_and_stale_rv_conflicts(
-    core: client.CoreV1Api, apps: client.AppsV1Api
-) -> None:
+def test_replace_bumps_generation_and_stale_rv_conflicts(core: client.CoreV1Api, apps: client.AppsV1Api) -> None:
     dep = apps.create_namespaced_deployment("team-a", _deployment("rep"))
     dep.spec.replicas = 5
     updated = apps.replace_namespaced_deployment("rep", "team-a", dep)
@@ -285,18 +278,13 @@ def test_table_accept_returns_kind_columns(raw: httpx.Client, core: client.CoreV
         "application/json;as=Table;v=v1;g=meta.k8s.io,"
         "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
     )
-    body = raw.get(
-        "/api/v1/namespaces/team-a/services", headers={"Accept": accept}, params={"limit": 500}
-    ).json()
+    body = raw.get("/api/v1/namespaces/team-a/services", headers={"Accept": accept}, params={"limit": 500}).json()
     assert body["kind"] == "Table"
     cols = [c["name"] for c in body["columnDefinitions"] if c["priority"] == 0]
     assert cols == ["Name", "Type", "Cluster-IP", "External-IP", "Port(s)", "Age"]
     row = next(r for r in body["rows"] if r["cells"][0] == "tbl")
     assert row["cells"][1:5] == ["LoadBalancer", "<none>", "<pending>", "443:32379/TCP"]
-    assert (
-        row["object"]["kind"] == "PartialObjectMetadata"
-        and row["object"]["metadata"]["namespace"] == "team-a"
-    )
+    assert row["object"]["kind"] == "PartialObjectMetadata" and row["object"]["metadata"]["namespace"] == "team-a"
 
 
 # ---- patches ---------------------------------------------------------------------------------------
@@ -366,9 +354,7 @@ def test_merge_and_json_patch_over_http(core: client.CoreV1Api, kube_api_client:
         "mp", "team-a", {"data": {"a": None, "c": "3"}}, _content_type="application/merge-patch+json"
     )
     assert merged.data == {"b": "2", "c": "3"}
-    patched = core.patch_namespaced_config_map(
-        "mp", "team-a", [{"op": "replace", "path": "/data/b", "value": "9"}]
-    )
+    patched = core.patch_namespaced_config_map("mp", "team-a", [{"op": "replace", "path": "/data/b", "value": "9"}])
     assert patched.data == {"b": "9", "c": "3"}
     with pytest.raises(ApiException) as err:
         core.patch_namespaced_config_map("mp", "team-a", [{"op": "test", "path": "/data/b", "value": "0"}])
@@ -435,8 +421,7 @@ def test_status_subresource_updates_only_status(core: client.CoreV1Api) -> None:
     read = core.read_namespaced_service_status("lb", "team-a")
     read.status.load_balancer.ingress[0].ip = "10.0.0.10"
     assert (
-        core.replace_namespaced_service_status("lb", "team-a", read).status.load_balancer.ingress[0].ip
-        == "10.0.0.10"
+        core.replace_namespaced_service_status("lb", "team-a", read).status.load_balancer.ingress[0].ip == "10.0.0.10"
     )
 
 
@@ -489,12 +474,8 @@ def test_custom_objects_create_get_patch_replace(custom: client.CustomObjectsApi
     assert err.value.status == 409
 
 
-def test_strategic_merge_on_custom_resource_is_415(
-    raw: httpx.Client, custom: client.CustomObjectsApi
-) -> None:
-    custom.create_namespaced_custom_object(
-        AI_GROUP, AI_VERSION, "kube-system", AI_PLURAL, _appinstall("smp-ai")
-    )
+def test_strategic_merge_on_custom_resource_is_415(raw: httpx.Client, custom: client.CustomObjectsApi) -> None:
+    custom.create_namespaced_custom_object(AI_GROUP, AI_VERSION, "kube-system", AI_PLURAL, _appinstall("smp-ai"))
     resp = raw.patch(
         f"/apis/{AI_GROUP}/v1/namespaces/kube-system/{AI_PLURAL}/smp-ai",
         content=json.dumps({"spec": {"values": {}}}),
@@ -544,9 +525,7 @@ def test_watch_delivers_live_events(core: client.CoreV1Api) -> None:
     seen: list[tuple[str, str]] = []
 
     def consume() -> None:
-        for e in w.stream(
-            core.list_namespaced_config_map, "watch-c", resource_version=rv, timeout_seconds=20
-        ):
+        for e in w.stream(core.list_namespaced_config_map, "watch-c", resource_version=rv, timeout_seconds=20):
             seen.append((e["type"], e["object"].metadata.name))
             if len(seen) == 2:
                 w.stop()
@@ -561,24 +540,16 @@ def test_watch_delivers_live_events(core: client.CoreV1Api) -> None:
 
 def test_watch_from_too_old_resource_version_is_410(core: client.CoreV1Api) -> None:
     with pytest.raises(ApiException) as err:
-        list(
-            watch.Watch().stream(
-                core.list_namespaced_config_map, "team-a", resource_version="1", timeout_seconds=1
-            )
-        )
+        list(watch.Watch().stream(core.list_namespaced_config_map, "team-a", resource_version="1", timeout_seconds=1))
     assert err.value.status == 410
 
 
 def test_watch_from_a_list_rv_survives_changes_to_other_kinds(core: client.CoreV1Api) -> None:
     rv = core.list_namespaced_service_account("team-b").metadata.resource_version
-    core.create_namespaced_config_map(
-        "team-b", {"metadata": {"name": "other-kind"}}
-    )  # moves the global RV on
+    core.create_namespaced_config_map("team-b", {"metadata": {"name": "other-kind"}})  # moves the global RV on
     core.create_namespaced_service_account("team-b", {"metadata": {"name": "late-sa"}})
     events = list(
-        watch.Watch().stream(
-            core.list_namespaced_service_account, "team-b", resource_version=rv, timeout_seconds=1
-        )
+        watch.Watch().stream(core.list_namespaced_service_account, "team-b", resource_version=rv, timeout_seconds=1)
     )
     assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "late-sa")]
 
@@ -660,9 +631,7 @@ def test_exec_streams_stdout_and_exit_code(kube_server: KubeServer, core: client
     assert kube_server.exec_calls[-1] == ("team-a", "exec-me", "main", ["fail", "3"])
 
 
-def test_exec_in_unknown_container_reports_an_error_status(
-    kube_server: KubeServer, core: client.CoreV1Api
-) -> None:
+def test_exec_in_unknown_container_reports_an_error_status(kube_server: KubeServer, core: client.CoreV1Api) -> None:
     core.create_namespaced_pod("team-a", _pod("exec-bad"))
     calls_before = len(kube_server.exec_calls)
     with _exec_client(kube_server) as api:
@@ -728,9 +697,7 @@ def test_exec_on_missing_pod_is_refused_before_the_upgrade(kube_server: KubeServ
     assert err.value.response.status_code == 404
 
 
-def test_error_rate_one_fails_every_request(
-    faults: ApiFaults, raw: httpx.Client, core: client.CoreV1Api
-) -> None:
+def test_error_rate_one_fails_every_request(faults: ApiFaults, raw: httpx.Client, core: client.CoreV1Api) -> None:
     faults.error_rate = 1.0
     statuses: list[int | str] = []
     for _ in range(12):
@@ -752,9 +719,7 @@ def test_down_answers_503_and_recovers(faults: ApiFaults, core: client.CoreV1Api
     assert any(ns.metadata.name == "default" for ns in core.list_namespace().items)
 
 
-def test_latency_delays_answers_past_a_short_client_timeout(
-    faults: ApiFaults, core: client.CoreV1Api
-) -> None:
+def test_latency_delays_answers_past_a_short_client_timeout(faults: ApiFaults, core: client.CoreV1Api) -> None:
     faults.latency_s = 1.5
     with pytest.raises(urllib3.exceptions.HTTPError):
         core.read_namespace("default", _request_timeout=0.2)

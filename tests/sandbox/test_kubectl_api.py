@@ -110,16 +110,12 @@ def test_get_pods_in_all_namespaces_shows_pod_columns(kubectl: Kubectl, core: cl
 
 
 def test_get_secret_as_yaml(kubectl: Kubectl, core: client.CoreV1Api) -> None:
-    core.create_namespaced_secret(
-        "kube-system", {"metadata": {"name": "cilium-ca"}, "data": {"ca.crt": "Y2E="}}
-    )
+    core.create_namespaced_secret("kube-system", {"metadata": {"name": "cilium-ca"}, "data": {"ca.crt": "Y2E="}})
     doc = yaml.safe_load(_ok(kubectl("get", "secret", "cilium-ca", "-n", "kube-system", "-o", "yaml")))
     assert doc["kind"] == "Secret" and doc["data"] == {"ca.crt": "Y2E="}
 
 
-def test_apply_twice_creates_then_is_unchanged(
-    kubectl: Kubectl, tmp_path: Path, kube_server: KubeServer
-) -> None:
+def test_apply_twice_creates_then_is_unchanged(kubectl: Kubectl, tmp_path: Path, kube_server: KubeServer) -> None:
     manifest = tmp_path / "echo.yaml"
     manifest.write_text(DEPLOYMENT)
     first = _ok(kubectl("apply", "-f", str(manifest)))
@@ -135,12 +131,8 @@ def test_apply_twice_creates_then_is_unchanged(
 
 
 def test_server_side_apply(kubectl: Kubectl, kube_server: KubeServer) -> None:
-    manifest = (
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa-cm\n  namespace: default\ndata:\n  a: '1'\n"
-    )
-    assert "configmap/ssa-cm serverside-applied" in _ok(
-        kubectl("apply", "--server-side", "-f", "-", stdin=manifest)
-    )
+    manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa-cm\n  namespace: default\ndata:\n  a: '1'\n"
+    assert "configmap/ssa-cm serverside-applied" in _ok(kubectl("apply", "--server-side", "-f", "-", stdin=manifest))
     _ok(kubectl("apply", "--server-side", "-f", "-", stdin=manifest.replace("'1'", "'2'")))
     cm = kube_server.loop.call(kube_server.store.get, "v1/configmaps", "default", "ssa-cm")
     assert cm["data"] == {"a": "2"}
@@ -182,9 +174,7 @@ def test_edit_application_installation(kubectl: Kubectl, tmp_path: Path, kube_se
     assert stored["spec"]["applicationRef"]["version"] == "1.15.16"
 
 
-def test_edit_deployment_keeps_other_containers(
-    kubectl: Kubectl, tmp_path: Path, kube_server: KubeServer
-) -> None:
+def test_edit_deployment_keeps_other_containers(kubectl: Kubectl, tmp_path: Path, kube_server: KubeServer) -> None:
     dep = yaml.safe_load(DEPLOYMENT.split("---")[0])
     dep["metadata"]["name"] = "edited"
     dep["spec"]["template"]["spec"]["containers"].append({"name": "side", "image": "side:1"})
@@ -200,9 +190,7 @@ def test_scale_deployment_to_zero(kubectl: Kubectl, kube_server: KubeServer) -> 
     dep = yaml.safe_load(DEPLOYMENT.split("---")[0])
     dep["metadata"]["name"] = "to-scale"
     _ok(kubectl("apply", "-f", "-", stdin=yaml.safe_dump(dep)))
-    assert "deployment.apps/to-scale scaled" in _ok(
-        kubectl("scale", "deployment", "to-scale", "--replicas=0")
-    )
+    assert "deployment.apps/to-scale scaled" in _ok(kubectl("scale", "deployment", "to-scale", "--replicas=0"))
     stored = kube_server.loop.call(kube_server.store.get, "apps/v1/deployments", "default", "to-scale")
     assert stored["spec"]["replicas"] == 0
 

@@ -338,11 +338,7 @@ def world(*labs: Lab) -> dict[str, ClusterState]:
 
 def probes_ok(report: HealthReport) -> bool:
     return all(
-        n.host.icmp.ok
-        and n.host.http.ok
-        and n.endpoint is not None
-        and n.endpoint.icmp.ok
-        and n.endpoint.http.ok
+        n.host.icmp.ok and n.host.http.ok and n.endpoint is not None and n.endpoint.icmp.ok and n.endpoint.http.ok
         for n in report.nodes
     )
 
@@ -374,9 +370,7 @@ def test_an_unknown_fault_kind_is_refused() -> None:
 # ---- the guide ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "pair", [guide_pair, own_ca_pair], ids=["guide-1.13-shared-ca", "1.18-own-ca-caCert"]
-)
+@pytest.mark.parametrize("pair", [guide_pair, own_ca_pair], ids=["guide-1.13-shared-ca", "1.18-own-ca-caCert"])
 def test_a_correct_configuration_connects_both_ways_and_every_node_is_healthy(
     pair: Callable[[], tuple[Lab, Lab]],
 ) -> None:
@@ -447,9 +441,7 @@ def _expired_client_cert(c1: Lab, c2: Lab) -> None:
 
 
 def _expired_server_cert(c1: Lab, c2: Lab) -> None:
-    old = issue(
-        c2.ca, "server", dns_names=("*.mesh.cilium.io",), days=1, not_before=NOW - dt.timedelta(days=3)
-    )
+    old = issue(c2.ca, "server", dns_names=("*.mesh.cilium.io",), days=1, not_before=NOW - dt.timedelta(days=3))
     c2.mutate(
         "v1/secrets",
         "clustermesh-apiserver-server-cert",
@@ -704,9 +696,7 @@ def test_scaling_local_to_zero_leaves_only_remote_backends_none_preferred() -> N
 
 
 def test_remote_affinity_prefers_the_other_clusters_backends() -> None:
-    c1, c2 = global_nginx(
-        annotations={"service.cilium.io/global": "true", "service.cilium.io/affinity": "remote"}
-    )
+    c1, c2 = global_nginx(annotations={"service.cilium.io/global": "true", "service.cilium.io/affinity": "remote"})
     entry = nginx_entry(c1, (c1, c2))
     assert [b.preferred for b in entry.backends] == [False, False, True, True]
 
@@ -800,9 +790,7 @@ CURL = ("-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5")
 def test_curl_reaches_a_service_by_its_dns_names_and_cluster_ip() -> None:
     c1, c2 = global_nginx()
     ip = next(
-        e.frontend_ip
-        for e in service_entries(world(c1, c2), None, "cluster-1", c1.nodes()[0])
-        if e.name == "nginx"
+        e.frontend_ip for e in service_entries(world(c1, c2), None, "cluster-1", c1.nodes()[0]) if e.name == "nginx"
     )
     for target in ("nginx", "nginx.default", "nginx.default.svc.cluster.local", ip):
         assert curl((c1, c2), None, c1, *CURL, f"http://{target}/") == (0, b"200", b"")
@@ -842,9 +830,7 @@ def test_curl_through_sh_c_and_with_chained_commands() -> None:
     argv = ["sh", "-c", "curl -s -o /dev/null -w '%{http_code}\\n' http://nginx && echo done"]
     code, out, _ = exec_command(world(c1, c2), None, "cluster-1", "default", "client", "curl", argv)
     assert (code, out) == (0, b"200\ndone\n")
-    code, _out, err = exec_command(
-        world(c1, c2), None, "cluster-1", "default", "client", "", ["sh", "-c", "wget x"]
-    )
+    code, _out, err = exec_command(world(c1, c2), None, "cluster-1", "default", "client", "", ["sh", "-c", "wget x"])
     assert code == 127 and b"wget: not found" in err
 
 
@@ -890,14 +876,10 @@ def test_agent_commands_get_the_snapshot_of_the_pods_node(monkeypatch: pytest.Mo
     assert snapshot.health.nodes[0].name == "cluster-1-node-1" and len(snapshot.health.nodes) == 4
     assert [p.name for p in snapshot.peers] == ["cluster-2"]
     # cilium-dbg does not exist before 1.15
-    code, _out, _err = exec_command(
-        world(c1, c2), None, "cluster-1", NS, "cilium-1", None, ["cilium-dbg", "status"]
-    )
+    code, _out, _err = exec_command(world(c1, c2), None, "cluster-1", NS, "cilium-1", None, ["cilium-dbg", "status"])
     assert code == 127 and len(seen) == 1
     # the agent CLI is only in the agent container
-    code, _o, _e = exec_command(
-        world(c1, c2), None, "cluster-1", "default", "nginx-0", None, ["cilium", "status"]
-    )
+    code, _o, _e = exec_command(world(c1, c2), None, "cluster-1", "default", "nginx-0", None, ["cilium", "status"])
     assert code == 127
 
 
@@ -975,9 +957,7 @@ def test_curl_reaches_a_node_port_on_any_node() -> None:
 
 def test_curl_with_remote_affinity_uses_only_the_preferred_remote_backends() -> None:
     """Preferred backends win even when unusable: a blocked tunnel black-holes a remote-affinity service."""
-    c1, c2 = global_nginx(
-        annotations={"service.cilium.io/global": "true", "service.cilium.io/affinity": "remote"}
-    )
+    c1, c2 = global_nginx(annotations={"service.cilium.io/global": "true", "service.cilium.io/affinity": "remote"})
     assert curl((c1, c2), None, c1, *CURL, "http://nginx")[0] == 0
     faults = MeshFaults()
     faults.block("cluster-2", "cluster-1", "udp/8472")
@@ -995,9 +975,7 @@ def test_a_link_found_at_one_time_is_checked_again_at_another() -> None:
     assert connection(clusters, None, "cluster-1", "cluster-2", now=NOW).ok
     faults = MeshFaults()
     faults.block("cluster-1", "cluster-2", "tcp/2379")
-    assert (
-        connection(clusters, faults, "cluster-1", "cluster-2", now=NOW).reason == "context deadline exceeded"
-    )
+    assert connection(clusters, faults, "cluster-1", "cluster-2", now=NOW).reason == "context deadline exceeded"
 
 
 def test_service_ids_are_handed_out_by_every_agent_exec_whatever_it_prints() -> None:

@@ -49,10 +49,7 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: st
 async def idle(world: World) -> None:
     """With time_scale 0: until no reconcile is queued and no timer is left."""
     await wait_for(
-        lambda: (
-            not any(c.scheduled for c in world.clusters)
-            and not any(t.pending for _, _, t in world.clock._heap)
-        ),
+        lambda: not any(c.scheduled for c in world.clusters) and not any(t.pending for _, _, t in world.clock._heap),
         what="the world to go idle",
     )
 
@@ -166,17 +163,11 @@ def test_bootstrap_on_kkp_222_looks_like_a_kkp_user_cluster_with_cilium_113() ->
         nodes = s.list("v1/nodes")
         assert len(nodes) == 2
         for node in nodes:
-            assert re.fullmatch(
-                r"[a-z0-9]{10}-worker-[a-z0-9]{6}-[0-9a-f]{10}-[a-z0-9]{5}", node["metadata"]["name"]
-            )
-            assert ipaddress.ip_network(node["spec"]["podCIDR"]).subnet_of(
-                ipaddress.ip_network("172.25.0.0/16")
-            )
+            assert re.fullmatch(r"[a-z0-9]{10}-worker-[a-z0-9]{6}-[0-9a-f]{10}-[a-z0-9]{5}", node["metadata"]["name"])
+            assert ipaddress.ip_network(node["spec"]["podCIDR"]).subnet_of(ipaddress.ip_network("172.25.0.0/16"))
         ips = {a["address"] for n in nodes for a in n["status"]["addresses"] if a["type"] == "InternalIP"}
         assert ips == {"10.1.0.2", "10.1.0.3"}
-        assert ai(c2.store)["spec"]["values"]["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"] == [
-            "172.26.0.0/16"
-        ]
+        assert ai(c2.store)["spec"]["values"]["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"] == ["172.26.0.0/16"]
 
         agents = agent_pods(s)
         assert sorted(p["spec"]["nodeName"] for p in agents) == sorted(n["metadata"]["name"] for n in nodes)
@@ -228,12 +219,8 @@ def test_guide_step_2_creates_the_apiserver_its_address_and_certs_from_cilium_ca
             leaf = secret(s, f"clustermesh-apiserver-{name}-cert")
             assert leaf is not None and issued_by(pem(leaf["tls.crt"]), pem(ca["ca.crt"]))
             assert pki.matches_key(pem(leaf["tls.crt"]), pem(leaf["tls.key"]))
-            assert (
-                s.get("v1/secrets", NS, f"clustermesh-apiserver-{name}-cert")["type"] == "kubernetes.io/tls"
-            )
-        server = x509.load_pem_x509_certificate(
-            pem(secret(s, "clustermesh-apiserver-server-cert")["tls.crt"])
-        )  # type: ignore[index]
+            assert s.get("v1/secrets", NS, f"clustermesh-apiserver-{name}-cert")["type"] == "kubernetes.io/tls"
+        server = x509.load_pem_x509_certificate(pem(secret(s, "clustermesh-apiserver-server-cert")["tls.crt"]))  # type: ignore[index]
         sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert "*.mesh.cilium.io" in sans.get_values_for_type(x509.DNSName)
         assert lb_ip in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
@@ -278,9 +265,7 @@ def test_old_ca_key_on_1169_fails_the_installation_with_the_render_error() -> No
         world = new_world(cilium_version="1.16", kkp_version="2.26")
         s = world.clusters[0].store
         ca = pki.make_ca("x")
-        snippet = deep_merge(
-            GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}}
-        )
+        snippet = deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}})
         snippet["clustermesh"]["apiserver"]["tls"]["ca"] = {
             "cert": base64.b64encode(ca.cert_pem).decode(),
             "key": base64.b64encode(ca.key_pem).decode(),
@@ -310,9 +295,7 @@ def test_cronjob_on_116_deadlocks_until_the_helm_timeout_and_rolls_back() -> Non
             )
         )
         edit_values(s, GUIDE_STEP_2)
-        await wait_for(
-            lambda: any(c.get("reason") == "InstallationFailed" for c in seen), what="first failure"
-        )
+        await wait_for(lambda: any(c.get("reason") == "InstallationFailed" for c in seen), what="first failure")
         first = next(c for c in seen if c.get("reason") == "InstallationFailed")
         assert "context deadline exceeded" in first["message"] and "rolled back" in first["message"]
         assert any('secret "clustermesh-apiserver-admin-cert" not found' in m for m in waiting)
@@ -333,9 +316,7 @@ def test_helm_method_on_116_works_and_adds_the_kvstoremesh_pieces() -> None:
     async def body() -> None:
         world = new_world(cilium_version="1.16", kkp_version="2.27")
         s = world.clusters[0].store
-        edit_values(
-            s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}})
-        )
+        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}}))
         await wait_for(lambda: applied(s) and ai(s)["metadata"]["generation"] > 1, what="applied")
         ca = secret(s, "cilium-ca")
         local = secret(s, "clustermesh-apiserver-local-cert")
@@ -355,9 +336,7 @@ def test_cronjob_on_119_and_113_does_not_deadlock() -> None:
             world = new_world(cilium_version=version, kkp_version=kkp)
             s = world.clusters[0].store
             edit_values(s, GUIDE_STEP_2)
-            await wait_for(
-                lambda s=s: applied(s) and ai(s)["metadata"]["generation"] > 1, what=f"{version} applied"
-            )
+            await wait_for(lambda s=s: applied(s) and ai(s)["metadata"]["generation"] > 1, what=f"{version} applied")
             world.stop()
 
     run(body)
@@ -415,9 +394,7 @@ def test_kkp_reasserts_its_keys_and_reserialises_values_block_sorted() -> None:
         values["cluster"] = {"name": "cluster-1", "id": 1}
         obj["spec"]["valuesBlock"] = "# my comment\nzzz: 1\n" + yaml.safe_dump(values, sort_keys=False)
         s.replace(AI_KEY, NS, "cilium", obj)
-        await wait_for(
-            lambda: applied(s) and "# my comment" not in ai(s)["spec"]["valuesBlock"], what="applied"
-        )
+        await wait_for(lambda: applied(s) and "# my comment" not in ai(s)["spec"]["valuesBlock"], what="applied")
         block = ai(s)["spec"]["valuesBlock"]
         parsed = yaml.safe_load(block)
         assert parsed["kubeProxyReplacement"] == "true" and parsed["cni"] == {"exclusive": False}
@@ -474,9 +451,7 @@ def test_deployments_scale_with_pod_ips_in_the_cluster_pod_cidr_and_feed_endpoin
         def pods() -> list[Obj]:
             return s.list("v1/pods", "default")
 
-        await wait_for(
-            lambda: len(pods()) == 3 and all(p["status"].get("phase") == "Running" for p in pods())
-        )
+        await wait_for(lambda: len(pods()) == 3 and all(p["status"].get("phase") == "Running" for p in pods()))
         for p in pods():
             assert ipaddress.ip_address(p["status"]["podIP"]) in ipaddress.ip_network("172.26.0.0/16")
             assert re.fullmatch(r"nginx-[a-z0-9]{10}-[a-z0-9]{5}", p["metadata"]["name"])
@@ -490,9 +465,7 @@ def test_deployments_scale_with_pod_ips_in_the_cluster_pod_cidr_and_feed_endpoin
         assert {a["ip"] for a in subset["addresses"]} == {p["status"]["podIP"] for p in pods()}
         assert subset["ports"][0]["port"] == 8080
         (eps,) = s.list("discovery.k8s.io/v1/endpointslices", "default")
-        assert (
-            eps["metadata"]["labels"]["kubernetes.io/service-name"] == "nginx" and len(eps["endpoints"]) == 3
-        )
+        assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == "nginx" and len(eps["endpoints"]) == 3
         dep = s.get("apps/v1/deployments", "default", "nginx")
         assert dep["status"]["readyReplicas"] == 3 and dep["status"]["observedGeneration"] == 1
 
@@ -531,9 +504,7 @@ def test_peer_config_change_writes_the_mesh_secret_and_restarts_the_agents() -> 
     async def body() -> None:
         world = new_world(cilium_version="1.14", kkp_version="2.25")
         s = world.clusters[0].store
-        edit_values(
-            s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}})
-        )
+        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}}))
         await wait_for(lambda: applied(s) and ai(s)["metadata"]["generation"] > 1)
         await idle(world)
         restarts_before = {
@@ -573,9 +544,7 @@ def test_peer_config_change_writes_the_mesh_secret_and_restarts_the_agents() -> 
         assert seen_not_ready  # they went down ...
         for p in agent_pods(s):  # ... and came back, restarted once more
             assert p["status"]["containerStatuses"][0]["ready"] is True
-            assert (
-                p["status"]["containerStatuses"][0]["restartCount"] > restarts_before[p["spec"]["nodeName"]]
-            )
+            assert p["status"]["containerStatuses"][0]["restartCount"] > restarts_before[p["spec"]["nodeName"]]
             assert p["spec"]["hostAliases"] == ds["spec"]["template"]["spec"]["hostAliases"]
 
     run(body)
@@ -609,9 +578,7 @@ def test_rotate_ca_and_expire_certificates() -> None:
     async def body() -> None:
         world = new_world(cilium_version="1.16", kkp_version="2.27")
         s = world.clusters[0].store
-        edit_values(
-            s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}})
-        )
+        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"apiserver": {"tls": {"auto": {"method": "helm"}}}}}))
         await wait_for(lambda: applied(s) and ai(s)["metadata"]["generation"] > 1)
         await idle(world)
         old_ca = secret(s, "cilium-ca")
@@ -663,9 +630,7 @@ def test_set_pod_cidr_moves_nodes_values_and_pods() -> None:
         for node in s2.list("v1/nodes"):
             assert ipaddress.ip_network(node["spec"]["podCIDR"]).subnet_of(net)
         assert values_of(ai(s2))["ipam"]["operator"]["clusterPoolIPv4PodCIDRList"] == ["172.25.0.0/16"]
-        assert (
-            s2.get("v1/configmaps", NS, "cilium-config")["data"]["cluster-pool-ipv4-cidr"] == "172.25.0.0/16"
-        )
+        assert s2.get("v1/configmaps", NS, "cilium-config")["data"]["cluster-pool-ipv4-cidr"] == "172.25.0.0/16"
         coredns = [p for p in s2.list("v1/pods", NS) if p["metadata"]["labels"].get("k8s-app") == "kube-dns"]
         assert coredns and all(ipaddress.ip_address(p["status"]["podIP"]) in net for p in coredns)
 
@@ -692,10 +657,7 @@ def test_with_a_time_scale_the_steps_happen_in_their_order() -> None:
                 ready = o["status"]["conditions"]["Ready"]
                 if ready["status"] == "Unknown":
                     order.append("in-progress")
-                elif (
-                    ready["status"] == "True"
-                    and ready["observedGeneration"] == o["metadata"]["generation"] > 1
-                ):
+                elif ready["status"] == "True" and ready["observedGeneration"] == o["metadata"]["generation"] > 1:
                     order.append("ready")
 
         s.add_listener(listen)
