@@ -41,6 +41,7 @@ __all__ = [
     "alert_text",
     "render_plain",
     "resolve_target",
+    "seconds",
     "summary_blocks",
     "summary_text",
 ]
@@ -259,6 +260,11 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def seconds(value: float) -> str:
+    """A duration for people: tenths from a second up, hundredths below (a 40 ms failover is not "0.0 s")."""
+    return f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
+
+
 def _figures(summary: Summary) -> list[tuple[str, str]]:
     """The figures in a fixed order, so every night's message reads the same."""
 
@@ -281,7 +287,7 @@ def _figures(summary: Summary) -> list[tuple[str, str]]:
         ("Clusters", or_not(summary.clusters)),
         ("Nodes reachable", nodes),
         ("Failover drill", or_not(summary.drill)),
-        ("Failover time", or_not(summary.failover_seconds, "{:.1f} s")),
+        ("Failover time", "not measured" if summary.failover_seconds is None else seconds(summary.failover_seconds)),
         ("Nearest certificate expiry", expiry),
     ]
 

@@ -506,3 +506,12 @@ def test_secrets_never_reach_results_exceptions_or_logs(caplog: pytest.LogCaptur
     for secret in secrets:
         for haystack in haystacks:
             assert secret not in haystack
+
+
+def test_a_sub_second_failover_time_shows_hundredths_not_zero() -> None:
+    from clustermesh.slack import seconds
+
+    assert seconds(0.04) == "0.04 s"
+    assert seconds(0.999) == "1.00 s"
+    assert seconds(4.25) == "4.2 s"
+    assert seconds(12.0) == "12.0 s"
