@@ -40,7 +40,7 @@ def wait_until(what: str, fn: Callable[[], Any], timeout: float = 20.0, interval
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last seen: {last!r}")
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last seen: {last!r}")
 
 
 # ---------------------------------------------------------------------------------------- Prefect

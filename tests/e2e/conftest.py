@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import wait_until
 from tests.slack_server import SlackTestServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,15 +61,8 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll ``predicate`` until it returns something truthy; the error says what was awaited."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last seen: {last!r})")
+    """``tests.helpers.wait_until`` with the e2e argument order and a slower default poll (0.5 s)."""
+    return wait_until(what, predicate, timeout=timeout, interval=interval)
 
 
 @dataclass

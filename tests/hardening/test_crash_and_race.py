@@ -43,7 +43,7 @@ import pytest
 from kubernetes import watch
 
 from tests.flows.conftest import AI, Kube, assert_peers_exactly_once, health_problems, mesh_spec
-from tests.helpers import ROOT, cli_environment, prefect_test_server
+from tests.helpers import ROOT, cli_environment, prefect_test_server, wait_until
 
 MESH_LIMIT = "mesh-sandbox"  # mesh_lock_name() of the sandbox's mesh.yaml (name: sandbox)
 AI_PATH = "/apis/apps.kubermatic.k8c.io/v1/namespaces/kube-system/applicationinstallations/cilium"
@@ -457,15 +457,13 @@ def test_two_setups_of_one_mesh_run_one_after_the_other_under_the_mesh_limit(
     # The test holds the mesh while both start, so both are certainly waiting for it at the same time.
     with concurrency(mesh_limit, occupy=1, timeout_seconds=30, strict=True):
         procs = [setups(sb), setups(sb)]
-        deadline = time.monotonic() + WAIT
-        while True:
-            running = [r for r in setup_runs_since(since) if r.state_type == StateType.RUNNING]
-            if len(running) == 2:
-                break
+
+        def both_running() -> bool:
             for p in procs:
                 assert p.poll() is None, f"a setup ended while the mesh was held:\n{finish(p)[1][-3000:]}"
-            assert time.monotonic() < deadline, f"both setup flow runs not running within {WAIT:g}s"
-            time.sleep(0.2)
+            return len([r for r in setup_runs_since(since) if r.state_type == StateType.RUNNING]) == 2
+
+        wait_until("both setup flow runs RUNNING", both_running, timeout=WAIT, interval=0.2)
         assert writes.count() == 0, f"a setup wrote while another holder had the mesh: {writes.writes}"
 
     results = [finish(p) for p in procs]
@@ -592,11 +590,12 @@ def test_setup_racing_kubectl_edit_rereads_on_409_and_keeps_the_human_change(
                 gate_opened.set()
 
     try:
-        deadline = time.monotonic() + WAIT
-        while not (control / "armed").exists():
+
+        def editor_open() -> bool:
             assert not human.failures, human.failures
-            assert time.monotonic() < deadline, "kubectl edit did not open the editor"
-            time.sleep(0.02)
+            return (control / "armed").exists()
+
+        wait_until("kubectl edit to open the editor", editor_open, timeout=WAIT, interval=0.02)
         sb.fault("api-latency", cluster=target.name, seconds=RACE_LATENCY)
         gate = threading.Thread(target=open_gate_at_the_setups_put, daemon=True)
         gate.start()
