@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from clustermesh.drill import BACKEND, SERVICE, DrillResult, run_drill  # noqa: E402
-from clustermesh.kube import ClusterClient  # noqa: E402
+from clustermesh.kube.client import ClusterClient  # noqa: E402
 from sandbox.mesh import ClusterState, service_entries  # noqa: E402
 from sandbox.server import Sandbox  # noqa: E402
 from tests.helpers import build_mesh  # noqa: E402  (the mesh of tests/integration/test_drill_on_sandbox.py)

@@ -63,7 +63,7 @@ def sandbox(directory: Path, clusters: int, nodes: int, profile: Path | None = N
     argv = [sys.executable]
     if profile is not None:
         argv += ["-m", "cProfile", "-o", str(profile)]
-    argv += ["-m", "clustermesh.cli", "sandbox", "up", "--dir", str(directory)]
+    argv += ["-m", "cli.app", "sandbox", "up", "--dir", str(directory)]
     argv += ["--clusters", str(clusters), "--nodes", str(nodes), "--cilium-version", "1.16", "--time-scale", "0"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

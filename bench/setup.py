@@ -67,12 +67,16 @@ def run_flow(mesh_yaml: Path) -> float:
 
 def run_direct(mesh_yaml: Path) -> float:
     """The flow's steps as plain domain calls, in the flow's order, one at a time."""
-    from clustermesh import endpoints, health, mesh_config, prerequisites, reachability
-    from clustermesh.credentials import open_cluster
-    from clustermesh.kube import ClusterClient
-    from clustermesh.models import MeshEndpoint
-    from clustermesh.profiles import profile_for
+    from clustermesh.cilium.profiles import profile_for
+    from clustermesh.kube.client import ClusterClient
+    from clustermesh.kube.credentials import open_cluster
     from clustermesh.spec import load_spec
+    from clustermesh.steps import step1_prerequisites as prerequisites
+    from clustermesh.steps import step2_4_6_mesh_values as mesh_config
+    from clustermesh.steps import step3_5_endpoints as endpoints
+    from clustermesh.steps import step7_reachability as reachability
+    from clustermesh.steps import step8_health as health
+    from clustermesh.steps.models import MeshEndpoint
     from clustermesh.values import CaMaterial, PeerEntry
 
     spec = load_spec(mesh_yaml)

@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, SecretStr
 
 from clustermesh.certs import fingerprint
+from clustermesh.cilium.profiles import CiliumProfile
 from clustermesh.errors import KkpOwnedKeyError, ValuesError
-from clustermesh.profiles import CiliumProfile
 from clustermesh.spec import ClusterSpec, MeshSpec
 
 __all__ = [

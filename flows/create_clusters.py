@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from clustermesh.clusters import ClusterPlan, CreateResult
+from clustermesh.kkp.clusters import ClusterPlan, CreateResult
 from clustermesh.spec import MeshSpec
 from tasks import kkp_steps
 from tasks.notify import alert_on_failure

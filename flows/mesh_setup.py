@@ -21,13 +21,13 @@ from prefect.runtime import deployment
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import ClusterMeshError
-from clustermesh.health import HealthMatrix
-from clustermesh.models import ClusterFacts, MeshEndpoint, StepChange
-from clustermesh.plan import SetupPlan, plan_setup
-from clustermesh.profiles import profile_for
-from clustermesh.reachability import FirewallReport, rules_table
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
+from clustermesh.steps.plan import SetupPlan, plan_setup
+from clustermesh.steps.step7_reachability import FirewallReport, rules_table
+from clustermesh.steps.step8_health import HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry
 from tasks import setup_steps
 from tasks.notify import alert_on_failure

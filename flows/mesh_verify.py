@@ -19,11 +19,12 @@ from prefect.states import Completed, Failed
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict
 
+from clustermesh.checks.findings import Finding
+from clustermesh.checks.verify import Verdict, nearest_expiry_days, overall
 from clustermesh.drill import DrillResult
-from clustermesh.health import HealthMatrix
-from clustermesh.slack import Finding, PostResult, Summary, render_plain
+from clustermesh.notify.slack import PostResult, Summary, render_plain
 from clustermesh.spec import MeshSpec
-from clustermesh.verify import Verdict, nearest_expiry_days, overall
+from clustermesh.steps.step8_health import HealthMatrix
 from flows.failover_drill import failover_drill
 from flows.mesh_setup import mesh_lock
 from tasks import verify_steps
@@ -200,7 +201,7 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
 
 def _deliver(slack: object, parent: PostResult | None, summary: Summary) -> str:
     """Update the start message in place (or post one), details in its thread; print without Slack."""
-    from clustermesh.slack import Notifier
+    from clustermesh.notify.slack import Notifier
 
     if not isinstance(slack, Notifier):
         print(render_plain(summary), flush=True)

@@ -12,8 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from clustermesh import clusters
-from clustermesh.kkp import KkpCluster, KkpTransientError
+from clustermesh.kkp import clusters
+from clustermesh.kkp.api import KkpCluster, KkpTransientError
 from clustermesh.spec import MeshSpec
 from tasks.setup_steps import RETRY_DELAYS, load_secret_block
 

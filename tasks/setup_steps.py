@@ -14,12 +14,16 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from clustermesh import endpoints, health, mesh_config, prerequisites, reachability
-from clustermesh.credentials import open_cluster
-from clustermesh.fingerprints import endpoint_state, prerequisite_state
-from clustermesh.kube import ClusterClient, is_transient
-from clustermesh.models import ClusterFacts, MeshEndpoint, StepChange
+from clustermesh.kube.client import ClusterClient, is_transient
+from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import MeshSpec
+from clustermesh.steps import step1_prerequisites as prerequisites
+from clustermesh.steps import step2_4_6_mesh_values as mesh_config
+from clustermesh.steps import step3_5_endpoints as endpoints
+from clustermesh.steps import step7_reachability as reachability
+from clustermesh.steps import step8_health as health
+from clustermesh.steps.fingerprints import endpoint_state, prerequisite_state
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
 from clustermesh.values import CaMaterial, PeerEntry
 from tasks.caching import StepCachePolicy
 from tasks.results import FernetPickleSerializer

@@ -8,12 +8,14 @@ from contextlib import contextmanager
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clustermesh import health, reachability, verify
+from clustermesh.checks import verify
+from clustermesh.checks.findings import Finding
 from clustermesh.errors import MeshUnhealthyError
-from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts
-from clustermesh.slack import Finding
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps import step7_reachability as reachability
+from clustermesh.steps import step8_health as health
+from clustermesh.steps.models import ClusterFacts
 from tasks.setup_steps import COMMON, connect
 
 READ_ONLY = {**COMMON, "cache_policy": NO_CACHE}

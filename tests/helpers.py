@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from kubernetes.stream import stream
 
 if TYPE_CHECKING:
-    from clustermesh.kube import ClusterClient
-    from clustermesh.models import ClusterFacts
+    from clustermesh.kube.client import ClusterClient
     from clustermesh.spec import MeshSpec
+    from clustermesh.steps.models import ClusterFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,9 +108,9 @@ def cli_environment(
 
 
 def run_cli(env: Mapping[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python -m clustermesh.cli *args`` in the checkout, output captured; never raises on its exit code."""
+    """``python -m cli.app *args`` in the checkout, output captured; never raises on its exit code."""
     return subprocess.run(
-        [sys.executable, "-m", "clustermesh.cli", *args],
+        [sys.executable, "-m", "cli.app", *args],
         cwd=ROOT,
         env=dict(env),
         capture_output=True,
@@ -128,7 +128,7 @@ def sandbox_argv(directory: Path, *options: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "clustermesh.cli",
+        "cli.app",
         "sandbox",
         "up",
         "--dir",
@@ -239,11 +239,13 @@ def build_mesh(sb: Any, drill_timeout: float) -> tuple[MeshSpec, dict[str, Clust
     Returns the sandbox's ``mesh.yaml`` as a MeshSpec (with the drill's ``timeout`` replaced), an open
     ClusterClient per cluster (the caller closes them) and every cluster's ClusterFacts.
     """
-    from clustermesh import endpoints, mesh_config, prerequisites
-    from clustermesh.credentials import open_cluster
-    from clustermesh.models import MeshEndpoint
-    from clustermesh.profiles import profile_for
+    from clustermesh.cilium.profiles import profile_for
+    from clustermesh.kube.credentials import open_cluster
     from clustermesh.spec import load_spec
+    from clustermesh.steps import step1_prerequisites as prerequisites
+    from clustermesh.steps import step2_4_6_mesh_values as mesh_config
+    from clustermesh.steps import step3_5_endpoints as endpoints
+    from clustermesh.steps.models import MeshEndpoint
 
     spec = load_spec(Path(sb.directory) / "mesh.yaml")
     spec = spec.model_copy(update={"drill": spec.drill.model_copy(update={"timeout": drill_timeout})})

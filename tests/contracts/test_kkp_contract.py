@@ -154,8 +154,9 @@ def kkp_sandbox(sandbox_factory: Any) -> Any:
 def test_every_request_the_pipeline_sends_and_every_answer_conforms(
     kkp_sandbox: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clustermesh import clusters, kkp
-    from clustermesh.credentials import open_cluster
+    from clustermesh.kkp import api as kkp
+    from clustermesh.kkp import clusters
+    from clustermesh.kube.credentials import open_cluster
     from clustermesh.spec import load_spec
 
     state = kkp_sandbox.kkp_state

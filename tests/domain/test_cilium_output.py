@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clustermesh.cilium_output import (
+from clustermesh.cilium.output import (
     Backend,
     HealthStatus,
     Service,

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from clustermesh.cilium_output import parse_service_list
+from clustermesh.cilium.output import parse_service_list
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.drill import (
     BACKEND,
     ORIGINAL_REPLICAS_ANNOTATION,
@@ -29,10 +30,9 @@ from clustermesh.drill import (
     steady_problems,
 )
 from clustermesh.errors import ConflictError, DrillError, KubeApiError, TransientKubeError
-from clustermesh.kube import ExecOutput
-from clustermesh.models import ClusterFacts
-from clustermesh.profiles import profile_for
+from clustermesh.kube.client import ExecOutput
 from clustermesh.spec import MeshSpec, from_data
+from clustermesh.steps.models import ClusterFacts
 from tests.conftest import find_shared
 
 CIDRS = {"cluster-1": ["172.25.0.0/16"], "cluster-2": ["172.26.0.0/16"]}

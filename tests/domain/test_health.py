@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from clustermesh.cilium_output import HealthStatus, parse_health
+from clustermesh.cilium.output import HealthStatus, parse_health
 from clustermesh.errors import MeshUnhealthyError, TransientKubeError
-from clustermesh.health import (
+from clustermesh.kube.client import ExecOutput
+from clustermesh.steps.step8_health import (
     AgentHealth,
     ClusterHealth,
     HealthMatrix,
@@ -22,7 +23,6 @@ from clustermesh.health import (
     probe_mesh,
     wait_for_mesh_health,
 )
-from clustermesh.kube import ExecOutput
 
 OK: dict[str, Any] = {"latency": 1000}
 TIMEOUT: dict[str, Any] = {"status": "Connection timed out"}

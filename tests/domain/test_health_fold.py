@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clustermesh.cilium_output import HealthNode, HealthStatus
-from clustermesh.health import (
+from clustermesh.cilium.output import HealthNode, HealthStatus
+from clustermesh.kube.client import ExecOutput
+from clustermesh.steps.step8_health import (
     MAX_FAILURES_PER_CELL,
     AgentHealth,
     ClusterHealth,
@@ -24,7 +25,6 @@ from clustermesh.health import (
     nodes_seen,
     probe_cluster,
 )
-from clustermesh.kube import ExecOutput
 from tests.domain.test_health import JSON_ARGV, TIMEOUT, FakeClient, node_json, pod
 
 

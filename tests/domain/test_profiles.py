@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 
+from clustermesh.cilium.profiles import PROFILES, SUPPORTED_LINES, parse_cilium_version, profile_for
 from clustermesh.errors import ClusterMeshError, UnsupportedVersionError
-from clustermesh.profiles import PROFILES, SUPPORTED_LINES, parse_cilium_version, profile_for
 
 LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19"]
 

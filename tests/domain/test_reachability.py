@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clustermesh.cilium_output import parse_health
-from clustermesh.health import AgentHealth, ClusterHealth, HealthMatrix, health_matrix
-from clustermesh.reachability import (
+from clustermesh.cilium.output import parse_health
+from clustermesh.steps.step7_reachability import (
     APISERVER_PATH,
     ICMP_PATH,
     TCP_4240_PATH,
@@ -20,6 +19,7 @@ from clustermesh.reachability import (
     list_node_addresses,
     rules_table,
 )
+from clustermesh.steps.step8_health import AgentHealth, ClusterHealth, HealthMatrix, health_matrix
 
 OK: dict[str, Any] = {"latency": 1000}
 TIMEOUT: dict[str, Any] = {"status": "Connection timed out"}

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from clustermesh.errors import SlackConfigError
-from clustermesh.slack import (
+from clustermesh.notify.slack import (
     Alert,
     Finding,
     Notifier,
@@ -499,7 +499,7 @@ def test_secrets_never_reach_results_exceptions_or_logs(caplog: pytest.LogCaptur
         secrets = (token, slack.webhook_url, slack.webhook_url.split("/services/")[1])
         targets: list[SlackTarget] = [t for t in (resolve_target(token, "#x", slack.webhook_url),) if t]
     assert [r.ok for r in results] == [True, False, False, True, False, False, False, False]
-    assert any(r.name == "clustermesh.slack.sdk" for r in caplog.records), "slack-sdk logging was captured"
+    assert any(r.name == "clustermesh.notify.slack.sdk" for r in caplog.records), "slack-sdk logging was captured"
     haystacks = [r.getMessage() for r in caplog.records] + [caplog.text]
     haystacks += [repr(r) + r.model_dump_json() for r in results]
     haystacks += [repr(notifier), repr(hook), repr(targets), str(targets)]
@@ -509,7 +509,7 @@ def test_secrets_never_reach_results_exceptions_or_logs(caplog: pytest.LogCaptur
 
 
 def test_a_sub_second_failover_time_shows_hundredths_not_zero() -> None:
-    from clustermesh.slack import seconds
+    from clustermesh.notify.slack import seconds
 
     assert seconds(0.04) == "0.04 s"
     assert seconds(0.999) == "1.00 s"

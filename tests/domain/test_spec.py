@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import ClusterMeshError, SpecError
-from clustermesh.profiles import profile_for
 from clustermesh.spec import ClusterSpec, MeshSpec, from_data, load_spec
 
 KUBECONFIG_TEXT = "apiVersion: v1\nkind: Config\nusers:\n- user: {token: s3cr3t-t0ken}\n"

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clustermesh.certs import fingerprint
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import ClusterMeshError, KkpOwnedKeyError, SpecError, ValuesError
-from clustermesh.profiles import profile_for
 from clustermesh.spec import MeshSpec, from_data
 from clustermesh.values import (
     KKP_OWNED_PATHS,

@@ -21,12 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from clustermesh.errors import NotFoundError, TransientKubeError
-from clustermesh.profiles import profile_for
-from clustermesh.slack import Finding
-from clustermesh.spec import MeshSpec, from_data
-from clustermesh.values import CaMaterial, PeerEntry, deep_merge, render_mesh_values
-from clustermesh.verify import (
+from clustermesh.checks.findings import Finding
+from clustermesh.checks.verify import (
     CertificateReport,
     CertificateStatus,
     certificate_report,
@@ -36,6 +32,10 @@ from clustermesh.verify import (
     nearest_expiry_days,
     overall,
 )
+from clustermesh.cilium.profiles import profile_for
+from clustermesh.errors import NotFoundError, TransientKubeError
+from clustermesh.spec import MeshSpec, from_data
+from clustermesh.values import CaMaterial, PeerEntry, deep_merge, render_mesh_values
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 NS = "kube-system"

@@ -14,9 +14,9 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from clustermesh import prerequisites
-from clustermesh.credentials import open_cluster
 from clustermesh.drill import Drill, DrillResult
+from clustermesh.kube.credentials import open_cluster
+from clustermesh.steps import step1_prerequisites as prerequisites
 from flows.failover_drill import failover_drill
 from tests.flows.conftest import Kube, mesh_spec, task_runs_of
 

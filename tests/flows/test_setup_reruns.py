@@ -19,8 +19,6 @@ from cryptography import x509
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 
-from clustermesh import mesh_config, prerequisites
-from clustermesh.credentials import open_cluster
 from clustermesh.errors import (
     InstallFailedError,
     MeshUnhealthyError,
@@ -28,7 +26,10 @@ from clustermesh.errors import (
     TransientKubeError,
     WaitTimeoutError,
 )
-from clustermesh.reachability import UDP_8472_PATH, FirewallReport
+from clustermesh.kube.credentials import open_cluster
+from clustermesh.steps import step1_prerequisites as prerequisites
+from clustermesh.steps import step2_4_6_mesh_values as mesh_config
+from clustermesh.steps.step7_reachability import UDP_8472_PATH, FirewallReport
 from flows.mesh_setup import SetupResult, cluster_mesh_setup
 from tests.flows.conftest import (
     AI,

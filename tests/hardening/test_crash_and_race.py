@@ -83,7 +83,7 @@ def setups(cli_env: dict[str, str]) -> Iterator[Callable[[Any], subprocess.Popen
 
     def start(sb: Any) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "clustermesh.cli", "setup", "--config", str(Path(sb.directory) / "mesh.yaml")],
+            [sys.executable, "-m", "cli.app", "setup", "--config", str(Path(sb.directory) / "mesh.yaml")],
             cwd=ROOT,
             env=cli_env,
             stdout=subprocess.PIPE,

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clustermesh.certs import check_pair, load_cert, load_private_key
-from clustermesh.cilium_output import parse_health, parse_service_list
+from clustermesh.cilium.output import parse_health, parse_service_list
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import CertificateError, CiliumOutputError, SpecError, ValuesError
-from clustermesh.profiles import profile_for
 from clustermesh.spec import MeshSpec, from_data, load_spec
 from clustermesh.values import (
     CLUSTERS_PATH,

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client as k8s
 
-from clustermesh.credentials import open_cluster
-from clustermesh.endpoints import NAMESPACE, REMOTE_CERT, collect_mesh_endpoint
+from clustermesh.checks.findings import Finding
+from clustermesh.checks.verify import ADMIN_CERT, certificate_report, check_drift
 from clustermesh.errors import (
     ClusterStateError,
     EndpointError,
@@ -29,13 +29,13 @@ from clustermesh.errors import (
     ValuesError,
     WaitTimeoutError,
 )
-from clustermesh.kube import ClusterClient
-from clustermesh.mesh_config import configure_mesh
-from clustermesh.models import ClusterFacts, MeshEndpoint
-from clustermesh.prerequisites import check_prerequisites
-from clustermesh.slack import Finding
+from clustermesh.kube.client import ClusterClient
+from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts, load_spec
-from clustermesh.verify import ADMIN_CERT, certificate_report, check_drift
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint
+from clustermesh.steps.step1_prerequisites import check_prerequisites
+from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, collect_mesh_endpoint
 from tests.conftest import kube_client
 from tests.helpers import wait_until
 

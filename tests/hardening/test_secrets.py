@@ -34,11 +34,11 @@ import yaml
 from cryptography.fernet import Fernet, InvalidToken
 from kubernetes import client as k8s
 
-from clustermesh.credentials import open_cluster
 from clustermesh.errors import KubeconfigError, TLSVerificationError
-from clustermesh.kube import ClusterClient
-from clustermesh.models import MeshEndpoint
+from clustermesh.kube.client import ClusterClient
+from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import ClusterSpec, MeshSpec, load_spec
+from clustermesh.steps.models import MeshEndpoint
 from flows.failover_drill import failover_drill
 from flows.mesh_setup import SetupResult, cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification

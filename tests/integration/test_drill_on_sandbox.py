@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.drill import (
     AGENT_CONTAINER,
     AGENT_LABEL,
@@ -23,10 +24,9 @@ from clustermesh.drill import (
     Drill,
     run_drill,
 )
-from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts
-from clustermesh.profiles import profile_for
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.models import ClusterFacts
 from tests.helpers import build_mesh
 
 

@@ -14,21 +14,21 @@ from typing import Any
 import pytest
 
 from clustermesh.errors import MeshUnhealthyError
-from clustermesh.health import (
-    HealthMatrix,
-    health_matrix,
-    probe_cluster,
-    probe_mesh,
-    wait_for_mesh_health,
-)
-from clustermesh.kube import ClusterClient, ExecOutput
-from clustermesh.reachability import (
+from clustermesh.kube.client import ClusterClient, ExecOutput
+from clustermesh.steps.step7_reachability import (
     APISERVER_PATH,
     TCP_4240_PATH,
     UDP_8472_PATH,
     blocked_paths,
     firewall_rules,
     list_node_addresses,
+)
+from clustermesh.steps.step8_health import (
+    HealthMatrix,
+    health_matrix,
+    probe_cluster,
+    probe_mesh,
+    wait_for_mesh_health,
 )
 from tests.sandbox.test_guide_by_hand import run_guide
 

@@ -14,16 +14,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from clustermesh.credentials import open_cluster
-from clustermesh.endpoints import REMOTE_CERT, collect_mesh_endpoint
-from clustermesh.kube import ClusterClient
-from clustermesh.mesh_config import configure_mesh
-from clustermesh.models import ClusterFacts, MeshEndpoint
-from clustermesh.prerequisites import check_prerequisites
-from clustermesh.profiles import profile_for
-from clustermesh.slack import Finding
-from clustermesh.spec import MeshSpec, load_spec
-from clustermesh.verify import (
+from clustermesh.checks.findings import Finding
+from clustermesh.checks.verify import (
     certificate_report,
     check_certificates,
     check_drift,
@@ -31,6 +23,14 @@ from clustermesh.verify import (
     nearest_expiry_days,
     overall,
 )
+from clustermesh.cilium.profiles import profile_for
+from clustermesh.kube.client import ClusterClient
+from clustermesh.kube.credentials import open_cluster
+from clustermesh.spec import MeshSpec, load_spec
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint
+from clustermesh.steps.step1_prerequisites import check_prerequisites
+from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
+from clustermesh.steps.step3_5_endpoints import REMOTE_CERT, collect_mesh_endpoint
 from tests.conftest import kube_client
 from tests.sandbox.test_guide_by_hand import wait_until
 

@@ -19,10 +19,12 @@ import httpx
 import pytest
 import yaml
 
-from clustermesh import clusters, kkp, prerequisites
-from clustermesh.credentials import open_cluster
 from clustermesh.errors import PrerequisiteError
+from clustermesh.kkp import api as kkp
+from clustermesh.kkp import clusters
+from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import MeshSpec, from_data
+from clustermesh.steps import step1_prerequisites as prerequisites
 from tests.contracts.test_kkp_contract import exchange_problems
 from tests.flows.conftest import Kube, assert_peers_exactly_once, health_problems
 from tests.kkp.conftest import cli

@@ -28,7 +28,7 @@ GROUP, VERSION, PLURAL = "apps.kubermatic.k8c.io", "v1", "applicationinstallatio
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``clustermesh <args>`` in a fresh interpreter and wait for it."""
     return subprocess.run(
-        [sys.executable, "-m", "clustermesh.cli", *args],
+        [sys.executable, "-m", "cli.app", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -74,8 +74,7 @@ class Running:
 def start_sandbox(directory: Path, *args: str, timeout: float = 30) -> Running:
     """Start ``clustermesh sandbox up --dir directory --time-scale 0 <args>`` and wait for ``ready``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "clustermesh.cli", "sandbox", "up", "--dir", str(directory)]
-        + ["--time-scale", "0", *args],
+        [sys.executable, "-m", "cli.app", "sandbox", "up", "--dir", str(directory)] + ["--time-scale", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

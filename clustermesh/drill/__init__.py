@@ -24,12 +24,12 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.cilium_output import Service, parse_service_list
+from clustermesh.cilium.output import Service, parse_service_list
+from clustermesh.cilium.profiles import CiliumProfile, profile_for
 from clustermesh.errors import ClusterMeshError, ConflictError, DrillError, KubeApiError, WaitTimeoutError
-from clustermesh.kube import ExecOutput, wait_for
-from clustermesh.models import ClusterFacts
-from clustermesh.profiles import CiliumProfile, profile_for
+from clustermesh.kube.client import ExecOutput, wait_for
 from clustermesh.spec import DrillSettings, MeshSpec
+from clustermesh.steps.models import ClusterFacts
 
 __all__ = [
     "AGENT_CONTAINER",

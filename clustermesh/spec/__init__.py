@@ -28,8 +28,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clustermesh.cilium.profiles import SUPPORTED_LINES, CaMode, CiliumProfile, TlsMethod, profile_for
 from clustermesh.errors import SpecError, SpecProblem, UnsupportedVersionError
-from clustermesh.profiles import SUPPORTED_LINES, CaMode, CiliumProfile, TlsMethod, profile_for
 
 __all__ = [
     "CiliumSettings",

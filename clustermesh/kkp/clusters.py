@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import SpecError, SpecProblem, WaitTimeoutError
-from clustermesh.kkp import (
+from clustermesh.kkp.api import (
     REQUIRED_HEALTH,
     KkpApiError,
     KkpClient,
@@ -33,7 +34,6 @@ from clustermesh.kkp import (
     health_problems,
     lookup_by_name,
 )
-from clustermesh.profiles import parse_cilium_version
 from clustermesh.spec import ClusterSpec, KkpSettings, MeshSpec
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -12,11 +12,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from clustermesh.cilium.profiles import parse_cilium_version, profile_for
 from clustermesh.errors import ConflictError, InstallFailedError
-from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts, StepChange
-from clustermesh.profiles import parse_cilium_version, profile_for
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.values import (
     CaMaterial,
     PeerEntry,

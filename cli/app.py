@@ -159,8 +159,8 @@ def setup(
 
     spec = _load(config)
     if plan:
-        from clustermesh.credentials import open_cluster
-        from clustermesh.plan import plan_setup
+        from clustermesh.kube.credentials import open_cluster
+        from clustermesh.steps.plan import plan_setup
 
         try:
             result = plan_setup(spec, lambda c: open_cluster(c, request_timeout=spec.timeouts.api))
@@ -200,7 +200,7 @@ def clusters_create(
     spec = _load(config)
     try:
         if plan:
-            from clustermesh.clusters import plan_user_clusters
+            from clustermesh.kkp.clusters import plan_user_clusters
 
             typer.echo(plan_user_clusters(spec).describe())
             return

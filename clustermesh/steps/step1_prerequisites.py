@@ -12,11 +12,11 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from clustermesh.cilium.profiles import parse_cilium_version, profile_for
 from clustermesh.errors import NotFoundError, PrerequisiteError
-from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts
-from clustermesh.profiles import parse_cilium_version, profile_for
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.models import ClusterFacts
 from clustermesh.values import read_values
 
 KPR_ON = ("true", "strict")
@@ -176,7 +176,7 @@ def check_kkp_prerequisites(
     cluster: ClusterSpec, *, load_secret: Callable[[str], str] | None = None, request_timeout: float = 30.0
 ) -> None:
     """Step 1 on the KKP side: read the cluster's KKP object and refuse what Cluster Mesh cannot use."""
-    from clustermesh import kkp
+    from clustermesh.kkp import api as kkp
 
     with kkp.client_for(cluster, load_secret=load_secret, timeout=request_timeout) as api:
         found = kkp.find_cluster(api, cluster)
@@ -184,12 +184,12 @@ def check_kkp_prerequisites(
 
 
 def check_kkp_cluster(cluster: ClusterSpec, found: Any) -> None:
-    """The KKP Cluster object (a ``clustermesh.kkp.KkpCluster``): Cilium ≥1.13, ebpf, the expected pod CIDRs.
+    """The KKP Cluster object (a ``clustermesh.kkp.api.KkpCluster``): Cilium ≥1.13, ebpf, the expected pod CIDRs.
 
     What the user cluster shows can lag or hide these (e.g. kube-proxy replacement is read from values
     KKP may rewrite); the KKP object is where they are decided, and they are immutable there.
     """
-    from clustermesh.clusters import cluster_problems
+    from clustermesh.kkp.clusters import cluster_problems
 
     problems = cluster_problems(found, cluster)
     if problems:

@@ -26,9 +26,9 @@ from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.cilium_output import HealthNode, HealthStatus, parse_health
+from clustermesh.cilium.output import HealthNode, HealthStatus, parse_health
 from clustermesh.errors import ClusterMeshError, MeshUnhealthyError
-from clustermesh.kube import ExecOutput
+from clustermesh.kube.client import ExecOutput
 
 __all__ = [
     "AGENT_CONTAINER",

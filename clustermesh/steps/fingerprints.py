@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from clustermesh.endpoints import NAMESPACE, REMOTE_CERT, SERVICE
-from clustermesh.kube import ClusterClient
-from clustermesh.profiles import profile_for
+from clustermesh.cilium.profiles import profile_for
+from clustermesh.kube.client import ClusterClient
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE
 
 
 def _rv(obj: dict[str, Any] | None) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clustermesh.errors import KubeconfigError
-from clustermesh.kube import ClusterClient
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec
 
 SecretLoader = Callable[[str], str]
@@ -73,7 +73,7 @@ def _from_file(name: str, path: Path, context: str | None, timeout: float) -> Cl
 
 
 def _from_kkp(cluster: ClusterSpec, timeout: float, load_secret: SecretLoader | None) -> ClusterClient:
-    from clustermesh import kkp
+    from clustermesh.kkp import api as kkp
 
     with kkp.client_for(cluster, load_secret=load_secret, timeout=timeout) as api:
         found = kkp.find_cluster(api, cluster)

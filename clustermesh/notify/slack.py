@@ -28,6 +28,7 @@ from slack_sdk.http_retry.handler import RetryHandler
 from slack_sdk.web import WebClient
 from slack_sdk.webhook import WebhookClient
 
+from clustermesh.checks.findings import Finding
 from clustermesh.errors import SlackConfigError
 
 __all__ = [
@@ -114,17 +115,6 @@ if not any(isinstance(f, _ScrubSecrets) for f in _sdk_log.filters):
 Status = Literal["PASS", "WARN", "FAIL", "RUNNING"]
 _STATUS_WORD: dict[str, str] = {"PASS": "PASSED", "WARN": "WARNINGS", "FAIL": "FAILED", "RUNNING": "RUNNING"}
 _LEVEL_WORD: dict[str, str] = {"failure": "FAILURE", "warning": "WARNING", "ok": "OK"}
-
-
-class Finding(BaseModel):
-    """One check result; warnings and failures are listed in the summary, ``ok`` ones only counted."""
-
-    model_config = ConfigDict(frozen=True)
-
-    level: Literal["ok", "warning", "failure"]
-    subject: str
-    reason: str
-    fix: str = ""
 
 
 class Summary(BaseModel):

@@ -15,11 +15,11 @@ from typing import Any
 from pydantic import SecretStr
 
 from clustermesh.certs import issued_by, key_matches, load_cert, load_private_key
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import CertificateError, EndpointError, WaitTimeoutError
-from clustermesh.kube import ClusterClient
-from clustermesh.models import ClusterFacts, MeshEndpoint
-from clustermesh.profiles import profile_for
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint
 
 NAMESPACE = "kube-system"
 SERVICE = "clustermesh-apiserver"

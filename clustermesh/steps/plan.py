@@ -11,14 +11,14 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.endpoints import collect_mesh_endpoint
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import WaitTimeoutError
-from clustermesh.kube import ClusterClient
-from clustermesh.mesh_config import plan_mesh_values
-from clustermesh.models import ClusterFacts, MeshEndpoint
-from clustermesh.prerequisites import check_mesh_prerequisites, check_prerequisites
-from clustermesh.profiles import profile_for
+from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts
+from clustermesh.steps.models import ClusterFacts, MeshEndpoint
+from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites
+from clustermesh.steps.step2_4_6_mesh_values import plan_mesh_values
+from clustermesh.steps.step3_5_endpoints import collect_mesh_endpoint
 
 
 class ClusterPlan(BaseModel):

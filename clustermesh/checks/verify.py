@@ -1,6 +1,6 @@
 """The nightly verification: read-only checks that a finished mesh is still what the spec implies.
 
-Every check turns what it sees into :class:`~clustermesh.slack.Finding`s (ok / warning / failure, one
+Every check turns what it sees into :class:`~clustermesh.notify.slack.Finding`s (ok / warning / failure, one
 line of reason, what to do), so the nightly flow hands them to Slack unchanged. Nothing here writes:
 a drift is reported with "run the setup again", because the setup writes only what differs.
 
@@ -17,14 +17,15 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Protocol, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.certs import cert_info, issued_by, key_matches, load_cert, load_private_key
-from clustermesh.endpoints import NAMESPACE, REMOTE_CERT, SERVICE, service_address
+from clustermesh.checks.findings import Finding, Verdict, fail, ok, overall, warn
+from clustermesh.cilium.profiles import CaMode, CiliumProfile, parse_cilium_version, profile_for
 from clustermesh.errors import (
     CertificateError,
     ClusterMeshError,
@@ -32,13 +33,12 @@ from clustermesh.errors import (
     PrerequisiteError,
     SpecError,
 )
-from clustermesh.kube import ClusterClient, is_transient
-from clustermesh.mesh_config import install_state
-from clustermesh.models import ClusterFacts
-from clustermesh.prerequisites import check_mesh_prerequisites, check_prerequisites
-from clustermesh.profiles import CaMode, CiliumProfile, parse_cilium_version, profile_for
-from clustermesh.slack import Finding
+from clustermesh.kube.client import ClusterClient, is_transient
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.models import ClusterFacts
+from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites
+from clustermesh.steps.step2_4_6_mesh_values import install_state
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE, service_address
 from clustermesh.values import CLUSTERS_PATH, legacy_paths_to_remove, read_values, render_mesh_values
 
 __all__ = [
@@ -60,7 +60,6 @@ ADMIN_CERT = "clustermesh-apiserver-admin-cert"
 LEAF_CERTS: tuple[str, ...] = (SERVER_CERT, REMOTE_CERT, ADMIN_CERT)
 """The leaf certificates every meshed cluster has (reference/cilium.md §1.3)."""
 
-Verdict = Literal["PASS", "WARN", "FAIL"]
 
 RERUN_SETUP = "run the setup again (clustermesh setup); it writes only what differs"
 _MAX_REASON = 300
@@ -90,28 +89,6 @@ class VerifyClient(Protocol):
 
 
 # --------------------------------------------------------------------------------------- verdicts
-
-
-def overall(findings: Iterable[Finding]) -> Verdict:
-    """The run's verdict for the Slack header: any failure fails it, else any warning warns."""
-    levels = {f.level for f in findings}
-    if "failure" in levels:
-        return "FAIL"
-    if "warning" in levels:
-        return "WARN"
-    return "PASS"
-
-
-def _ok(subject: str, reason: str) -> Finding:
-    return Finding(level="ok", subject=subject, reason=reason)
-
-
-def _warn(subject: str, reason: str, fix: str) -> Finding:
-    return Finding(level="warning", subject=subject, reason=reason, fix=fix)
-
-
-def _fail(subject: str, reason: str, fix: str) -> Finding:
-    return Finding(level="failure", subject=subject, reason=reason, fix=fix)
 
 
 def _redact_run(match: re.Match[str]) -> str:
@@ -182,24 +159,22 @@ def check_reachability_and_versions(
     for cluster in spec.clusters:
         client = clients.get(cluster.name)
         if client is None:
-            findings.append(
-                _fail(cluster.name, "no client for this cluster", "check clusters[].kubeconfig in the spec")
-            )
+            findings.append(fail(cluster.name, "no client for this cluster", "check clusters[].kubeconfig in the spec"))
             continue
         try:
             # check_prerequisites only reads what VerifyClient offers; it is typed for the real client.
             found = check_prerequisites(cast(ClusterClient, client), cluster, spec)
         except ClusterMeshError as exc:
             reason, fix = _error_parts(exc)
-            findings.append(_fail(cluster.name, reason, fix))
+            findings.append(fail(cluster.name, reason, fix))
             continue
         facts[cluster.name] = found
-        findings.append(_ok(cluster.name, _versions(found)))
+        findings.append(ok(cluster.name, _versions(found)))
         if found.detected_cilium_version and found.cilium_version != found.detected_cilium_version:
             detected_line = parse_cilium_version(found.detected_cilium_version).line
             if detected_line != found.profile_line:
                 findings.append(
-                    _warn(
+                    warn(
                         cluster.name,
                         f"the spec says Cilium {found.cilium_version}, the cluster runs "
                         f"{found.detected_cilium_version}: values are judged for the wrong version line",
@@ -211,10 +186,10 @@ def check_reachability_and_versions(
             warnings = check_mesh_prerequisites(list(facts.values()))
         except PrerequisiteError as exc:
             reason, fix = _error_parts(exc)
-            findings.append(_fail(exc.cluster, reason, fix))
+            findings.append(fail(exc.cluster, reason, fix))
         else:
             findings.extend(
-                _warn("mesh", _safe_text(w), "upgrade the older clusters one minor at a time") for w in warnings
+                warn("mesh", _safe_text(w), "upgrade the older clusters one minor at a time") for w in warnings
             )
     return facts, findings
 
@@ -345,7 +320,7 @@ def check_drift(
             findings.extend(_drift_of(client, found, cluster, spec, profile, ca_mode, peer, shared_ca))
         except ClusterMeshError as exc:
             reason, fix = _error_parts(exc)
-            findings.append(_fail(cluster.name, reason, fix))
+            findings.append(fail(cluster.name, reason, fix))
     return findings
 
 
@@ -424,10 +399,10 @@ def _drift_of(
                     f"set {dotted} back to {want!r}, or correct the spec if the cluster really changed; "
                     "changing it live restarts every workload"
                 )
-            findings.append(_fail(name, f"{dotted} is {shown}, the spec implies {want!r}", fix))
+            findings.append(fail(name, f"{dotted} is {shown}, the spec implies {want!r}", fix))
         else:
             findings.append(
-                _warn(
+                warn(
                     name,
                     f"{dotted} is {shown}, the setup writes {want!r}",
                     f"{RERUN_SETUP}; or change the spec if the new value is intended",
@@ -438,14 +413,14 @@ def _drift_of(
         owned_ok = False
         effect = profile.old_ca_key_effect(patch)
         findings.append(
-            _warn(
+            warn(
                 name,
                 f"{'.'.join(path)} is set, which Cilium {facts.cilium_version} {effect} (reference/cilium.md §4)",
                 f"{RERUN_SETUP} (it removes the old key)",
             )
         )
     if owned_ok:
-        findings.append(_ok(name, "cluster name/id and the clustermesh settings are as the setup writes them"))
+        findings.append(ok(name, "cluster name/id and the clustermesh settings are as the setup writes them"))
 
     if ca_mode == "shared" and shared_ca is not None:
         findings.append(_shared_ca_finding(name, values, profile, shared_ca, spec.first.name))
@@ -464,11 +439,11 @@ def _install_finding(name: str, ai: Mapping[str, Any]) -> Finding:
     for kind, cond in (("ManifestsRetrieved", manifests), ("Ready", ready)):
         if isinstance(cond, dict) and cond.get("status") == "False":
             message = _safe_text(str(cond.get("message") or "no message"), 240)
-            return _fail(name, f"cilium ApplicationInstallation {kind}=False ({cond.get('reason')}): {message}", fix)
+            return fail(name, f"cilium ApplicationInstallation {kind}=False ({cond.get('reason')}): {message}", fix)
     state, why = install_state(dict(ai))
     if state == "applied":
-        return _ok(name, f"cilium ApplicationInstallation applied ({why})")
-    return _warn(
+        return ok(name, f"cilium ApplicationInstallation applied ({why})")
+    return warn(
         name,
         f"cilium ApplicationInstallation not applied yet: {_safe_text(why, 200)}",
         "wait for KKP to finish (up to its 10m Helm timeout) and look again; if it stays, check its status",
@@ -485,15 +460,15 @@ def _shared_ca_finding(
     expected, why = shared_ca
     where = ".".join(profile.ca_placement)
     if expected is None:
-        return _fail(name, f"cannot read the shared CA of {first}: {why}", f"check {first}'s CA Secret")
+        return fail(name, f"cannot read the shared CA of {first}: {why}", f"check {first}'s CA Secret")
     present, ca = _get(values, profile.ca_placement)
     if not present or not isinstance(ca, dict) or not ca.get("cert"):
-        return _fail(name, f"no shared CA in {where}", RERUN_SETUP)
+        return fail(name, f"no shared CA in {where}", RERUN_SETUP)
     cert, problem = _try_cert(ca.get("cert"), f"{where}.cert")
     if cert is None:
-        return _fail(name, problem or f"{where}.cert unreadable", RERUN_SETUP)
+        return fail(name, problem or f"{where}.cert unreadable", RERUN_SETUP)
     if not _same_cert(cert, expected):
-        return _fail(
+        return fail(
             name,
             f"{where} holds CA {_fp(cert)}, the shared CA of {first} is {_fp(expected)}",
             f"{RERUN_SETUP}; every cluster must carry {first}'s CA",
@@ -503,10 +478,10 @@ def _shared_ca_finding(
         try:
             key = load_private_key(str(key_data), source=f"{where}.key")
         except CertificateError as exc:
-            return _fail(name, f"{where}.key: {exc.problem}", RERUN_SETUP)
+            return fail(name, f"{where}.key: {exc.problem}", RERUN_SETUP)
         if not key_matches(cert, key):
-            return _fail(name, f"{where}.key does not belong to {where}.cert ({_fp(cert)})", RERUN_SETUP)
-    return _ok(name, f"{where} is the shared CA of {first} ({_fp(cert)})")
+            return fail(name, f"{where}.key does not belong to {where}.cert ({_fp(cert)})", RERUN_SETUP)
+    return ok(name, f"{where} is the shared CA of {first} ({_fp(cert)})")
 
 
 def _peer_findings(
@@ -520,7 +495,7 @@ def _peer_findings(
     present, entries = _get(values, CLUSTERS_PATH)
     where = ".".join(CLUSTERS_PATH)
     if present and entries is not None and not isinstance(entries, list):
-        return [_fail(name, f"{where} is not a list", f"make it a list of peer entries; then {RERUN_SETUP}")]
+        return [fail(name, f"{where} is not a list", f"make it a list of peer entries; then {RERUN_SETUP}")]
     listed = [e for e in entries or [] if isinstance(e, dict)]
     by_name: dict[str, list[dict[str, Any]]] = {}
     for entry in listed:
@@ -529,14 +504,14 @@ def _peer_findings(
     edit = "kubectl edit applicationinstallation cilium -n kube-system"
 
     if "" in by_name:
-        findings.append(_warn(name, f"{len(by_name.pop(''))} entries in {where} have no name", f"remove them ({edit})"))
+        findings.append(warn(name, f"{len(by_name.pop(''))} entries in {where} have no name", f"remove them ({edit})"))
     if name in by_name:
-        findings.append(_fail(name, f"{where} lists the cluster itself", f"remove the entry named {name} ({edit})"))
+        findings.append(fail(name, f"{where} lists the cluster itself", f"remove the entry named {name} ({edit})"))
         del by_name[name]
     for other, items in sorted(by_name.items()):
         if len(items) > 1:
             findings.append(
-                _fail(
+                fail(
                     name,
                     f"peer {other} is listed {len(items)} times in {where}",
                     f"keep one entry named {other} ({edit}), then {RERUN_SETUP}",
@@ -544,7 +519,7 @@ def _peer_findings(
             )
         if other not in expected:
             findings.append(
-                _warn(
+                warn(
                     name,
                     f"unknown peer {other} in {where} (not in the spec)",
                     f"remove the entry if {other} left the mesh ({edit}), or add the cluster to the spec",
@@ -552,7 +527,7 @@ def _peer_findings(
             )
     for other in expected:
         if other not in by_name:
-            findings.append(_fail(name, f"missing peer {other} in {where}", RERUN_SETUP))
+            findings.append(fail(name, f"missing peer {other} in {where}", RERUN_SETUP))
             continue
         # with duplicates, the first entry is the one compared (the duplicate is a failure of its own)
         findings.extend(_entry_findings(name, by_name[other][0], peer(other), ca_mode))
@@ -565,7 +540,7 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
     label = f"the entry for {now.name}"
     if now.problem is not None:
         return [
-            _warn(
+            warn(
                 subject,
                 f"{now.name} could not be read, entry not compared: {now.problem}",
                 "see that cluster's finding",
@@ -578,7 +553,7 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
     port = entry.get("port")
     if now.address is None:
         found.append(
-            _warn(
+            warn(
                 subject,
                 f"{now.name}'s Service {NAMESPACE}/{SERVICE} has no address: {label} not compared",
                 f"kubectl get svc {SERVICE} -n {NAMESPACE} in {now.name}",
@@ -586,14 +561,12 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
         )
     elif not ips:
         address = str(entry.get("address") or "")
-        found.append(
-            _fail(subject, f"{label} has no ips" + (f" (address {address!r})" if address else ""), RERUN_SETUP)
-        )
+        found.append(fail(subject, f"{label} has no ips" + (f" (address {address!r})" if address else ""), RERUN_SETUP))
     else:
         live_ips, live_port = now.address
         if sorted(ips) != sorted(live_ips) or not _equal(port, live_port):
             found.append(
-                _fail(
+                fail(
                     subject,
                     f"{label} points at {', '.join(ips)}:{port}, {now.name}'s clustermesh-apiserver is at "
                     f"{', '.join(live_ips)}:{live_port}",
@@ -605,11 +578,11 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
     assert isinstance(tls, dict)
     cert, problem = _try_cert(tls.get("cert"), f"{label}: tls.cert")
     if cert is None:
-        found.append(_fail(subject, problem or f"{label}: tls.cert unreadable", RERUN_SETUP))
+        found.append(fail(subject, problem or f"{label}: tls.cert unreadable", RERUN_SETUP))
     else:
         if now.remote_cert is None:
             found.append(
-                _warn(
+                warn(
                     subject,
                     f"{now.name} has no readable {REMOTE_CERT}: tls.cert not compared",
                     f"see the certificate findings of {now.name}",
@@ -617,7 +590,7 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
             )
         elif not _same_cert(cert, now.remote_cert):
             found.append(
-                _fail(
+                fail(
                     subject,
                     f"stale remote certificate: {label} carries {_fp(cert)}, {now.name} now has "
                     f"{_fp(now.remote_cert)} ({now.name} re-issued its certificate)",
@@ -626,14 +599,14 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
             )
         key_problem = _key_problem(cert, tls.get("key"), f"{label}: tls.key", "tls.cert")
         if key_problem is not None:
-            found.append(_fail(subject, key_problem, RERUN_SETUP))
+            found.append(fail(subject, key_problem, RERUN_SETUP))
 
     if ca_mode == "per-peer":
         found.extend(_ca_cert_findings(subject, label, tls, now))
     if not found:
         address = f"{', '.join(ips)}:{port}"
         found.append(
-            _ok(subject, f"{label} matches {now.name}: {address}, remote certificate {_fp(cert) if cert else '-'}")
+            ok(subject, f"{label} matches {now.name}: {address}, remote certificate {_fp(cert) if cert else '-'}")
         )
     return found
 
@@ -642,10 +615,10 @@ def _ca_cert_findings(subject: str, label: str, tls: Mapping[str, Any], now: _Pe
     """Per-peer CA mode: the entry's caCert must be the peer's CA, the one that verifies its server."""
     ca, problem = _try_cert(tls.get("caCert"), f"{label}: tls.caCert")
     if ca is None:
-        return [_fail(subject, problem or f"{label}: tls.caCert unreadable", RERUN_SETUP)]
+        return [fail(subject, problem or f"{label}: tls.caCert unreadable", RERUN_SETUP)]
     if now.server_cert is not None and not issued_by(now.server_cert, ca):
         return [
-            _fail(
+            fail(
                 subject,
                 f"{label}: tls.caCert {_fp(ca)} does not verify {now.name}'s server certificate "
                 f"(agents fail with 'tls: bad certificate')",
@@ -654,7 +627,7 @@ def _ca_cert_findings(subject: str, label: str, tls: Mapping[str, Any], now: _Pe
         ]
     if now.remote_ca is not None and not _same_cert(ca, now.remote_ca):
         return [
-            _fail(
+            fail(
                 subject,
                 f"{label}: tls.caCert is {_fp(ca)}, {now.name}'s CA is now {_fp(now.remote_ca)}",
                 f"run the setup again to copy {now.name}'s current CA",
@@ -736,7 +709,7 @@ def certificate_report(
             _certs_of(name, client, profile_for(found.cilium_version), warn_days, now, findings, statuses)
         except ClusterMeshError as exc:
             reason, fix = _error_parts(exc)
-            findings.append(_fail(name, reason, fix))
+            findings.append(fail(name, reason, fix))
     return CertificateReport(findings=findings, certificates=statuses)
 
 
@@ -756,14 +729,14 @@ def _validity(
     info = cert_info(cert, now=now)
     until = info.not_after.date().isoformat()
     if info.not_before > now:
-        return [_fail(subject, f"{key} is not valid before {info.not_before.isoformat()}", fix)], info.days_left
+        return [fail(subject, f"{key} is not valid before {info.not_before.isoformat()}", fix)], info.days_left
     if info.not_after <= now:
         ago = math.floor((now - info.not_after).total_seconds() / 86400)
         when = "today" if ago == 0 else f"{ago} day{'s' if ago != 1 else ''} ago"
-        return [_fail(subject, f"{key} expired {when} ({until})", fix)], info.days_left
+        return [fail(subject, f"{key} expired {when} ({until})", fix)], info.days_left
     if info.days_left < warn_days:
         return [
-            _warn(subject, f"{key} expires in {info.days_left} days ({until}; warning below {warn_days})", fix)
+            warn(subject, f"{key} expires in {info.days_left} days ({until}; warning below {warn_days})", fix)
         ], info.days_left
     return [], info.days_left
 
@@ -794,7 +767,7 @@ def _certs_of(
     ca_name = " or ".join(profile.ca_secret_names)
     if ca_found is None:
         findings.append(
-            _fail(
+            fail(
                 cluster,
                 f"no CA Secret ({ca_name}) in {NAMESPACE}",
                 "certgen creates it when the mesh is enabled: check the certgen Job/CronJob, or run the setup",
@@ -809,7 +782,7 @@ def _certs_of(
         secret = client.get_secret(NAMESPACE, secret_name)
         if secret is None:
             findings.append(
-                _fail(
+                fail(
                     subject,
                     f"Secret {NAMESPACE}/{secret_name} is missing",
                     "certgen has not created it: check the certgen Job/CronJob and the clustermesh-apiserver "
@@ -834,24 +807,24 @@ def _judge_ca(
     fix = _ROTATE_CA.format(secret=secret)
     ca, problem = _try_cert(data.get(cert_key), f"Secret {NAMESPACE}/{secret} {cert_key}")
     if ca is None:
-        findings.append(_fail(subject, problem or "unreadable", fix))
+        findings.append(fail(subject, problem or "unreadable", fix))
         return None
     problems, _days = _validity(subject, cert_key, ca, warn_days, now, fix)
     statuses.append(_status(cluster, secret, cert_key, ca, now))
     if not cert_info(ca, now=now).is_ca:
-        problems.append(_fail(subject, f"{cert_key} is not a CA (basicConstraints CA is not set)", fix))
+        problems.append(fail(subject, f"{cert_key} is not a CA (basicConstraints CA is not set)", fix))
     if data.get(key_key):
         try:
             key = load_private_key(str(data[key_key]), source=f"Secret {NAMESPACE}/{secret} {key_key}")
         except CertificateError as exc:
-            problems.append(_fail(subject, f"Secret {NAMESPACE}/{secret} {key_key}: {exc.problem}", fix))
+            problems.append(fail(subject, f"Secret {NAMESPACE}/{secret} {key_key}: {exc.problem}", fix))
         else:
             if not key_matches(ca, key):
-                problems.append(_fail(subject, f"{key_key} does not belong to {cert_key} ({_fp(ca)})", fix))
+                problems.append(fail(subject, f"{key_key} does not belong to {cert_key} ({_fp(ca)})", fix))
     findings.extend(problems)
     if not problems:
         info = cert_info(ca, now=now)
-        findings.append(_ok(subject, f"CA {_fp(ca)} valid until {info.not_after.date()} ({info.days_left} days left)"))
+        findings.append(ok(subject, f"CA {_fp(ca)} valid until {info.not_after.date()} ({info.days_left} days left)"))
     return ca
 
 
@@ -870,19 +843,19 @@ def _judge_leaf(
     source = f"Secret {NAMESPACE}/{secret}"
     cert, problem = _try_cert(data.get("tls.crt"), f"{source} tls.crt")
     if cert is None:
-        findings.append(_fail(subject, problem or "unreadable", _REISSUE))
+        findings.append(fail(subject, problem or "unreadable", _REISSUE))
         return
     problems, _days = _validity(subject, "tls.crt", cert, warn_days, now, _REISSUE)
     statuses.append(_status(cluster, secret, "tls.crt", cert, now))
 
     own_ca, ca_problem = _try_cert(data.get("ca.crt"), f"{source} ca.crt")
     if own_ca is None:
-        problems.append(_fail(subject, ca_problem or "ca.crt unreadable", _REISSUE))
+        problems.append(fail(subject, ca_problem or "ca.crt unreadable", _REISSUE))
     elif not issued_by(cert, own_ca):
-        problems.append(_fail(subject, f"tls.crt was not issued by the CA in its own ca.crt ({_fp(own_ca)})", _REISSUE))
+        problems.append(fail(subject, f"tls.crt was not issued by the CA in its own ca.crt ({_fp(own_ca)})", _REISSUE))
     if cluster_ca is not None and not issued_by(cert, cluster_ca):
         problems.append(
-            _fail(
+            fail(
                 subject,
                 f"tls.crt was not issued by the cluster's CA in {ca_name} ({_fp(cluster_ca)})",
                 "the CA was replaced after this certificate was issued: " + _REISSUE,
@@ -890,12 +863,12 @@ def _judge_leaf(
         )
     key_problem = _key_problem(cert, data.get("tls.key"), f"{source} tls.key", "tls.crt")
     if key_problem is not None:
-        problems.append(_fail(subject, key_problem, _REISSUE))
+        problems.append(fail(subject, key_problem, _REISSUE))
     findings.extend(problems)
     if not problems:
         info = cert_info(cert, now=now)
         findings.append(
-            _ok(
+            ok(
                 subject,
                 f"tls.crt {_fp(cert)} valid until {info.not_after.date()} ({info.days_left} days left), "
                 f"issued by {ca_name}, key matches",

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.health import HealthCell, HealthMatrix
+from clustermesh.steps.step8_health import HealthCell, HealthMatrix
 
 __all__ = [
     "APISERVER_PATH",

@@ -1,0 +1,1 @@
+"""The nightly's checks of a running mesh: drift, certificates, reachability, as findings."""

@@ -1,0 +1,1 @@
+"""KKP's REST API: finding user clusters, fetching their kubeconfigs, creating missing ones."""

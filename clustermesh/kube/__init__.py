@@ -1,0 +1,1 @@
+"""Talking to a cluster: the Kubernetes client adapter and the credentials that open it."""

@@ -1,0 +1,1 @@
+"""Telling people: the Slack adapter and the messages it posts."""
