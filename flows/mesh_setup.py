@@ -21,7 +21,7 @@ from prefect.runtime import deployment
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
-from clustermesh.cilium.profiles import profile_for
+from clustermesh.cilium import profile_for
 from clustermesh.errors import ClusterMeshError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange

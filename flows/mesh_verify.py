@@ -19,10 +19,9 @@ from prefect.states import Completed, Failed
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks.findings import Finding
-from clustermesh.checks.verify import Verdict, nearest_expiry_days, overall
+from clustermesh.checks import Finding, Verdict, nearest_expiry_days, overall
 from clustermesh.drill import DrillResult
-from clustermesh.notify.slack import PostResult, Summary, render_plain
+from clustermesh.notify import PostResult, Summary, render_plain
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix
 from flows.failover_drill import failover_drill

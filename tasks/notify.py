@@ -17,7 +17,7 @@ from prefect.blocks.system import Secret
 from prefect.client.schemas.objects import FlowRun, State
 
 from clustermesh.errors import ClusterMeshError
-from clustermesh.notify.slack import Alert, Notifier, PostResult, SlackTarget, alert_text, resolve_target
+from clustermesh.notify import Alert, Notifier, PostResult, SlackTarget, alert_text, resolve_target
 from clustermesh.spec import MeshSpec
 
 

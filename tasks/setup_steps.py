@@ -14,8 +14,7 @@ from prefect.blocks.system import Secret
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
-from clustermesh.kube.client import ClusterClient, is_transient
-from clustermesh.kube.credentials import open_cluster
+from clustermesh.kube import ClusterClient, is_transient, open_cluster
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import step1_prerequisites as prerequisites
 from clustermesh.steps import step2_4_6_mesh_values as mesh_config

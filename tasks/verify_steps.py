@@ -8,10 +8,10 @@ from contextlib import contextmanager
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from clustermesh.checks import verify
-from clustermesh.checks.findings import Finding
+from clustermesh import checks
+from clustermesh.checks import Finding
 from clustermesh.errors import MeshUnhealthyError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import step7_reachability as reachability
 from clustermesh.steps import step8_health as health
@@ -26,7 +26,7 @@ def retry_transient_errors() -> Iterator[None]:
     """Transient API errors fail the attempt while retries are left; the last attempt records them."""
     from prefect.runtime import task_run
 
-    with verify.transient_errors_raise(task_run.run_count <= COMMON["retries"]):
+    with checks.transient_errors_raise(task_run.run_count <= COMMON["retries"]):
         yield
 
 
@@ -45,19 +45,19 @@ def all_clients(spec: MeshSpec) -> Iterator[dict[str, ClusterClient]]:
 @task(name="Check reachability and versions", **READ_ONLY)
 def check_reachability_and_versions(spec: MeshSpec) -> tuple[dict[str, ClusterFacts], list[Finding]]:
     with all_clients(spec) as clients, retry_transient_errors():
-        return verify.check_reachability_and_versions(clients, spec)
+        return checks.check_reachability_and_versions(clients, spec)
 
 
 @task(name="Check drift", **READ_ONLY)
 def check_drift(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> list[Finding]:
     with all_clients(spec) as clients, retry_transient_errors():
-        return verify.check_drift(clients, facts, spec)
+        return checks.check_drift(clients, facts, spec)
 
 
 @task(name="Check certificates", **READ_ONLY)
-def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> verify.CertificateReport:
+def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> checks.CertificateReport:
     with all_clients(spec) as clients, retry_transient_errors():
-        return verify.certificate_report(clients, facts)
+        return checks.certificate_report(clients, facts)
 
 
 @task(name="Check mesh health", **READ_ONLY)
