@@ -157,47 +157,174 @@ class CiliumProfile:
         return value in self.max_connected_clusters_options
 
 
-def _profile(minor: int) -> CiliumProfile:
-    """Build one line's profile from the version matrix; kept in one place so the table stays readable."""
-    return CiliumProfile(
-        line=f"1.{minor}",
-        agent_cli="cilium" if minor <= 14 else "cilium-dbg",
-        ca_placement=LEGACY_CA_PATH if minor == 13 else TOP_LEVEL_CA_PATH,
-        supports_per_peer_ca_cert=minor >= 14,
-        default_ca_mode="shared" if minor == 13 else "per-peer",
-        ca_secret_names={
-            13: ("clustermesh-apiserver-ca-cert", "cilium-ca"),
-            14: ("cilium-ca", "clustermesh-apiserver-ca-cert"),
-        }.get(minor, ("cilium-ca",)),
-        peer_tls_required=minor == 13,
-        certgen_is_helm_hook=14 <= minor <= 18,
-        safe_tls_method_under_kkp="helm" if 14 <= minor <= 18 else "cronJob",
-        old_ca_key_rejected_from_patch={13: None, 14: None, 15: 8, 16: 2}.get(minor, 0),
-        old_ca_key_ignored=minor in (15, 16),
-        annotation_prefixes_read=("io.cilium/",) if minor == 13 else ("io.cilium/", "service.cilium.io/"),
-        none_affinity_drops_remote=minor >= 18,
-        preferred_marker_reliable=minor < 18,
-        health_layout=(
-            "probe-time"
-            if minor <= 16
-            else "cluster-health-table"
-            if minor == 17
-            else "cluster-health-table-probe-interval"
-        ),
-        service_list_has_protocol=minor >= 17,
-        status_header="clusters ready" if minor <= 15 else "remote clusters ready",
-        max_connected_clusters_options=(255,) if minor <= 14 else (255, 511),
-        name_format_enforced=minor >= 16,
-        kvstoremesh_default=minor >= 16,
-        unverified=(
-            ("old CA key rule", "health layout", "status header", "none-affinity bug", "name format")
-            if minor == 19
-            else ()
-        ),
-    )
+# One row per line, every fact spelled out; the comment above a row says what changed from the row before.
+# Supporting a new line is adding its row (and its facts' sources to reference/cilium.md).
+_ROWS: tuple[CiliumProfile, ...] = (
+    # The old KKP guide's line: one shared CA under the old key, ``tls`` on every peer entry.
+    CiliumProfile(
+        line="1.13",
+        agent_cli="cilium",
+        ca_placement=LEGACY_CA_PATH,
+        supports_per_peer_ca_cert=False,
+        default_ca_mode="shared",
+        ca_secret_names=("clustermesh-apiserver-ca-cert", "cilium-ca"),
+        peer_tls_required=True,
+        certgen_is_helm_hook=False,
+        safe_tls_method_under_kkp="cronJob",
+        old_ca_key_rejected_from_patch=None,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/",),
+        none_affinity_drops_remote=False,
+        preferred_marker_reliable=True,
+        health_layout="probe-time",
+        service_list_has_protocol=False,
+        status_header="clusters ready",
+        max_connected_clusters_options=(255,),
+        name_format_enforced=False,
+        kvstoremesh_default=False,
+    ),
+    # Per-peer ``caCert``, top-level ``tls.ca``, ``cilium-ca`` first, certgen a Helm hook, new annotations.
+    CiliumProfile(
+        line="1.14",
+        agent_cli="cilium",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca", "clustermesh-apiserver-ca-cert"),
+        peer_tls_required=False,
+        certgen_is_helm_hook=True,
+        safe_tls_method_under_kkp="helm",
+        old_ca_key_rejected_from_patch=None,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=False,
+        preferred_marker_reliable=True,
+        health_layout="probe-time",
+        service_list_has_protocol=False,
+        status_header="clusters ready",
+        max_connected_clusters_options=(255,),
+        name_format_enforced=False,
+        kvstoremesh_default=False,
+    ),
+    # ``cilium-dbg``, only ``cilium-ca``, old CA key ignored then rejected from 1.15.8, 511 clusters.
+    CiliumProfile(
+        line="1.15",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=True,
+        safe_tls_method_under_kkp="helm",
+        old_ca_key_rejected_from_patch=8,
+        old_ca_key_ignored=True,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=False,
+        preferred_marker_reliable=True,
+        health_layout="probe-time",
+        service_list_has_protocol=False,
+        status_header="clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=False,
+        kvstoremesh_default=False,
+    ),
+    # Old CA key rejected from 1.16.2, "remote clusters ready", name rule enforced, KVStoreMesh on.
+    CiliumProfile(
+        line="1.16",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=True,
+        safe_tls_method_under_kkp="helm",
+        old_ca_key_rejected_from_patch=2,
+        old_ca_key_ignored=True,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=False,
+        preferred_marker_reliable=True,
+        health_layout="probe-time",
+        service_list_has_protocol=False,
+        status_header="remote clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=True,
+        kvstoremesh_default=True,
+    ),
+    # Old CA key rejected on every patch, health table layout, ``/TCP`` on service-list addresses.
+    CiliumProfile(
+        line="1.17",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=True,
+        safe_tls_method_under_kkp="helm",
+        old_ca_key_rejected_from_patch=0,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=False,
+        preferred_marker_reliable=True,
+        health_layout="cluster-health-table",
+        service_list_has_protocol=True,
+        status_header="remote clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=True,
+        kvstoremesh_default=True,
+    ),
+    # ``affinity: none`` drops remote backends, ``(preferred)`` on every backend, probe interval shown.
+    CiliumProfile(
+        line="1.18",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=True,
+        safe_tls_method_under_kkp="helm",
+        old_ca_key_rejected_from_patch=0,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=True,
+        preferred_marker_reliable=False,
+        health_layout="cluster-health-table-probe-interval",
+        service_list_has_protocol=True,
+        status_header="remote clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=True,
+        kvstoremesh_default=True,
+    ),
+    # certgen no longer a Helm hook, so the guide's cronJob is safe again; the rest assumed as 1.18.
+    CiliumProfile(
+        line="1.19",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=False,
+        safe_tls_method_under_kkp="cronJob",
+        old_ca_key_rejected_from_patch=0,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=True,
+        preferred_marker_reliable=False,
+        health_layout="cluster-health-table-probe-interval",
+        service_list_has_protocol=True,
+        status_header="remote clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=True,
+        kvstoremesh_default=True,
+        unverified=("old CA key rule", "health layout", "status header", "none-affinity bug", "name format"),
+    ),
+)
 
-
-PROFILES: dict[str, CiliumProfile] = {p.line: p for p in (_profile(m) for m in range(13, 20))}
+PROFILES: dict[str, CiliumProfile] = {profile.line: profile for profile in _ROWS}
 SUPPORTED_LINES: tuple[str, ...] = tuple(PROFILES)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import fields
 
 import pytest
 
@@ -15,6 +16,71 @@ LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19"]
 def test_every_line_from_1_13_to_1_19_has_a_profile() -> None:
     assert list(SUPPORTED_LINES) == LINES
     assert all(PROFILES[line].line == line for line in LINES)
+    assert [profile.minor for profile in PROFILES.values()] == list(range(13, 20))
+
+
+def _thresholds(minor: int) -> dict[str, object]:
+    """The version comparisons the table of rows replaced, kept here to prove every row says the same."""
+    return {
+        "line": f"1.{minor}",
+        "agent_cli": "cilium" if minor <= 14 else "cilium-dbg",
+        "ca_placement": ("clustermesh", "apiserver", "tls", "ca") if minor == 13 else ("tls", "ca"),
+        "supports_per_peer_ca_cert": minor >= 14,
+        "default_ca_mode": "shared" if minor == 13 else "per-peer",
+        "ca_secret_names": {
+            13: ("clustermesh-apiserver-ca-cert", "cilium-ca"),
+            14: ("cilium-ca", "clustermesh-apiserver-ca-cert"),
+        }.get(minor, ("cilium-ca",)),
+        "peer_tls_required": minor == 13,
+        "certgen_is_helm_hook": 14 <= minor <= 18,
+        "safe_tls_method_under_kkp": "helm" if 14 <= minor <= 18 else "cronJob",
+        "old_ca_key_rejected_from_patch": {13: None, 14: None, 15: 8, 16: 2}.get(minor, 0),
+        "old_ca_key_ignored": minor in (15, 16),
+        "annotation_prefixes_read": ("io.cilium/",) if minor == 13 else ("io.cilium/", "service.cilium.io/"),
+        "none_affinity_drops_remote": minor >= 18,
+        "preferred_marker_reliable": minor < 18,
+        "health_layout": (
+            "probe-time"
+            if minor <= 16
+            else "cluster-health-table"
+            if minor == 17
+            else "cluster-health-table-probe-interval"
+        ),
+        "service_list_has_protocol": minor >= 17,
+        "status_header": "clusters ready" if minor <= 15 else "remote clusters ready",
+        "max_connected_clusters_options": (255,) if minor <= 14 else (255, 511),
+        "name_format_enforced": minor >= 16,
+        "kvstoremesh_default": minor >= 16,
+        "unverified": (
+            ("old CA key rule", "health layout", "status header", "none-affinity bug", "name format")
+            if minor == 19
+            else ()
+        ),
+    }
+
+
+@pytest.mark.parametrize("minor", range(13, 20))
+def test_each_row_agrees_with_the_version_thresholds_it_replaced(minor: int) -> None:
+    profile = PROFILES[f"1.{minor}"]
+    assert {f.name: getattr(profile, f.name) for f in fields(profile)} == _thresholds(minor)
+
+
+@pytest.mark.parametrize("line", LINES)
+def test_every_patch_of_a_line_gets_its_row_and_a_patch_rule_that_matches(line: str) -> None:
+    expected = _thresholds(int(line.split(".")[1]))
+    rejected_from = expected["old_ca_key_rejected_from_patch"]
+    assert rejected_from is None or isinstance(rejected_from, int)
+    for patch in [None, *range(40)]:
+        version = line if patch is None else f"{line}.{patch}"
+        profile = profile_for(version)
+        assert profile is PROFILES[line]
+        if rejected_from is None:
+            effect = "used"
+        elif patch is None or patch >= rejected_from:
+            effect = "rejected"
+        else:
+            effect = "ignored" if expected["old_ca_key_ignored"] else "used"
+        assert profile.old_ca_key_effect(patch) == effect, version
 
 
 @pytest.mark.parametrize("text", ["1.16", "1.16.9", "v1.16.9", " 1.16.9 ", "1.16.0-rc.1", "v1.16.3+build.7"])
