@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import SecretStr
 
+from clustermesh.errors import RegistrationError
 from clustermesh.spec import MeshSpec
 
 DEPLOYMENT_TAG = "clustermesh"
@@ -44,10 +45,6 @@ WEBHOOK_PAYLOAD = (
     ' ~ flow_run.state.name ~ ": " ~ (flow_run.state.message or "no message") ~ " " ~ (flow_run|ui_url))'
     " | tojson }}}"
 )
-
-
-class RegistrationError(Exception):
-    """A reference that cannot be registered; the message names it and the fix."""
 
 
 @dataclass

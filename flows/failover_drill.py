@@ -21,7 +21,7 @@ from prefect.context import FlowRunContext
 from clustermesh.drill import DrillPhase, DrillResult, run_drill
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
-from flows.mesh_setup import mesh_lock
+from flows.locking import mesh_lock
 from tasks.notify import alert_on_failure
 from tasks.verify_steps import all_clients, check_reachability_and_versions
 

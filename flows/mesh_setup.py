@@ -6,29 +6,24 @@ cluster ends up with all the others as peers. Each step is a task named like the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
-from prefect.concurrency.sync import concurrency
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from prefect.runtime import deployment
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
 from clustermesh.cilium import profile_for
-from clustermesh.errors import ClusterMeshError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
 from clustermesh.steps.plan import SetupPlan, plan_setup
 from clustermesh.steps.step7_reachability import FirewallReport, rules_table
 from clustermesh.steps.step8_health import HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry
+from flows.locking import mesh_lock
 from tasks import setup_steps
 from tasks.notify import alert_on_failure
 from tasks.results import RESULT_KEY_ENV, caching_enabled, owner_only_files
@@ -59,47 +54,6 @@ class SetupResult(BaseModel):
             lines.append(f"  {change.step}: {change.describe()}")
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------- one run per mesh at a time
-
-LOCK_WAIT_SECONDS = 3600.0  # how long a run waits for another setup / nightly of the same mesh
-
-
-class MeshBusyError(ClusterMeshError):
-    """Another setup or nightly run holds the mesh, or the mesh's concurrency limit is missing."""
-
-
-def mesh_lock_name(spec: MeshSpec) -> str:
-    return f"mesh-{spec.name}"
-
-
-@contextmanager
-def mesh_lock(spec: MeshSpec, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-    """Hold the mesh's global concurrency limit (``mesh-<name>``, limit 1) shared by setup and nightly.
-
-    Strict when the run comes from a deployment: there a missing limit is a configuration error
-    (``clustermesh blocks register`` creates it), and running unlimited would let the nightly drill
-    scale down backends in the middle of a setup. Ad-hoc runs (``clustermesh setup``, the demo,
-    tests) have no registered limits, so a missing limit only skips the lock (Prefect logs it).
-    """
-    name = mesh_lock_name(spec)
-    strict = deployment.id is not None
-    with ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=strict))
-        except ConcurrencySlotAcquisitionError as exc:
-            raise MeshBusyError(
-                f"cannot take global concurrency limit {name!r} ({exc}); without it this run could overlap "
-                f"another setup or nightly of mesh {spec.name!r}. If it does not exist, create it with "
-                f"`clustermesh blocks register --config <mesh.yaml>` (or `prefect gcl create {name} --limit 1`)"
-            ) from None
-        except TimeoutError:
-            raise MeshBusyError(
-                f"another run of mesh {spec.name!r} (setup or nightly verification) held {name!r} for more "
-                f"than {wait_seconds:g}s; see the runs in the Prefect UI and retry once it has finished"
-            ) from None
-        yield
 
 
 # ------------------------------------------------------------------------------ approval gate
@@ -300,4 +254,4 @@ def _plan_artifact(spec: MeshSpec, changes: list[StepChange]) -> None:
     )
 
 
-__all__ = ["MeshBusyError", "SetupApproval", "SetupResult", "cluster_mesh_setup", "mesh_lock"]
+__all__ = ["SetupApproval", "SetupResult", "cluster_mesh_setup"]

@@ -25,7 +25,7 @@ from clustermesh.notify import PostResult, Summary, render_plain
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix
 from flows.failover_drill import failover_drill
-from flows.mesh_setup import mesh_lock
+from flows.locking import mesh_lock
 from tasks import verify_steps
 from tasks.notify import alert_on_failure, log_post, notifier, run_url
 

@@ -12,8 +12,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 
+from clustermesh.errors import KkpTransientError
 from clustermesh.kkp import clusters
-from clustermesh.kkp.api import KkpCluster, KkpTransientError
+from clustermesh.kkp.api import KkpCluster
 from clustermesh.spec import MeshSpec
 from tasks.setup_steps import RETRY_DELAYS, load_secret_block
 

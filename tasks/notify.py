@@ -16,7 +16,7 @@ from prefect import Flow, get_run_logger
 from prefect.blocks.system import Secret
 from prefect.client.schemas.objects import FlowRun, State
 
-from clustermesh.errors import ClusterMeshError
+from clustermesh.errors import ReportedFailure
 from clustermesh.notify import Alert, Notifier, PostResult, SlackTarget, alert_text, resolve_target
 from clustermesh.spec import MeshSpec
 
@@ -57,10 +57,6 @@ def _spec_from(flow_run: FlowRun) -> MeshSpec | None:
         return MeshSpec.model_validate(raw) if raw is not None else None
     except Exception:  # noqa: BLE001 - a hook must alert even when the parameters were the problem
         return None
-
-
-class ReportedFailure(ClusterMeshError):
-    """The flow failed after its own summary already told Slack why: hooks do not alert twice."""
 
 
 def alert_on_failure(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:

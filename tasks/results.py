@@ -19,13 +19,9 @@ from typing import Any, Literal
 from cryptography.fernet import Fernet, InvalidToken
 from prefect.serializers import PickleSerializer, Serializer
 
-from clustermesh.errors import ClusterMeshError
+from clustermesh.errors import ResultKeyError
 
 RESULT_KEY_ENV = "CLUSTERMESH_RESULT_KEY"
-
-
-class ResultKeyError(ClusterMeshError):
-    """The result-encryption key is missing or malformed."""
 
 
 def result_key() -> bytes | None:

@@ -18,7 +18,18 @@ from typing import Any
 
 import httpx
 
-from clustermesh.errors import ClusterMeshError
+from clustermesh.errors import (
+    KkpApiError,
+    KkpClusterNotFoundError,
+    KkpForbiddenError,
+    KkpImmutableSettingsError,
+    KkpInvalidRequestError,
+    KkpPoolExhaustedError,
+    KkpProjectNotFoundError,
+    KkpTokenError,
+    KkpTransientError,
+    KkpUnauthorizedError,
+)
 from clustermesh.spec import ClusterSpec, KkpRef
 
 SecretLoader = Callable[[str], str]
@@ -56,91 +67,6 @@ __all__ = [
     "health_problems",
     "resolve_token",
 ]
-
-
-class KkpApiError(ClusterMeshError):
-    """A KKP API call failed or KKP holds something we must not build on; names project, cluster and fix."""
-
-    default_fix = "see KKP's message above"
-
-    def __init__(
-        self,
-        project: str,
-        cluster: str | None,
-        problem: str,
-        *,
-        status: int | None = None,
-        fix: str | None = None,
-    ) -> None:
-        self.project = project
-        self.cluster = cluster
-        self.problem = problem
-        self.status = status
-        self.fix = fix if fix is not None else self.default_fix
-        where = f"KKP project {project!r}" + (f", cluster {cluster!r}" if cluster else "")
-        http = f"HTTP {status}: " if status else ""
-        super().__init__(f"{where}: {http}{problem} — {self.fix}")
-
-
-class KkpTokenError(KkpApiError):
-    """The token reference cannot be resolved (env var unset, no Secret loader); nothing was sent."""
-
-
-class KkpUnauthorizedError(KkpApiError):
-    """401: KKP did not accept the token."""
-
-    default_fix = (
-        "check the KKP API token: it must be a current OIDC token or a project service-account token "
-        "(clusters[].kkp.token_env / token_block)"
-    )
-
-
-class KkpForbiddenError(KkpApiError):
-    """403: the token is valid but may not do this in the project (or admin kubeconfigs are disabled)."""
-
-    default_fix = (
-        "use a token of a project member with editor or owner rights; for kubeconfigs the datacenter must "
-        "not set disableAdminKubeconfig"
-    )
-
-
-class KkpProjectNotFoundError(KkpApiError):
-    """404 for the project: wrong project ID, or a token of another KKP."""
-
-    default_fix = "check clusters[].kkp.project: it is the project ID shown in the KKP dashboard, not its name"
-
-
-class KkpClusterNotFoundError(KkpApiError):
-    """404 for a cluster, or no cluster of that name in the project."""
-
-    default_fix = (
-        "check clusters[].kkp.cluster_id, or remove it to find the cluster by name; "
-        "create missing clusters with `clustermesh clusters create --config <mesh.yaml>`"
-    )
-
-
-class KkpInvalidRequestError(KkpApiError):
-    """400/409/422: KKP refused the request as written; repeating it fails again."""
-
-    default_fix = "fix the settings KKP names (spec.kkp, clusters[].pod_cidrs); nothing was created"
-
-
-class KkpTransientError(KkpApiError):
-    """Unreachable, timed out, 429 or 5xx: the same call may succeed if repeated."""
-
-    default_fix = "the KKP API was unreachable, slow or overloaded; retrying is safe"
-
-
-class KkpImmutableSettingsError(KkpApiError):
-    """An existing cluster has settings that KKP cannot change after creation."""
-
-    default_fix = "these settings cannot be changed after creation: create a new cluster"
-
-
-class KkpPoolExhaustedError(KkpApiError):
-    """The pod CIDR pool has fewer free entries than clusters to create."""
-
-    default_fix = "add non-overlapping /16 networks to kkp.pod_cidr_pool, or give clusters[].pod_cidrs"
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def test_a_drill_started_on_its_own_waits_for_the_mesh_lock_and_the_nightly_dril
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
 
-    from flows.mesh_setup import mesh_lock_name
+    from flows.locking import mesh_lock_name
     from flows.mesh_verify import VerificationResult, nightly_mesh_verification
 
     sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
