@@ -6,11 +6,13 @@ Models that travel between steps never carry key material in clear text fields: 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from clustermesh.certs import fingerprint
+from clustermesh.cilium.profiles import CiliumProfile, profile_for
 from clustermesh.values import CaMaterial, PeerEntry
 
 
@@ -35,6 +37,16 @@ class ClusterFacts(_Frozen):
     current_cluster_id: int | None
     mesh_enabled: bool
     peers_configured: list[str] = Field(description="names in clustermesh.config.clusters today")
+
+    @property
+    def profile(self) -> CiliumProfile:
+        """What this cluster's Cilium line does differently: resolved once per version, not at every use."""
+        return _profile(self.cilium_version)
+
+
+@cache
+def _profile(version: str) -> CiliumProfile:
+    return profile_for(version)
 
 
 class MeshEndpoint(_Frozen):
@@ -93,8 +105,16 @@ class StepChange(_Frozen):
     generation: int
     conflicts_retried: int = 0
     applied: bool = Field(description="KKP reported the installation applied for this generation")
+    install_retried: bool = Field(
+        default=False, description="KKP had given up on the values we wrote; they were handed to it again"
+    )
 
     def describe(self) -> str:
+        if self.install_retried:
+            return (
+                f"{self.cluster}: KKP had given up on the values clustermesh wrote; asked it to install them again "
+                f"({'with changes, ' if self.changed else ''}generation {self.generation})"
+            )
         if not self.changed:
             return f"{self.cluster}: no change"
         verb = "written" if self.written else "planned"

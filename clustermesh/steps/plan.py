@@ -11,14 +11,13 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import WaitTimeoutError
 from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint
 from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites
 from clustermesh.steps.step2_4_6_mesh_values import plan_mesh_values
-from clustermesh.steps.step3_5_endpoints import collect_mesh_endpoint
+from clustermesh.steps.step3_5_endpoints import collect_mesh_endpoint, uses_shared_ca
 
 
 class ClusterPlan(BaseModel):
@@ -52,6 +51,21 @@ class SetupPlan(BaseModel):
                 )
         return "\n".join(lines)
 
+    def render_markdown(self) -> str:
+        """The same plan for the approval artifact in the Prefect UI."""
+        parts = [f"# Plan for mesh `{self.mesh}`: approve to write", ""]
+        parts.extend(f"- warning: {w}" for w in self.warnings)
+        for cluster in self.clusters:
+            parts.extend(["", f"## {cluster.cluster}: {'changes' if cluster.changed else 'no change'}"])
+            if cluster.diff:
+                parts.extend(["```diff", *cluster.diff, "```"])
+            if cluster.pending_peers:
+                parts.append(
+                    f"Pending: entries for {', '.join(cluster.pending_peers)} are added once their "
+                    "clustermesh-apiserver has an address and certificates."
+                )
+        return "\n".join(parts)
+
 
 def _peek(client: ClusterClient, facts: ClusterFacts, spec: MeshSpec, want_ca_key: bool) -> MeshEndpoint | None:
     """An endpoint if it already exists; a plan never waits."""
@@ -72,7 +86,7 @@ def plan_setup(spec: MeshSpec, open_client: Callable[[ClusterSpec], ClusterClien
         facts = {c.name: check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
         warnings = check_mesh_prerequisites(list(facts.values()))
         first = spec.first
-        shared = spec.cilium.resolve(profile_for(facts[first.name].cilium_version)).ca_mode == "shared"
+        shared = uses_shared_ca(spec, facts[first.name])
         endpoints = {
             c.name: _peek(clients[c.name], facts[c.name], spec, shared and c.name == first.name) for c in spec.clusters
         }

@@ -17,6 +17,7 @@ from clustermesh.errors import NotFoundError, PrerequisiteError
 from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
+from clustermesh.steps.step2_4_6_mesh_values import failing_values_are_ours
 from clustermesh.values import read_values
 
 KPR_ON = ("true", "strict")
@@ -146,6 +147,8 @@ def check_mesh_prerequisites(facts: Sequence[ClusterFacts]) -> list[str]:
 
 
 def _refuse_failing_install(name: str, ai: dict[str, Any]) -> None:
+    if failing_values_are_ours(ai):
+        return  # KKP gave up on the values this pipeline wrote: the write steps ask it to try again
     conditions = (ai.get("status") or {}).get("conditions") or {}
     ready = conditions.get("Ready") if isinstance(conditions, dict) else None
     if isinstance(ready, dict) and ready.get("status") == "False":

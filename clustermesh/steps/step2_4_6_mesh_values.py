@@ -5,15 +5,24 @@ Every call computes the desired values (the cluster's current values with our ov
 resourceVersion it read: a 409 means someone else wrote in between, so it reads again and recomputes
 (their unrelated change is kept), never overwrites. Then it waits until KKP reports the installation
 applied for the new generation, and turns a KKP failure into an error with KKP's own message.
+
+Each write also records a digest of the values it wrote in an annotation. When KKP has given up on an
+installation (``InstallationFailed…``: it retries only on a spec change) and the failing values are
+still exactly the ones we wrote, a rerun asks KKP to try again, by rewriting the same values with a
+comment that names the retry (a new generation, the same values), and says so. Values someone else
+changed since are not ours to retry: the run refuses as before.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+from collections.abc import Mapping
 from typing import Any
 
-from clustermesh.cilium.profiles import parse_cilium_version, profile_for
-from clustermesh.errors import ConflictError, InstallFailedError
+from clustermesh.cilium.profiles import parse_cilium_version
+from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts, StepChange
@@ -30,6 +39,8 @@ from clustermesh.values import (
 
 MAX_CONFLICT_RETRIES = 8
 FAILED_REASONS = ("InstallationFailed", "InstallationFailedRetriesExceeded")
+WRITTEN_ANNOTATION = "clustermesh.io/values-sha256"
+"""The digest of the values this pipeline last wrote: failing values with this digest are ours to retry."""
 
 
 def plan_mesh_values(
@@ -42,7 +53,7 @@ def plan_mesh_values(
     shared_ca: CaMaterial | None,
 ) -> ValuesChange:
     """What the values of ``cluster`` must become; pure, so ``--plan`` and the write share it."""
-    profile = profile_for(facts.cilium_version)
+    profile = facts.profile
     current, _field = read_values(ai)
     overlay = render_mesh_values(profile, cluster, spec, shared_ca=shared_ca, peers=peers)
     remove = legacy_paths_to_remove(profile, current, parse_cilium_version(facts.cilium_version).patch)
@@ -62,24 +73,16 @@ def configure_mesh(
 ) -> StepChange:
     """Bring ``cluster``'s mesh values to the desired state and wait for KKP; see the module docstring."""
     conflicts = 0
-    written = False
     while True:
         ai = client.get_application_installation()
-        state, why = install_state(ai)
-        if state == "failed":
-            raise InstallFailedError(
-                cluster.name,
-                f"ApplicationInstallation kube-system/cilium is failing ({why[:300]}); nothing was written on it",
-                fix="repair the installation first (KKP UI → Applications, or its values), then run the setup again",
-            )
+        retry = _failed_install_to_retry(cluster.name, ai)
         _, field = read_values(ai)
         change = plan_mesh_values(ai, facts, cluster, spec, peers=peers, shared_ca=shared_ca)
-        if not change.changed or not write:
+        if not write or not (change.changed or retry):
+            written = False
             break
-        updated = copy.deepcopy(ai)
-        updated.setdefault("spec", {})[field] = dump_values(change.new_values, field)
         try:
-            ai = client.replace_application_installation(updated)
+            ai = client.replace_application_installation(_with_values(ai, change.new_values, field, retry=retry))
         except ConflictError:
             conflicts += 1
             if conflicts > MAX_CONFLICT_RETRIES:
@@ -87,10 +90,8 @@ def configure_mesh(
             continue
         written = True
         break
-    applied = False
     if write:
         ai = wait_applied(client, spec, cluster.name)
-        applied = True
     return StepChange(
         cluster=cluster.name,
         step=step,
@@ -100,8 +101,59 @@ def configure_mesh(
         values_field=field,
         generation=int(ai.get("metadata", {}).get("generation", 0)),
         conflicts_retried=conflicts,
-        applied=applied,
+        applied=write,
+        install_retried=retry is not None and written,
     )
+
+
+def values_digest(values: Mapping[str, Any]) -> str:
+    """A digest of parsed values, independent of key order and of how the YAML was laid out."""
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def failing_values_are_ours(ai: Mapping[str, Any]) -> bool:
+    """KKP gave up on this installation, and its values are still exactly what this pipeline wrote."""
+    if install_state(dict(ai))[0] != "failed":
+        return False
+    recorded = ((ai.get("metadata") or {}).get("annotations") or {}).get(WRITTEN_ANNOTATION)
+    try:
+        values, field = read_values(ai)
+    except ValuesError:
+        return False
+    return field == "valuesBlock" and recorded == values_digest(values)
+
+
+def _failed_install_to_retry(cluster: str, ai: dict[str, Any]) -> str | None:
+    """None while the installation is not failing; KKP's reason when it is and the values are ours; else refuse."""
+    state, why = install_state(ai)
+    if state != "failed":
+        return None
+    if failing_values_are_ours(ai):
+        return why
+    raise InstallFailedError(
+        cluster,
+        f"ApplicationInstallation kube-system/cilium is failing ({why[:300]}); nothing was written on it",
+        fix="repair the installation first (KKP UI → Applications, or its values), then run the setup again",
+    )
+
+
+def _with_values(ai: dict[str, Any], values: Mapping[str, Any], field: Any, *, retry: str | None) -> dict[str, Any]:
+    """The installation with ``values`` in ``field`` and their digest recorded; a retry adds a comment line.
+
+    The comment makes the spec differ (so KKP, which retries only on a spec change, installs again)
+    while the values stay the same; it names the generation, so a second retry differs from the first.
+    """
+    updated = copy.deepcopy(ai)
+    dumped = dump_values(values, field)
+    if retry is not None and isinstance(dumped, str):
+        generation = (ai.get("metadata") or {}).get("generation")
+        dumped += f"# clustermesh: KKP asked to install these values again (generation {generation} had failed)\n"
+    updated.setdefault("spec", {})[field] = dumped
+    annotations = updated.setdefault("metadata", {}).setdefault("annotations", {}) or {}
+    annotations[WRITTEN_ANNOTATION] = values_digest(values)
+    updated["metadata"]["annotations"] = annotations
+    return updated
 
 
 def install_state(ai: dict[str, Any]) -> tuple[str, str]:

@@ -15,7 +15,6 @@ from typing import Any
 from pydantic import SecretStr
 
 from clustermesh.certs import issued_by, key_matches, load_cert, load_private_key
-from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import CertificateError, EndpointError, WaitTimeoutError
 from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import MeshSpec
@@ -65,6 +64,11 @@ def _remote_cert_problem(data: dict[str, str]) -> str | None:
     return None
 
 
+def uses_shared_ca(spec: MeshSpec, first: ClusterFacts) -> bool:
+    """Whether the mesh shares the first cluster's CA (step 3 then reads its key, step 5 waits for it)."""
+    return spec.cilium.resolve(first.profile).ca_mode == "shared"
+
+
 def collect_mesh_endpoint(
     client: ClusterClient,
     facts: ClusterFacts,
@@ -74,11 +78,34 @@ def collect_mesh_endpoint(
     expected_ca: str | None = None,
 ) -> MeshEndpoint:
     """Read one cluster's mesh endpoint, waiting for address and certificates; see the module docstring."""
-    cluster = facts.name
-    profile = profile_for(facts.cilium_version)
-    poll = spec.timeouts.poll_interval
-    nodes = client.list_nodes()
+    svc, (ips, port) = _wait_for_address(client, spec)
+    data = _wait_for_remote_cert(client, facts.name, spec, expected_ca)
+    ca_cert, ca_key, ca_secret = data.get("ca.crt", ""), None, REMOTE_CERT
+    if want_ca_key:
+        ca_cert, key, ca_secret = _read_ca_with_key(client, facts, data["tls.crt"])
+        ca_key = SecretStr(key)
+    if not ca_cert:
+        raise EndpointError(
+            facts.name,
+            f"Secret {NAMESPACE}/{REMOTE_CERT} has no ca.crt",
+            fix="check the certgen version; peers need the CA to verify this cluster's server certificate",
+        )
+    return MeshEndpoint(
+        cluster=facts.name,
+        ips=ips,
+        port=port,
+        service_type=str((svc.get("spec") or {}).get("type")),
+        remote_cert=data["tls.crt"],
+        remote_key=SecretStr(data["tls.key"]),
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        ca_secret=ca_secret,
+    )
 
+
+def _wait_for_address(client: ClusterClient, spec: MeshSpec) -> tuple[dict[str, Any], tuple[list[str], int]]:
+    """The apiserver Service once it has an address peers can reach (LoadBalancer ingress or a nodePort)."""
+    nodes = client.list_nodes()
     svc = client.wait_for(
         lambda: client.get_service(NAMESPACE, SERVICE),
         lambda s: s is not None and service_address(s, nodes) is not None,
@@ -86,12 +113,16 @@ def collect_mesh_endpoint(
         expected=f"an address on Service {NAMESPACE}/{SERVICE}",
         check=f"kubectl get svc {SERVICE} -n {NAMESPACE} (EXTERNAL-IP <pending> means the cluster's "
         "LoadBalancer provider assigns none; cilium.service_type NodePort avoids it)",
-        poll_interval=poll,
+        poll_interval=spec.timeouts.poll_interval,
     )
     assert svc is not None
     address = service_address(svc, nodes)
     assert address is not None
-    ips, port = address
+    return svc, address
+
+
+def _wait_for_remote_cert(client: ClusterClient, cluster: str, spec: MeshSpec, expected_ca: str | None) -> Any:
+    """The remote certificate's Secret data once the pair matches (and, with a shared CA, that CA issued it)."""
 
     def remote_ok(secret: dict[str, Any] | None) -> bool:
         if secret is None or _remote_cert_problem(secret.get("data") or {}) is not None:
@@ -108,7 +139,7 @@ def collect_mesh_endpoint(
             expected=f"Secret {NAMESPACE}/{REMOTE_CERT} with a certificate matching its key"
             + (" and issued by the shared CA" if expected_ca else ""),
             check="the certgen Job/CronJob in kube-system and the clustermesh-apiserver pod's events",
-            poll_interval=poll,
+            poll_interval=spec.timeouts.poll_interval,
             describe=lambda s: _describe_remote(s, expected_ca),
         )
     except WaitTimeoutError as exc:
@@ -122,45 +153,31 @@ def collect_mesh_endpoint(
             ) from None
         raise exc from None
     assert remote is not None
-    data = remote["data"]
+    return remote["data"]
 
-    ca_cert, ca_key, ca_secret = data.get("ca.crt", ""), None, REMOTE_CERT
-    if want_ca_key:
-        for name in profile.ca_secret_names:
-            secret = client.get_secret(NAMESPACE, name)
-            sdata = (secret or {}).get("data") or {}
-            if sdata.get("ca.crt") and sdata.get("ca.key"):
-                ca_cert, ca_key, ca_secret = sdata["ca.crt"], SecretStr(sdata["ca.key"]), name
-                break
-        else:
-            raise EndpointError(
-                cluster,
-                f"no CA with its key in {' or '.join(profile.ca_secret_names)} ({NAMESPACE})",
-                fix="a shared CA needs the key: check certgen created cilium-ca, or use ca_mode per-peer (1.14+)",
-            )
-        if not issued_by(load_cert(data["tls.crt"]), load_cert(ca_cert)):
-            raise EndpointError(
-                cluster,
-                f"the remote certificate was not issued by the CA in {ca_secret}",
-                fix="wait for certgen to re-issue the certificates, or delete the leaf Secrets so it does",
-            )
-    if not ca_cert:
+
+def _read_ca_with_key(client: ClusterClient, facts: ClusterFacts, remote_cert: str) -> tuple[str, str, str]:
+    """(ca.crt, ca.key, Secret name) of the CA that issued the remote certificate: a shared CA needs the key."""
+    profile = facts.profile
+    for name in profile.ca_secret_names:
+        secret = client.get_secret(NAMESPACE, name)
+        sdata = (secret or {}).get("data") or {}
+        if sdata.get("ca.crt") and sdata.get("ca.key"):
+            ca_cert, ca_key, ca_secret = sdata["ca.crt"], sdata["ca.key"], name
+            break
+    else:
         raise EndpointError(
-            cluster,
-            f"Secret {NAMESPACE}/{REMOTE_CERT} has no ca.crt",
-            fix="check the certgen version; peers need the CA to verify this cluster's server certificate",
+            facts.name,
+            f"no CA with its key in {' or '.join(profile.ca_secret_names)} ({NAMESPACE})",
+            fix="a shared CA needs the key: check certgen created cilium-ca, or use ca_mode per-peer (1.14+)",
         )
-    return MeshEndpoint(
-        cluster=cluster,
-        ips=ips,
-        port=port,
-        service_type=str((svc.get("spec") or {}).get("type")),
-        remote_cert=data["tls.crt"],
-        remote_key=SecretStr(data["tls.key"]),
-        ca_cert=ca_cert,
-        ca_key=ca_key,
-        ca_secret=ca_secret,
-    )
+    if not issued_by(load_cert(remote_cert), load_cert(ca_cert)):
+        raise EndpointError(
+            facts.name,
+            f"the remote certificate was not issued by the CA in {ca_secret}",
+            fix="wait for certgen to re-issue the certificates, or delete the leaf Secrets so it does",
+        )
+    return ca_cert, ca_key, ca_secret
 
 
 def _describe_remote(secret: dict[str, Any] | None, expected_ca: str | None) -> str:

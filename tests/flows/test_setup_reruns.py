@@ -142,28 +142,58 @@ def test_a_loadbalancer_that_never_gets_an_address_fails_the_run_naming_the_serv
     assert k["cluster-1"].peer_names() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PrerequisiteError,
-    reason="pipeline gap: once KKP gave up on the pipeline's own values (Helm --wait timed out on the pending "
-    "LoadBalancer, InstallationFailedRetriesExceeded), step 1 refuses the failing installation on every rerun; "
-    "KKP retries only on a spec change, so the mesh never converges without a manual edit",
-)
 def test_a_rerun_converges_once_the_loadbalancer_gets_its_address(
     sandbox_factory: Callable[..., Any], kubes: Kubes
 ) -> None:
+    """KKP gave up on the pipeline's own values (Helm --wait ran out on the pending LoadBalancer,
+    InstallationFailedRetriesExceeded): once the address exists, the rerun makes KKP install them again."""
     sb = sandbox_factory(clusters=2, cilium_version="1.16")
     k = kubes(sb)
     sb.fault("lb-never", cluster="cluster-2", on=True)
     spec = mesh_spec(sb, load_balancer=1.0)
     with pytest.raises(InstallFailedError):
         cluster_mesh_setup(spec)
+    wait_until(
+        "KKP gives up on cluster-2's installation",
+        lambda: (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
+        == "InstallationFailedRetriesExceeded",
+    )
     sb.fault("lb-never", cluster="cluster-2", on=False)
 
     result = cluster_mesh_setup(spec)
 
     assert result.health.healthy, result.health.render_text()
     assert_peers_exactly_once(k)
+    retried = [c for c in result.changes if c.install_retried]
+    assert [c.cluster for c in retried] == ["cluster-2"], result.describe()
+    assert "asked it to install them again" in result.describe()
+
+
+def test_a_failing_installation_whose_values_a_person_changed_is_still_refused(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    """Only values the pipeline wrote are retried: after a hand edit, step 1 refuses and writes nothing."""
+    sb = sandbox_factory(clusters=2, cilium_version="1.16")
+    k = kubes(sb)
+    sb.fault("lb-never", cluster="cluster-2", on=True)
+    spec = mesh_spec(sb, load_balancer=1.0)
+    with pytest.raises(InstallFailedError):
+        cluster_mesh_setup(spec)
+    wait_until(
+        "KKP gives up on cluster-2's installation",
+        lambda: (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
+        == "InstallationFailedRetriesExceeded",
+    )
+    sb.fault("lb-never", cluster="cluster-2", on=False)
+    ai = k["cluster-2"].ai()
+    ai["metadata"]["annotations"]["clustermesh.io/values-sha256"] = "sha256:" + "0" * 64  # not what is there now
+    k["cluster-2"].custom.replace_namespaced_custom_object(*AI, ai)
+    before = ai_versions(k)
+
+    with pytest.raises(PrerequisiteError, match="InstallationFailedRetriesExceeded"):
+        cluster_mesh_setup(spec)
+
+    assert ai_versions(k) == before
 
 
 def test_without_helm_wait_a_missing_address_times_out_in_step_5_naming_the_service_then_converges(
