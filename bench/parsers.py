@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clustermesh.cilium.output import parse_health, parse_service_list  # noqa: E402
+from clustermesh.cilium import parse_health, parse_service_list  # noqa: E402
 
 SERVICES = 10_000
 BACKENDS_PER_SERVICE = 10

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clustermesh.cilium.output import (
+from clustermesh.cilium import (
     Backend,
     HealthStatus,
     Service,

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clustermesh.cilium.output import (
+from clustermesh.cilium import (
     Backend,
     HealthStatus,
     Service,
