@@ -16,10 +16,10 @@ from prefect.input import RunInput
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
-from clustermesh.cilium import profile_for
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
-from clustermesh.steps.plan import SetupPlan, plan_setup
+from clustermesh.steps.plan import plan_setup
+from clustermesh.steps.step3_5_endpoints import uses_shared_ca
 from clustermesh.steps.step7_reachability import FirewallReport, rules_table
 from clustermesh.steps.step8_health import HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry
@@ -72,28 +72,13 @@ class SetupApproval(RunInput):
     comment: str | None = Field(default=None, title="Comment", description="Why (kept in the flow run's logs).")
 
 
-def _plan_markdown(plan: SetupPlan) -> str:
-    parts = [f"# Plan for mesh `{plan.mesh}`: approve to write", ""]
-    parts.extend(f"- warning: {w}" for w in plan.warnings)
-    for cluster in plan.clusters:
-        parts.extend(["", f"## {cluster.cluster}: {'changes' if cluster.changed else 'no change'}"])
-        if cluster.diff:
-            parts.extend(["```diff", *cluster.diff, "```"])
-        if cluster.pending_peers:
-            parts.append(
-                f"Pending: entries for {', '.join(cluster.pending_peers)} are added once their "
-                "clustermesh-apiserver has an address and certificates."
-            )
-    return "\n".join(parts)
-
-
 def _approved(spec: MeshSpec) -> bool:
     """Show the plan (key material as fingerprints) and wait for a human's answer in the UI."""
     logger = get_run_logger()
     plan = plan_setup(spec, lambda c: setup_steps.connect(spec, c.name))
     create_markdown_artifact(
         key=_artifact_key(f"{spec.name}-setup-plan"),
-        markdown=_plan_markdown(plan),
+        markdown=plan.render_markdown(),
         description="What the setup would write; the run is paused until someone approves or rejects it",
     )
     logger.info("Plan ready (artifact %s-setup-plan); waiting for approval", spec.name)
@@ -147,8 +132,6 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
             "(python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')",
             RESULT_KEY_ENV,
         )
-    first, others = spec.first, spec.others
-
     # 1. Prerequisites, per cluster in parallel, then across clusters
     futures = [
         setup_steps.check_prerequisites.with_options(task_run_name=f"1. Check prerequisites of {c.name}").submit(
@@ -158,61 +141,83 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     ]
     facts = [f.result() for f in futures]
     warnings = setup_steps.check_mesh_prerequisites(facts)
-    by_name = {f.name: f for f in facts}
     for w in warnings:
         logger.warning(w)
-    profile_line = by_name[first.name].profile_line
-    shared = spec.cilium.resolve(profile_for(profile_line)).ca_mode == "shared"
-    collect = _endpoint_task(spec)
-    changes: list[StepChange] = []
     if require_approval and not _approved(spec):
         # A returned State becomes the run's final state; callers that need a SetupResult never ask for approval.
         return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
+    changes, mesh_endpoints = _Writes(spec, {f.name: f for f in facts}).run()
+    _plan_artifact(spec, changes)
+    firewall, matrix = _check_reachability_and_health(spec, mesh_endpoints)
+    result = SetupResult(
+        mesh=spec.name,
+        facts=facts,
+        warnings=warnings,
+        changes=changes,
+        endpoints=[e.public() for e in mesh_endpoints],
+        firewall=firewall,
+        health=matrix,
+    )
+    logger.info(result.describe())
+    return result
 
-    def configure(step: str, cluster: str, peers: list[PeerEntry], ca: CaMaterial | None) -> Any:
+
+class _Writes:
+    """Steps 2 to 6, in the guide's order: each a task per cluster, named like the guide's heading."""
+
+    def __init__(self, spec: MeshSpec, facts: dict[str, ClusterFacts]) -> None:
+        self.spec = spec
+        self.facts = facts
+        self.shared = uses_shared_ca(spec, facts[spec.first.name])
+        self.collect = _endpoint_task(spec)
+
+    def configure(self, step: str, cluster: str, peers: list[PeerEntry], ca: CaMaterial | None) -> Any:
         name = f"{step} in {cluster}"
         task = setup_steps.configure_mesh.with_options(name=name, task_run_name=name)
-        return task.submit(spec, by_name[cluster], name, peers, ca)
+        return task.submit(self.spec, self.facts[cluster], name, peers, ca)
 
-    def retrieve(step: str, cluster: str, *, want_ca_key: bool, expected_ca: str | None) -> Any:
+    def retrieve(self, step: str, cluster: str, *, want_ca_key: bool, expected_ca: str | None) -> Any:
         name = f"{step} from {cluster}"
-        task = collect.with_options(name=name, task_run_name=name)
-        return task.submit(spec, by_name[cluster], want_ca_key, expected_ca)
+        task = self.collect.with_options(name=name, task_run_name=name)
+        return task.submit(self.spec, self.facts[cluster], want_ca_key, expected_ca)
 
-    # 2. Enable Cluster Mesh in the first cluster
-    changes.append(configure("2. Enable Cluster Mesh", first.name, [], None).result())
-    # 3. Retrieve the first cluster's mesh data (its CA key only where a shared CA is used)
-    first_endpoint: MeshEndpoint = retrieve(
-        "3. Retrieve Cluster Mesh data", first.name, want_ca_key=shared, expected_ca=None
-    ).result()
-    shared_ca = first_endpoint.shared_ca() if shared else None
-    # 4. Enable Cluster Mesh in every other cluster, pointing at the first
-    step4 = [configure("4. Enable Cluster Mesh", c.name, [first_endpoint.peer_entry()], shared_ca) for c in others]
-    changes.extend(f.result() for f in step4)
-    # 5. Retrieve every other cluster's data; with a shared CA, wait until certgen re-issued with it
-    step5 = [
-        retrieve(
-            "5. Retrieve Cluster Mesh data",
-            c.name,
-            want_ca_key=False,
-            expected_ca=first_endpoint.ca_cert if shared else None,
-        )
-        for c in others
-    ]
-    mesh_endpoints = [first_endpoint, *(f.result() for f in step5)]
-    by_endpoint = {e.cluster: e for e in mesh_endpoints}
-    # 6. Connect: every cluster gets all the others as peers
-    step6 = [
-        configure(
-            "6. Update Cluster Mesh config",
-            c.name,
-            [by_endpoint[o.name].peer_entry() for o in spec.clusters if o.name != c.name],
-            shared_ca,
-        )
-        for c in spec.clusters
-    ]
-    changes.extend(f.result() for f in step6)
-    _plan_artifact(spec, changes)
+    def run(self) -> tuple[list[StepChange], list[MeshEndpoint]]:
+        spec, first, others = self.spec, self.spec.first, self.spec.others
+        # 2. Enable Cluster Mesh in the first cluster
+        changes: list[StepChange] = [self.configure("2. Enable Cluster Mesh", first.name, [], None).result()]
+        # 3. Retrieve the first cluster's mesh data (its CA key only where a shared CA is used)
+        step3 = self.retrieve("3. Retrieve Cluster Mesh data", first.name, want_ca_key=self.shared, expected_ca=None)
+        first_endpoint: MeshEndpoint = step3.result()
+        shared_ca = first_endpoint.shared_ca() if self.shared else None
+        # 4. Enable Cluster Mesh in every other cluster, pointing at the first
+        peer = [first_endpoint.peer_entry()]
+        step4 = [self.configure("4. Enable Cluster Mesh", c.name, peer, shared_ca) for c in others]
+        changes.extend(f.result() for f in step4)
+        # 5. Retrieve every other cluster's data; with a shared CA, wait until certgen re-issued with it
+        expected_ca = first_endpoint.ca_cert if self.shared else None
+        step5 = [
+            self.retrieve("5. Retrieve Cluster Mesh data", c.name, want_ca_key=False, expected_ca=expected_ca)
+            for c in others
+        ]
+        endpoints = [first_endpoint, *(f.result() for f in step5)]
+        by_cluster = {e.cluster: e for e in endpoints}
+        # 6. Connect: every cluster gets all the others as peers
+        step6 = [
+            self.configure(
+                "6. Update Cluster Mesh config",
+                c.name,
+                [by_cluster[o.name].peer_entry() for o in spec.clusters if o.name != c.name],
+                shared_ca,
+            )
+            for c in spec.clusters
+        ]
+        changes.extend(f.result() for f in step6)
+        return changes, endpoints
+
+
+def _check_reachability_and_health(
+    spec: MeshSpec, mesh_endpoints: list[MeshEndpoint]
+) -> tuple[FirewallReport, HealthMatrix]:
     # 7. Node reachability: the rules the mesh needs, and what the probes show blocked
     firewall = setup_steps.check_node_reachability(spec, mesh_endpoints)
     create_table_artifact(
@@ -227,17 +232,7 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
         table=matrix.table_rows(),
         description="Step 8: cilium-health status, reachable nodes, cluster × cluster",
     )
-    result = SetupResult(
-        mesh=spec.name,
-        facts=facts,
-        warnings=warnings,
-        changes=changes,
-        endpoints=[e.public() for e in mesh_endpoints],
-        firewall=firewall,
-        health=matrix,
-    )
-    logger.info(result.describe())
-    return result
+    return firewall, matrix
 
 
 def _plan_artifact(spec: MeshSpec, changes: list[StepChange]) -> None:
