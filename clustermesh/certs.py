@@ -220,71 +220,69 @@ def check_pair(
     ``source`` is a label such as ``kube-system/clustermesh-apiserver-remote-cert``; the keys inside it
     (``tls.crt``, ``tls.key``, ``ca.crt``) are appended.
     """
-    findings: list[CertFinding] = []
     cert_source = f"{source} tls.crt"
     try:
         cert = load_cert(cert_data, source=cert_source)
     except CertificateError as exc:
         return [CertFinding("error", "unreadable", cert_source, exc.problem)]
     info = cert_info(cert, now=now)
-    now = now or datetime.now(UTC)
+    findings = _validity_findings(info, cert_source, now or datetime.now(UTC), warn_days)
+    if key_data is not None:
+        findings.extend(_key_findings(cert, info, key_data, f"{source} tls.key"))
+    if ca_data is not None:
+        findings.extend(_issuer_findings(cert, info, ca_data, f"{source} ca.crt", cert_source, now))
+    return findings
+
+
+def _validity_findings(info: CertInfo, source: str, now: datetime, warn_days: int) -> list[CertFinding]:
+    findings = []
     if info.not_before > now:
-        findings.append(
-            CertFinding("error", "not-yet-valid", cert_source, f"valid only from {info.not_before.isoformat()}")
-        )
+        findings.append(CertFinding("error", "not-yet-valid", source, f"valid only from {info.not_before.isoformat()}"))
     if info.expired:
+        message = f"expired {info.not_after.isoformat()} ({-info.days_left} days ago)"
+        findings.append(CertFinding("error", "expired", source, message))
+    elif info.days_left < warn_days:
+        message = f"expires {info.not_after.isoformat()} ({info.days_left} days left)"
+        findings.append(CertFinding("warning", "expiring", source, message))
+    return findings
+
+
+def _key_findings(cert: x509.Certificate, info: CertInfo, key_data: str | bytes, source: str) -> list[CertFinding]:
+    try:
+        key = load_private_key(key_data, source=source)
+    except CertificateError as exc:
+        return [CertFinding("error", "unreadable", source, exc.problem)]
+    if key_matches(cert, key):
+        return []
+    message = f"does not belong to the certificate {info.fingerprint_sha256[:12]}"
+    return [CertFinding("error", "key-mismatch", source, message)]
+
+
+def _issuer_findings(
+    cert: x509.Certificate,
+    info: CertInfo,
+    ca_data: str | bytes,
+    ca_source: str,
+    cert_source: str,
+    now: datetime | None,
+) -> list[CertFinding]:
+    try:
+        ca = load_cert(ca_data, source=ca_source)
+    except CertificateError as exc:
+        return [CertFinding("error", "unreadable", ca_source, exc.problem)]
+    findings = []
+    ca_info = cert_info(ca, now=now)
+    if not ca_info.is_ca:
+        findings.append(CertFinding("error", "not-a-ca", ca_source, "basicConstraints CA is not set"))
+    if not issued_by(cert, ca):
         findings.append(
             CertFinding(
                 "error",
-                "expired",
+                "wrong-issuer",
                 cert_source,
-                f"expired {info.not_after.isoformat()} ({-info.days_left} days ago)",
+                f"not signed by the CA {ca_info.subject_cn!r} (SKI {ca_info.ski}); "
+                f"its AKI is {info.aki} — "
+                "the peers use different CAs: re-copy the peer's certificates or share one CA",
             )
         )
-    elif info.days_left < warn_days:
-        findings.append(
-            CertFinding(
-                "warning",
-                "expiring",
-                cert_source,
-                f"expires {info.not_after.isoformat()} ({info.days_left} days left)",
-            )
-        )
-    if key_data is not None:
-        key_source = f"{source} tls.key"
-        try:
-            key = load_private_key(key_data, source=key_source)
-        except CertificateError as exc:
-            findings.append(CertFinding("error", "unreadable", key_source, exc.problem))
-        else:
-            if not key_matches(cert, key):
-                findings.append(
-                    CertFinding(
-                        "error",
-                        "key-mismatch",
-                        key_source,
-                        f"does not belong to the certificate {info.fingerprint_sha256[:12]}",
-                    )
-                )
-    if ca_data is not None:
-        ca_source = f"{source} ca.crt"
-        try:
-            ca = load_cert(ca_data, source=ca_source)
-        except CertificateError as exc:
-            findings.append(CertFinding("error", "unreadable", ca_source, exc.problem))
-        else:
-            ca_info = cert_info(ca, now=now)
-            if not ca_info.is_ca:
-                findings.append(CertFinding("error", "not-a-ca", ca_source, "basicConstraints CA is not set"))
-            if not issued_by(cert, ca):
-                findings.append(
-                    CertFinding(
-                        "error",
-                        "wrong-issuer",
-                        cert_source,
-                        f"not signed by the CA {ca_info.subject_cn!r} (SKI {ca_info.ski}); "
-                        f"its AKI is {info.aki} — "
-                        "the peers use different CAs: re-copy the peer's certificates or share one CA",
-                    )
-                )
     return findings

@@ -207,45 +207,23 @@ def _net(text: str) -> Network:
     return ipaddress.ip_network(text, strict=False)
 
 
+Used = list[tuple[str, Network]]
+"""Pod CIDRs already taken in the mesh, with the cluster that holds each."""
+
+
+def _overlapping(net: Network, used: Used) -> tuple[str, Network] | None:
+    return next(((name, other) for name, other in used if other.version == net.version and other.overlaps(net)), None)
+
+
 def plan_clusters(spec: MeshSpec, found: dict[str, KkpCluster | None]) -> CreatePlan:
     """Decide everything before anything is written; raise on wrong existing clusters or a short pool.
 
     ``found`` maps each KKP-referenced cluster name to its existing KKP cluster (None = missing).
     """
-    settings = spec.kkp
-    used: list[tuple[str, Network]] = []
-    wrong: list[str] = []
-    plans: dict[str, ClusterPlan] = {}
-    for cluster in spec.clusters:
-        if cluster.kkp is None:
-            used.extend((cluster.name, c) for c in cluster.pod_cidrs)
-            plans[cluster.name] = ClusterPlan(name=cluster.name, action="not-kkp")
-            continue
-        existing = found.get(cluster.name)
-        if existing is None:
-            continue
-        problems = cluster_problems(existing, cluster)
-        for text in existing.pod_cidrs:
-            net = _net(text)
-            for other_name, other in used:
-                if other.version == net.version and other.overlaps(net):
-                    problems.append(f"pod CIDR {text} overlaps {other} of {other_name}")
-            used.append((cluster.name, net))
-        if problems:
-            wrong.append(f"{cluster.name} ({existing.id}): " + "; ".join(problems))
-        v4 = next((c for c in existing.pod_cidrs if ":" not in c), None)
-        plans[cluster.name] = ClusterPlan(name=cluster.name, action="reuse", cluster_id=existing.id, pod_cidr=v4)
+    used: Used = []
+    plans = _plan_existing(spec, found, used)
     missing = [c for c in spec.clusters if c.kkp is not None and found.get(c.name) is None]
-    if wrong:
-        project = next((c.kkp.project for c in spec.clusters if c.kkp is not None), "?")
-        raise KkpImmutableSettingsError(
-            project,
-            None,
-            "existing clusters cannot join the mesh as they are: " + " | ".join(wrong),
-            fix="these settings cannot be changed after creation: create a new cluster (remove cluster_id / "
-            "rename the entry so `clusters create` makes one), and delete the old one in KKP if unused",
-        )
-    if missing and settings is None:
+    if missing and spec.kkp is None:
         raise SpecError(
             [
                 SpecProblem(
@@ -259,51 +237,97 @@ def plan_clusters(spec: MeshSpec, found: dict[str, KkpCluster | None]) -> Create
         )
     # the clusters' own pod_cidrs first (they are fixed), then the pool for the rest
     for cluster in missing:
-        if not cluster.pod_cidrs:
-            continue
-        own_v4 = [c for c in cluster.pod_cidrs if c.version == 4]
-        if len(own_v4) != 1 or len(cluster.pod_cidrs) > 2:
-            raise SpecError(
-                [
-                    SpecProblem(
-                        f"clusters[{spec.clusters.index(cluster)}].pod_cidrs",
-                        "KKP takes one IPv4 pod CIDR (plus at most one IPv6)",
-                        ", ".join(str(c) for c in cluster.pod_cidrs),
-                        "give exactly one IPv4 network, e.g. 172.27.0.0/16",
-                    )
-                ]
-            )
-        for net in cluster.pod_cidrs:
-            for other_name, other in used:
-                if other.version == net.version and other.overlaps(net):
-                    assert cluster.kkp is not None
-                    raise KkpImmutableSettingsError(
-                        cluster.kkp.project,
-                        cluster.name,
-                        f"pod CIDR {net} of the new cluster overlaps {other} of {other_name}",
-                        fix="give clusters[].pod_cidrs a range no other cluster of the mesh uses "
-                        "(pod CIDRs cannot be changed after creation)",
-                    )
-            used.append((cluster.name, net))
-        plans[cluster.name] = ClusterPlan(name=cluster.name, action="create", pod_cidr=str(own_v4[0]))
+        if cluster.pod_cidrs:
+            plans[cluster.name] = _plan_with_own_cidrs(spec, cluster, used)
     pool_needed = [c for c in missing if not c.pod_cidrs]
     if pool_needed:
-        assert settings is not None
-        free = [p for p in settings.pod_cidr_pool if not any(o.overlaps(p) for _, o in used if o.version == 4)]
-        if len(free) < len(pool_needed):
-            first = pool_needed[0].kkp
-            assert first is not None
-            raise KkpPoolExhaustedError(
-                first.project,
-                None,
-                f"kkp.pod_cidr_pool has {len(free)} free entr{'y' if len(free) == 1 else 'ies'} "
-                f"({', '.join(str(f) for f in free) or 'none'}) for {len(pool_needed)} new cluster(s) "
-                f"({', '.join(c.name for c in pool_needed)}); the others overlap clusters of the mesh",
-            )
-        for cluster, net in zip(pool_needed, free, strict=False):
-            used.append((cluster.name, net))
-            plans[cluster.name] = ClusterPlan(name=cluster.name, action="create", pod_cidr=str(net))
+        assert spec.kkp is not None
+        plans.update(_plan_from_pool(spec.kkp, pool_needed, used))
     return CreatePlan(mesh=spec.name, clusters=[plans[c.name] for c in spec.clusters])
+
+
+def _plan_existing(spec: MeshSpec, found: dict[str, KkpCluster | None], used: Used) -> dict[str, ClusterPlan]:
+    """Clusters that exist (or are not KKP's): reused as they are, refused when they cannot join."""
+    wrong: list[str] = []
+    plans: dict[str, ClusterPlan] = {}
+    for cluster in spec.clusters:
+        if cluster.kkp is None:
+            used.extend((cluster.name, c) for c in cluster.pod_cidrs)
+            plans[cluster.name] = ClusterPlan(name=cluster.name, action="not-kkp")
+            continue
+        existing = found.get(cluster.name)
+        if existing is None:
+            continue
+        problems = cluster_problems(existing, cluster)
+        for text in existing.pod_cidrs:
+            net = _net(text)
+            clash = _overlapping(net, used)
+            if clash is not None:
+                problems.append(f"pod CIDR {text} overlaps {clash[1]} of {clash[0]}")
+            used.append((cluster.name, net))
+        if problems:
+            wrong.append(f"{cluster.name} ({existing.id}): " + "; ".join(problems))
+        v4 = next((c for c in existing.pod_cidrs if ":" not in c), None)
+        plans[cluster.name] = ClusterPlan(name=cluster.name, action="reuse", cluster_id=existing.id, pod_cidr=v4)
+    if wrong:
+        project = next((c.kkp.project for c in spec.clusters if c.kkp is not None), "?")
+        raise KkpImmutableSettingsError(
+            project,
+            None,
+            "existing clusters cannot join the mesh as they are: " + " | ".join(wrong),
+            fix="these settings cannot be changed after creation: create a new cluster (remove cluster_id / "
+            "rename the entry so `clusters create` makes one), and delete the old one in KKP if unused",
+        )
+    return plans
+
+
+def _plan_with_own_cidrs(spec: MeshSpec, cluster: ClusterSpec, used: Used) -> ClusterPlan:
+    """A missing cluster whose pod CIDRs the spec fixes: one IPv4 (plus at most one IPv6), free in the mesh."""
+    own_v4 = [c for c in cluster.pod_cidrs if c.version == 4]
+    if len(own_v4) != 1 or len(cluster.pod_cidrs) > 2:
+        raise SpecError(
+            [
+                SpecProblem(
+                    f"clusters[{spec.clusters.index(cluster)}].pod_cidrs",
+                    "KKP takes one IPv4 pod CIDR (plus at most one IPv6)",
+                    ", ".join(str(c) for c in cluster.pod_cidrs),
+                    "give exactly one IPv4 network, e.g. 172.27.0.0/16",
+                )
+            ]
+        )
+    for net in cluster.pod_cidrs:
+        clash = _overlapping(net, used)
+        if clash is not None:
+            assert cluster.kkp is not None
+            raise KkpImmutableSettingsError(
+                cluster.kkp.project,
+                cluster.name,
+                f"pod CIDR {net} of the new cluster overlaps {clash[1]} of {clash[0]}",
+                fix="give clusters[].pod_cidrs a range no other cluster of the mesh uses "
+                "(pod CIDRs cannot be changed after creation)",
+            )
+        used.append((cluster.name, net))
+    return ClusterPlan(name=cluster.name, action="create", pod_cidr=str(own_v4[0]))
+
+
+def _plan_from_pool(settings: KkpSettings, pool_needed: list[ClusterSpec], used: Used) -> dict[str, ClusterPlan]:
+    """Missing clusters without pod CIDRs of their own take the pool's free entries, in spec order."""
+    free = [p for p in settings.pod_cidr_pool if not any(o.overlaps(p) for _, o in used if o.version == 4)]
+    if len(free) < len(pool_needed):
+        first = pool_needed[0].kkp
+        assert first is not None
+        raise KkpPoolExhaustedError(
+            first.project,
+            None,
+            f"kkp.pod_cidr_pool has {len(free)} free entr{'y' if len(free) == 1 else 'ies'} "
+            f"({', '.join(str(f) for f in free) or 'none'}) for {len(pool_needed)} new cluster(s) "
+            f"({', '.join(c.name for c in pool_needed)}); the others overlap clusters of the mesh",
+        )
+    plans = {}
+    for cluster, net in zip(pool_needed, free, strict=False):
+        used.append((cluster.name, net))
+        plans[cluster.name] = ClusterPlan(name=cluster.name, action="create", pod_cidr=str(net))
+    return plans
 
 
 def create_request(cluster: ClusterSpec, settings: KkpSettings, pod_cidr: str) -> dict[str, Any]:

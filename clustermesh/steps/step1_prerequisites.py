@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clustermesh.cilium.profiles import parse_cilium_version, profile_for
+from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import NotFoundError, PrerequisiteError
 from clustermesh.kube.client import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
@@ -38,15 +38,7 @@ def check_prerequisites(
     if cluster.kkp is not None:
         check_kkp_prerequisites(cluster, load_secret=load_secret, request_timeout=spec.timeouts.api)
     kubernetes_version = client.version()
-    try:
-        ai = client.get_application_installation()
-    except NotFoundError:
-        raise PrerequisiteError(
-            cluster.name,
-            "no ApplicationInstallation kube-system/cilium: Cilium is not installed as KKP's system application",
-            fix="create the KKP user cluster with CNI cilium (1.13 or newer); older Cilium was an Addon",
-        ) from None
-    _refuse_failing_install(cluster.name, ai)
+    ai = _cilium_installation(client, cluster.name)
     values, field = read_values(ai)
     detected = str(((ai.get("spec") or {}).get("applicationRef") or {}).get("version") or "")
     if not detected:
@@ -57,20 +49,56 @@ def check_prerequisites(
         )
     version = spec.cilium.version or detected
     profile = profile_for(version)
-    patch = parse_cilium_version(version).patch
     spec.cilium.resolve(profile)  # settings this line cannot honour fail here, before any write
-    del patch
+    kpr = _kube_proxy_replacement(cluster.name, values)
+    nodes = client.list_nodes()
+    pod_cidrs = _checked_pod_cidrs(cluster, values, nodes)
+    current_name, current_id = _current_identity(cluster, values)
+    return ClusterFacts(
+        name=cluster.name,
+        id=cluster.id,
+        kubernetes_version=kubernetes_version,
+        cilium_version=version,
+        detected_cilium_version=detected,
+        profile_line=profile.line,
+        values_field=field,
+        kube_proxy_replacement=kpr,
+        pod_cidrs=pod_cidrs,
+        nodes=len(nodes),
+        current_cluster_name=current_name,
+        current_cluster_id=current_id,
+        mesh_enabled=bool(_mapping(values, "clustermesh").get("useAPIServer")),
+        peers_configured=_configured_peers(values),
+    )
 
+
+def _cilium_installation(client: ClusterClient, name: str) -> dict[str, Any]:
+    """The ``cilium`` ApplicationInstallation, refused when missing or failing (unless KKP gave up on our values)."""
+    try:
+        ai = client.get_application_installation()
+    except NotFoundError:
+        raise PrerequisiteError(
+            name,
+            "no ApplicationInstallation kube-system/cilium: Cilium is not installed as KKP's system application",
+            fix="create the KKP user cluster with CNI cilium (1.13 or newer); older Cilium was an Addon",
+        ) from None
+    _refuse_failing_install(name, ai)
+    return ai
+
+
+def _kube_proxy_replacement(name: str, values: dict[str, Any]) -> str:
     kpr = str(values.get("kubeProxyReplacement", "")).lower()
     if kpr not in KPR_ON:
         raise PrerequisiteError(
-            cluster.name,
+            name,
             f"kube-proxy replacement is off (kubeProxyReplacement: {values.get('kubeProxyReplacement')!r}): "
             "the cluster was not created with proxy mode ebpf",
             fix="create the cluster with spec.clusterNetwork.proxyMode: ebpf (immutable after creation)",
         )
+    return kpr
 
-    nodes = client.list_nodes()
+
+def _checked_pod_cidrs(cluster: ClusterSpec, values: dict[str, Any], nodes: list[dict[str, Any]]) -> list[str]:
     pod_cidrs = _pod_cidrs(values, nodes)
     if not pod_cidrs:
         raise PrerequisiteError(
@@ -85,9 +113,12 @@ def check_prerequisites(
                 f"pod CIDRs are {', '.join(pod_cidrs)}, the spec expects {expected}",
                 fix="correct clusters[].pod_cidrs in the spec, or point the entry at the right cluster",
             )
+    return pod_cidrs
 
-    cluster_values = values.get("cluster") if isinstance(values.get("cluster"), dict) else {}
-    assert isinstance(cluster_values, dict)
+
+def _current_identity(cluster: ClusterSpec, values: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(cluster.name, cluster.id) already in the values; refused when they differ from the spec's."""
+    cluster_values = _mapping(values, "cluster")
     current_name = cluster_values.get("name")
     current_id = cluster_values.get("id")
     if current_name not in (None, "", "default", cluster.name):
@@ -102,27 +133,20 @@ def check_prerequisites(
             f"Cilium already uses cluster.id {current_id} here, the spec says {cluster.id}",
             fix=f"use id {current_id} for {cluster.name} in the spec (changing it live restarts workloads)",
         )
-    mesh = values.get("clustermesh") if isinstance(values.get("clustermesh"), dict) else {}
-    assert isinstance(mesh, dict)
-    config = mesh.get("config") if isinstance(mesh.get("config"), dict) else {}
-    assert isinstance(config, dict)
-    peers = [str(e.get("name")) for e in config.get("clusters") or [] if isinstance(e, dict)]
-    return ClusterFacts(
-        name=cluster.name,
-        id=cluster.id,
-        kubernetes_version=kubernetes_version,
-        cilium_version=version,
-        detected_cilium_version=detected,
-        profile_line=profile.line,
-        values_field=field,
-        kube_proxy_replacement=kpr,
-        pod_cidrs=pod_cidrs,
-        nodes=len(nodes),
-        current_cluster_name=current_name if isinstance(current_name, str) else None,
-        current_cluster_id=current_id if isinstance(current_id, int) else None,
-        mesh_enabled=bool(mesh.get("useAPIServer")),
-        peers_configured=peers,
+    return (
+        current_name if isinstance(current_name, str) else None,
+        current_id if isinstance(current_id, int) else None,
     )
+
+
+def _mapping(values: dict[str, Any], key: str) -> dict[str, Any]:
+    node = values.get(key)
+    return node if isinstance(node, dict) else {}
+
+
+def _configured_peers(values: dict[str, Any]) -> list[str]:
+    config = _mapping(_mapping(values, "clustermesh"), "config")
+    return [str(e.get("name")) for e in config.get("clusters") or [] if isinstance(e, dict)]
 
 
 def check_mesh_prerequisites(facts: Sequence[ClusterFacts]) -> list[str]:
