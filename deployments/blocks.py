@@ -158,11 +158,15 @@ def register(
     webhook_env: str | None = "CLUSTERMESH_ALERT_WEBHOOK_URL",
     set_default_spec: bool = True,
 ) -> Registration:
-    """Create or update the blocks, the mesh's concurrency limit and the failure automation."""
+    """Create or update the blocks, the mesh's concurrency limit and the failure automation.
+
+    Everything is read and checked first (kubeconfigs, the result key), so bad input saves nothing.
+    """
     from prefect.blocks.system import Secret
 
     out = Registration(mesh=spec.name, concurrency_limit=f"mesh-{spec.name}")
-    texts = {c.name: kubeconfig_text(spec, c.name) for c in spec.clusters}  # all read before anything is saved
+    texts = {c.name: kubeconfig_text(spec, c.name) for c in spec.clusters}
+    result_key = _checked_result_key(result_key_env)
     for cluster, text in texts.items():
         if text is None:
             ref = spec.cluster(cluster).kubeconfig
@@ -174,29 +178,12 @@ def register(
         name = kubeconfig_block_name(spec.name, cluster)
         Secret(value=SecretStr(text)).save(name, overwrite=True)
         out.kubeconfig_blocks[cluster] = name
-    if slack_token_env:
-        token = os.environ.get(slack_token_env, "").strip()
-        if token:
-            Secret(value=SecretStr(token)).save(SLACK_TOKEN_BLOCK, overwrite=True)
-            out.slack_token_block = SLACK_TOKEN_BLOCK
-        else:
-            out.notes.append(f"{slack_token_env} is not set: no Slack token block registered")
-    if result_key_env:
-        key = os.environ.get(result_key_env, "").strip()
-        if key:
-            from cryptography.fernet import Fernet
-
-            try:
-                Fernet(key.encode())
-            except (ValueError, TypeError):
-                raise RegistrationError(
-                    f"{result_key_env} is not a Fernet key; make one with: python -c "
-                    "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
-                ) from None
-            Secret(value=SecretStr(key)).save(RESULT_KEY_BLOCK, overwrite=True)
-            out.result_key_block = RESULT_KEY_BLOCK
-        else:
-            out.notes.append(f"{result_key_env} is not set: no result-key block registered")
+    out.slack_token_block = _save_env_secret(slack_token_env, SLACK_TOKEN_BLOCK, "Slack token", out.notes)
+    if result_key_env and result_key:
+        Secret(value=SecretStr(result_key)).save(RESULT_KEY_BLOCK, overwrite=True)
+        out.result_key_block = RESULT_KEY_BLOCK
+    elif result_key_env:
+        out.notes.append(f"{result_key_env} is not set: no result-key block registered")
     _upsert_limit(out.concurrency_limit)
     if webhook_env:
         url = os.environ.get(webhook_env, "").strip()
@@ -212,6 +199,37 @@ def register(
             Variable.set(variable, out.snippet, overwrite=True)
             out.spec_variables.append(variable)
     return out
+
+
+def _checked_result_key(env: str | None) -> str | None:
+    """The result-encryption key from ``env``, refused unless it is a Fernet key; None when unset."""
+    key = os.environ.get(env, "").strip() if env else ""
+    if not key:
+        return None
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key.encode())
+    except (ValueError, TypeError):
+        raise RegistrationError(
+            f"{env} is not a Fernet key; make one with: python -c "
+            "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        ) from None
+    return key
+
+
+def _save_env_secret(env: str | None, block: str, what: str, notes: list[str]) -> str | None:
+    """Save the value of env var ``env`` as Secret block ``block``; a note instead when it is unset."""
+    if not env:
+        return None
+    from prefect.blocks.system import Secret
+
+    value = os.environ.get(env, "").strip()
+    if not value:
+        notes.append(f"{env} is not set: no {what} block registered")
+        return None
+    Secret(value=SecretStr(value)).save(block, overwrite=True)
+    return block
 
 
 def _upsert_limit(name: str) -> None:
