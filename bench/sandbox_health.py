@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,33 @@ def agent_pods(store: Store) -> list[Obj]:
     return [p for p in store.list("v1/pods", NS) if p["metadata"].get("labels", {}).get("k8s-app") == "cilium"]
 
 
+def measure(
+    label: str, run: Callable[[str, str], bytes], order: list[tuple[str, str]], gc_time: GcTimer, profile: Path | None
+) -> None:
+    """CPU and wall time per exec of one command over ``order``, in rounds of ROUND execs; prints one line."""
+    profiler = cProfile.Profile() if profile else None
+    rounds: list[float] = []  # CPU ms per exec, per round of ROUND execs
+    gc_time.total = 0.0
+    wall = time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    for first in range(0, len(order), ROUND):
+        batch = order[first : first + ROUND]
+        cpu = time.process_time()
+        for cluster, pod in batch:
+            run(cluster, pod)
+        rounds.append((time.process_time() - cpu) / len(batch) * 1000)
+    if profiler is not None and profile is not None:
+        profiler.disable()
+        profiler.dump_stats(str(profile))
+    per_wall = (time.perf_counter() - wall) / len(order) * 1000
+    mean = sum(rounds) / len(rounds)
+    print(
+        f"{label:<30} CPU {mean:6.1f} ms per exec (best round {min(rounds):.1f}, in the garbage "
+        f"collector {gc_time.total / len(order) * 1000:.1f}), wall {per_wall:.1f} ms; {len(order)} execs"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--clusters", type=int, default=16)
@@ -172,27 +200,8 @@ def main() -> None:
         print(f"one health answer: {len(sample):,} bytes, {listed} of {expected} nodes listed, {failed} failed probes")
         gc_time = GcTimer()
         for label, argv in COMMANDS.items():
-            profiler = cProfile.Profile() if args.profile and label == "cilium-health status -o json" else None
-            rounds: list[float] = []  # CPU ms per exec, per round of ROUND execs
-            gc_time.total = 0.0
-            wall = time.perf_counter()
-            if profiler is not None:
-                profiler.enable()
-            for first in range(0, len(order), ROUND):
-                batch = order[first : first + ROUND]
-                cpu = time.process_time()
-                for cluster, pod in batch:
-                    one(cluster, pod, argv)
-                rounds.append((time.process_time() - cpu) / len(batch) * 1000)
-            if profiler is not None:
-                profiler.disable()
-                profiler.dump_stats(str(args.profile))
-            per_wall = (time.perf_counter() - wall) / len(order) * 1000
-            mean = sum(rounds) / len(rounds)
-            print(
-                f"{label:<30} CPU {mean:6.1f} ms per exec (best round {min(rounds):.1f}, in the garbage "
-                f"collector {gc_time.total / len(order) * 1000:.1f}), wall {per_wall:.1f} ms; {len(order)} execs"
-            )
+            profile = args.profile if label == "cilium-health status -o json" else None
+            measure(label, lambda cluster, pod, argv=argv: one(cluster, pod, argv), order, gc_time, profile)
         gc.callbacks.remove(gc_time)
         world.stop()
 
