@@ -1,15 +1,16 @@
-"""The nightly's checks of a running mesh: drift, certificates, reachability, as findings."""
+"""The nightly's checks of a running mesh: drift, certificates, reachability, health, as findings."""
 
-from clustermesh.checks.findings import Finding, Verdict, overall
-from clustermesh.checks.verify import (
+from clustermesh.checks.certificates import (
     CertificateReport,
     CertificateStatus,
     certificate_report,
-    check_drift,
-    check_reachability_and_versions,
     nearest_expiry_days,
-    transient_errors_raise,
 )
+from clustermesh.checks.common import transient_errors_raise
+from clustermesh.checks.drift import check_drift
+from clustermesh.checks.findings import Finding, Verdict, overall
+from clustermesh.checks.health import health_findings
+from clustermesh.checks.reachability import check_reachability_and_versions
 
 __all__ = [
     "CertificateReport",
@@ -19,6 +20,7 @@ __all__ = [
     "certificate_report",
     "check_drift",
     "check_reachability_and_versions",
+    "health_findings",
     "nearest_expiry_days",
     "overall",
     "transient_errors_raise",

@@ -21,20 +21,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
-from clustermesh.checks.findings import Finding
-from clustermesh.checks.verify import (
+from clustermesh.checks.certificates import (
     CertificateReport,
     CertificateStatus,
     certificate_report,
     check_certificates,
-    check_drift,
-    check_reachability_and_versions,
     nearest_expiry_days,
-    overall,
 )
+from clustermesh.checks.drift import check_drift
+from clustermesh.checks.findings import Finding, overall
+from clustermesh.checks.health import health_findings
+from clustermesh.checks.reachability import check_reachability_and_versions
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import NotFoundError, TransientKubeError
 from clustermesh.spec import MeshSpec, from_data
+from clustermesh.steps.step7_reachability import UDP_8472_PATH
+from clustermesh.steps.step8_health import HealthCell, HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry, deep_merge, render_mesh_values
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -746,3 +748,42 @@ def test_nearest_expiry_is_none_without_certificates() -> None:
         cluster="c", secret="s", key="tls.crt", not_after=NOW, days_left=4, fingerprint="sha256:x"
     )
     assert nearest_expiry_days([status]) == 4
+
+
+# ------------------------------------------------------------------------------------------ mesh health
+
+
+def health_cell(src: str, dst: str, *, failing: str | None = None) -> HealthCell:
+    """Two nodes per cluster, one agent; ``failing`` names the probe that fails to every node of ``dst``."""
+    failures = [f"{src} agent on {src}-n1 → {dst}/{dst}-n1: {failing}: 0/1 paths reachable"] if failing else []
+    return HealthCell(
+        src=src,
+        dst=dst,
+        reachable=0 if failing else 2,
+        expected=2,
+        agents=1,
+        failures=failures,
+        failing_paths=[failing] if failing else [],
+        missing=[],
+    )
+
+
+def health_of(*cells: HealthCell) -> HealthMatrix:
+    return HealthMatrix(clusters=["cluster-1", "cluster-2"], cells=list(cells), agent_errors=[])
+
+
+HEALTHY_CELLS = [health_cell(s, d) for s in ("cluster-1", "cluster-2") for d in ("cluster-1", "cluster-2")]
+
+
+def test_a_healthy_matrix_is_one_ok_finding() -> None:
+    matrix = health_of(*HEALTHY_CELLS)
+    assert health_findings(matrix) == [Finding(level="ok", subject="mesh health", reason=matrix.summary())]
+
+
+def test_a_blocked_path_is_a_failure_naming_the_port_and_what_to_open() -> None:
+    cells = [c for c in HEALTHY_CELLS if (c.src, c.dst) != ("cluster-1", "cluster-2")]
+    matrix = health_of(*cells, health_cell("cluster-1", "cluster-2", failing="endpoint ICMP"))
+    [failure] = health_findings(matrix)
+    assert failure.level == "failure" and failure.subject == "cluster-1 → cluster-2"
+    assert failure.reason.startswith(f"{UDP_8472_PATH} blocked or broken: cluster-1 agent on cluster-1-n1")
+    assert failure.fix == f"open {UDP_8472_PATH} from the nodes of cluster-1 to cluster-2 (step 7's rules)"

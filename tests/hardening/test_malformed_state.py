@@ -20,8 +20,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client as k8s
 
+from clustermesh.checks.certificates import certificate_report
+from clustermesh.checks.common import ADMIN_CERT
+from clustermesh.checks.drift import check_drift
 from clustermesh.checks.findings import Finding
-from clustermesh.checks.verify import ADMIN_CERT, certificate_report, check_drift
 from clustermesh.errors import (
     ClusterStateError,
     EndpointError,

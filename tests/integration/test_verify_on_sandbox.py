@@ -14,15 +14,10 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from clustermesh.checks.findings import Finding
-from clustermesh.checks.verify import (
-    certificate_report,
-    check_certificates,
-    check_drift,
-    check_reachability_and_versions,
-    nearest_expiry_days,
-    overall,
-)
+from clustermesh.checks.certificates import certificate_report, check_certificates, nearest_expiry_days
+from clustermesh.checks.drift import check_drift
+from clustermesh.checks.findings import Finding, overall
+from clustermesh.checks.reachability import check_reachability_and_versions
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.kube.client import ClusterClient
 from clustermesh.kube.credentials import open_cluster
