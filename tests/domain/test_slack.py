@@ -10,21 +10,18 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from clustermesh.checks.findings import Finding
 from clustermesh.errors import SlackConfigError
-from clustermesh.notify.slack import (
+from clustermesh.notify.messages import (
     Alert,
-    Finding,
-    Notifier,
-    PostResult,
-    SlackTarget,
     Summary,
     alert_blocks,
     alert_text,
     render_plain,
-    resolve_target,
     summary_blocks,
     summary_text,
 )
+from clustermesh.notify.slack import Notifier, PostResult, SlackTarget, resolve_target
 from tests.slack_server import SlackTestServer
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
@@ -509,7 +506,7 @@ def test_secrets_never_reach_results_exceptions_or_logs(caplog: pytest.LogCaptur
 
 
 def test_a_sub_second_failover_time_shows_hundredths_not_zero() -> None:
-    from clustermesh.notify.slack import seconds
+    from clustermesh.notify.messages import seconds
 
     assert seconds(0.04) == "0.04 s"
     assert seconds(0.999) == "1.00 s"
