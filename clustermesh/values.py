@@ -302,10 +302,30 @@ def render_mesh_values(
             f"a shared CA was given but the CA mode is {resolved.ca_mode} on Cilium {profile.line}",
             fix="do not copy CA keys between clusters in per-peer mode (or set cilium.ca_mode: shared)",
         )
+    entries = _peer_entries(peers, per_peer_ca=resolved.ca_mode == "per-peer", obj=obj)
+    config: Values = {"enabled": True}
+    if entries:
+        config["clusters"] = entries
+    apiserver: Values = {
+        "service": {"type": resolved.service_type},
+        "tls": {"auto": {"method": resolved.tls_method}},
+    }
+    clustermesh: Values = {"useAPIServer": True, "config": config, "apiserver": apiserver}
+    if resolved.max_connected_clusters == 511:
+        clustermesh["maxConnectedClusters"] = 511
+    values: Values = {"cluster": {"name": cluster.name, "id": cluster.id}, "clustermesh": clustermesh}
+    if shared_ca is not None:
+        ca = {"cert": shared_ca.cert, "key": shared_ca.key.get_secret_value()}
+        values = deep_merge(values, _nest(profile.ca_placement, ca))
+    return values
+
+
+def _peer_entries(peers: list[PeerEntry], *, per_peer_ca: bool, obj: str) -> list[Values]:
+    """``clustermesh.config.clusters``: one entry per peer, with the peer's CA in per-peer CA mode."""
     entries: list[Values] = []
     for peer in peers:
         tls: Values = {"cert": peer.cert, "key": peer.key.get_secret_value()}
-        if resolved.ca_mode == "per-peer":
+        if per_peer_ca:
             if peer.ca_cert is None:
                 raise ValuesError(
                     obj,
@@ -322,21 +342,7 @@ def render_mesh_values(
                 "tls": tls,
             }
         )
-    config: Values = {"enabled": True}
-    if entries:
-        config["clusters"] = entries
-    apiserver: Values = {
-        "service": {"type": resolved.service_type},
-        "tls": {"auto": {"method": resolved.tls_method}},
-    }
-    clustermesh: Values = {"useAPIServer": True, "config": config, "apiserver": apiserver}
-    if resolved.max_connected_clusters == 511:
-        clustermesh["maxConnectedClusters"] = 511
-    values: Values = {"cluster": {"name": cluster.name, "id": cluster.id}, "clustermesh": clustermesh}
-    if shared_ca is not None:
-        ca = {"cert": shared_ca.cert, "key": shared_ca.key.get_secret_value()}
-        values = deep_merge(values, _nest(profile.ca_placement, ca))
-    return values
+    return entries
 
 
 def _nest(path: Path, leaf: Any) -> Values:
