@@ -13,7 +13,8 @@ Which cluster a backend lives in is judged by the pod CIDRs of the clusters, nev
 The room, bottom to top: ``text`` and ``client`` (what the drill needs of a cluster client);
 ``manifests`` (the workloads and their names); ``agents`` (what the Cilium agents list); ``expectations``
 (what they should list); ``results``; ``workloads`` (readiness and the undo record); ``prober``;
-``failover`` and ``phases`` (:class:`Drill`); ``run`` (:func:`run_drill`, the order).
+``failover`` and ``phases`` (:class:`Drill`); ``run`` (:func:`run_drill`, the order); ``gate`` (whether
+to start at all).
 """
 
 from clustermesh.drill.agents import (
@@ -28,6 +29,7 @@ from clustermesh.drill.agents import (
 )
 from clustermesh.drill.client import DrillClient
 from clustermesh.drill.expectations import failover_problems, steady_problems
+from clustermesh.drill.gate import drill_gate
 from clustermesh.drill.manifests import (
     BACKEND,
     CLIENT,
@@ -60,6 +62,7 @@ __all__ = [
     "DrillPhase",
     "DrillResult",
     "classify_backends",
+    "drill_gate",
     "drill_manifests",
     "failover_problems",
     "find_frontend",

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from clustermesh.checks import Finding
 from clustermesh.cilium.output import parse_service_list
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.drill import (
@@ -22,7 +23,9 @@ from clustermesh.drill import (
     AgentView,
     Drill,
     DrillPhase,
+    DrillResult,
     classify_backends,
+    drill_gate,
     drill_manifests,
     failover_problems,
     find_frontend,
@@ -33,6 +36,7 @@ from clustermesh.errors import ConflictError, DrillError, KubeApiError, Transien
 from clustermesh.kube.client import ExecOutput
 from clustermesh.spec import MeshSpec, from_data
 from clustermesh.steps.models import ClusterFacts
+from clustermesh.steps.step8_health import HealthCell, HealthMatrix
 from tests.conftest import find_shared
 
 CIDRS = {"cluster-1": ["172.25.0.0/16"], "cluster-2": ["172.26.0.0/16"]}
@@ -651,3 +655,72 @@ def test_agents_that_cannot_be_read_fail_the_baseline_with_their_error() -> None
     assert "cluster-1/cilium-a: could not read the service list" in result.reason
     assert "service list --clustermesh-affinity`: forbidden" in result.reason
     assert all(c.scaled() == [] for c in clients.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate: whether the drill may start, from what the other checks found
+
+
+def health_matrix(reachable: int = 2) -> HealthMatrix:
+    names = ["cluster-1", "cluster-2"]
+    cells = [
+        HealthCell(
+            src=src, dst=dst, reachable=reachable, expected=2, agents=2, failures=[], failing_paths=[], missing=[]
+        )
+        for src in names
+        for dst in names
+    ]
+    return HealthMatrix(clusters=names, cells=cells, agent_errors=[])
+
+
+def all_facts() -> dict[str, ClusterFacts]:
+    return {name: make_facts(name, "1.16.5") for name in ("cluster-1", "cluster-2")}
+
+
+def test_the_gate_lets_a_healthy_mesh_with_every_clusters_facts_through() -> None:
+    ok = [
+        Finding(level="ok", subject="cluster-1", reason="fine"),
+        Finding(level="warning", subject="mesh", reason="skew"),
+    ]
+    assert drill_gate(make_spec(), all_facts(), prerequisites=ok, health=health_matrix()) is None
+    assert drill_gate(make_spec(), all_facts()) is None  # no health matrix: the drill's own baseline judges
+
+
+def test_the_gate_names_the_clusters_whose_prerequisites_failed() -> None:
+    findings = [
+        Finding(level="ok", subject="cluster-1", reason="fine"),
+        Finding(level="failure", subject="cluster-2", reason="unreachable", fix="check the kubeconfig"),
+    ]
+    result = drill_gate(make_spec(), {"cluster-1": all_facts()["cluster-1"]}, prerequisites=findings)
+    assert result == DrillResult(
+        status="not run",
+        reason="prerequisites failed for cluster-2: nothing disrupted",
+        phases=[],
+        recovered=[],
+        failover_seconds={},
+        failed_probes=0,
+    )
+    assert result.summary() == "failover drill not run: prerequisites failed for cluster-2: nothing disrupted"
+
+
+def test_the_gate_refuses_a_cluster_without_facts() -> None:
+    result = drill_gate(make_spec(), {"cluster-1": all_facts()["cluster-1"]}, health=health_matrix())
+    assert result is not None and result.status == "not run"
+    assert result.reason == "not every cluster passed its prerequisites: nothing disrupted"
+    assert result.phases == [] and result.probes == 0
+
+
+def test_the_gate_refuses_an_unhealthy_mesh_and_says_what_the_matrix_saw() -> None:
+    matrix = health_matrix(reachable=1)
+    result = drill_gate(make_spec(), all_facts(), health=matrix)
+    assert result is not None and result.status == "not run"
+    assert result.reason == f"the mesh is not healthy ({matrix.summary()}): nothing disrupted"
+    assert "cluster-1 → cluster-2: 1/2 reachable" in result.reason
+
+
+def test_the_gate_reports_failed_prerequisites_before_missing_facts_or_health() -> None:
+    failed = [Finding(level="failure", subject="cluster-1", reason="pod CIDRs overlap")]
+    result = drill_gate(make_spec(), {}, prerequisites=failed, health=health_matrix(reachable=0))
+    assert result is not None and result.reason == "prerequisites failed for cluster-1: nothing disrupted"
+    result = drill_gate(make_spec(), {}, health=health_matrix(reachable=0))
+    assert result is not None and result.reason == "not every cluster passed its prerequisites: nothing disrupted"
