@@ -18,10 +18,11 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from clustermesh.drill import DrillPhase, DrillResult, run_drill
+from clustermesh.drill import DrillPhase, DrillResult, drill_gate, run_drill
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from flows.locking import mesh_lock
+from tasks.common import cluster_sessions
 from tasks.notify import alert_on_failure
 from tasks.verify_steps import all_clients, check_reachability_and_versions
 
@@ -51,7 +52,7 @@ def failover_drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None = None)
     never scales backends down in the middle of a setup; as the nightly's subflow it runs under the
     nightly's hold (taking the limit of 1 again would wait for itself).
     """
-    with mesh_lock(spec) if _started_on_its_own() else nullcontext():
+    with mesh_lock(spec) if _started_on_its_own() else nullcontext(), cluster_sessions(spec):
         return _drill(spec, facts)
 
 
@@ -59,16 +60,8 @@ def _drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None) -> DrillResult
     logger = get_run_logger()
     if facts is None:
         facts, findings = check_reachability_and_versions(spec)
-        missing = [f.subject for f in findings if f.level == "failure"]
-        if missing:
-            return DrillResult(
-                status="not run",
-                reason=f"prerequisites failed for {', '.join(missing)}: nothing disrupted",
-                phases=[],
-                recovered=[],
-                failover_seconds={},
-                failed_probes=0,
-            )
+        if (gate := drill_gate(spec, facts, prerequisites=findings)) is not None:
+            return gate
     with all_clients(spec) as clients:
         result = run_drill(clients, facts, spec, run_phase=_as_task)
     create_table_artifact(

@@ -20,13 +20,14 @@ from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.checks import Finding, Verdict, nearest_expiry_days, overall
-from clustermesh.drill import DrillResult
+from clustermesh.drill import DrillResult, drill_gate
 from clustermesh.notify import PostResult, Summary, render_plain
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
 from tasks import verify_steps
+from tasks.common import cluster_sessions
 from tasks.notify import alert_on_failure, log_post, notifier, run_url
 
 
@@ -64,10 +65,6 @@ def drill_findings(result: DrillResult) -> list[Finding]:
     return [Finding(level=level, subject="failover drill", reason=result.summary()[:300], fix=_drill_fix(result))]
 
 
-def _not_run(reason: str) -> DrillResult:
-    return DrillResult(status="not run", reason=reason, phases=[], recovered=[], failover_seconds={}, failed_probes=0)
-
-
 def _drill_fix(result: DrillResult) -> str:
     if result.status == "not run":
         return "fix the findings above; the drill runs only on a healthy mesh"
@@ -87,7 +84,7 @@ def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[V
     ``clustermesh.mesh.verified`` every run, and ``clustermesh.mesh.degraded`` / ``.healthy`` when the
     verdict changed since the last run (kept in the Prefect Variable ``clustermesh-last-verdict-<mesh>``).
     """
-    with mesh_lock(spec):
+    with mesh_lock(spec), cluster_sessions(spec):
         state = _verify(spec, run_drill)
     result = state.data
     if isinstance(result, VerificationResult):
@@ -129,6 +126,15 @@ def emit_verdict_events(spec: MeshSpec, result: VerificationResult) -> list[str]
     return emitted
 
 
+class _Observed(BaseModel):
+    """What the read-only checks and the drill found, before it is summarised."""
+
+    findings: list[Finding]
+    health: HealthMatrix | None = None
+    drill: DrillResult | None = None
+    expiry: int | None = None
+
+
 def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
     logger = get_run_logger()
     link = run_url(spec, flow_run.get_id())
@@ -138,58 +144,19 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
     if slack is not None:
         parent = slack.post_summary(Summary(title=title, status="RUNNING", mesh=spec.name, run_url=link))
         log_post(parent, "start message")
-
-    facts, findings = verify_steps.check_reachability_and_versions(spec)
-    matrix: HealthMatrix | None = None
-    drill: DrillResult | None = None
-    expiry: int | None = None
-    if facts:
-        findings += verify_steps.check_drift(spec, facts)
-        report = verify_steps.check_certificates(spec, facts)
-        findings += report.findings
-        expiry = nearest_expiry_days(report)
-        matrix, health = verify_steps.check_mesh_health(spec)
-        findings += health
-        create_table_artifact(
-            key=f"{spec.name}-nightly-health-matrix", table=matrix.table_rows(), description=matrix.summary()
-        )
-    if run_drill and spec.drill.enabled:
-        # the steady-state gate, first at flow level: a mesh already seen unhealthy is not disrupted,
-        # and the drill's own baseline need not wait out its timeout to say so
-        if len(facts) != len(spec.clusters):
-            drill = _not_run("not every cluster passed its prerequisites: nothing disrupted")
-        elif matrix is not None and not matrix.healthy:
-            drill = _not_run(f"the mesh is not healthy ({matrix.summary()}): nothing disrupted")
-        else:
-            drill = failover_drill(spec, facts)
-        findings += drill_findings(drill)
-
-    status = overall(findings)
-    nodes_total = sum(cell.expected for cell in matrix.cells) if matrix else None
-    nodes_reachable = sum(cell.reachable for cell in matrix.cells) if matrix else None
-    summary = Summary(
-        title=title,
-        status=status,
-        mesh=spec.name,
-        clusters=len(spec.clusters),
-        nodes_reachable=nodes_reachable,
-        nodes_total=nodes_total,
-        drill=drill.status if drill else "skipped",
-        failover_seconds=max(drill.failover_seconds.values()) if drill and drill.failover_seconds else None,
-        cert_expiry_days=expiry,
-        run_url=link,
-        findings=findings,
-    )
+    seen = _observe(spec, run_drill)
+    status = overall(seen.findings)
+    summary = _summary(spec, title, status, seen, link)
     delivery = _deliver(slack, parent, summary)
     plain = render_plain(summary)
     create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=f"```\n{plain}\n```", description=status)
     result = VerificationResult(
         mesh=spec.name,
         status=status,
-        findings=findings,
-        health=matrix,
-        drill=drill,
-        nearest_expiry_days=expiry,
+        findings=seen.findings,
+        health=seen.health,
+        drill=seen.drill,
+        nearest_expiry_days=seen.expiry,
         slack=delivery,
     )
     logger.info(result.describe())
@@ -198,9 +165,48 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
     return Completed(message=f"verification {status}", data=result)
 
 
+def _observe(spec: MeshSpec, run_drill: bool) -> _Observed:
+    """Prerequisites → drift → certificates → health, then the drill if the mesh passed its gate."""
+    facts, findings = verify_steps.check_reachability_and_versions(spec)
+    seen = _Observed(findings=findings)
+    if facts:
+        seen.findings += verify_steps.check_drift(spec, facts)
+        report = verify_steps.check_certificates(spec, facts)
+        seen.findings += report.findings
+        seen.expiry = nearest_expiry_days(report)
+        seen.health, health = verify_steps.check_mesh_health(spec)
+        seen.findings += health
+        create_table_artifact(
+            key=f"{spec.name}-nightly-health-matrix", table=seen.health.table_rows(), description=seen.health.summary()
+        )
+    if run_drill and spec.drill.enabled:
+        # the steady-state gate, first at flow level: a mesh already seen unhealthy is not disrupted,
+        # and the drill's own baseline need not wait out its timeout to say so
+        seen.drill = drill_gate(spec, facts, health=seen.health) or failover_drill(spec, facts)
+        seen.findings += drill_findings(seen.drill)
+    return seen
+
+
+def _summary(spec: MeshSpec, title: str, status: Verdict, seen: _Observed, link: str | None) -> Summary:
+    matrix, drill = seen.health, seen.drill
+    return Summary(
+        title=title,
+        status=status,
+        mesh=spec.name,
+        clusters=len(spec.clusters),
+        nodes_reachable=sum(cell.reachable for cell in matrix.cells) if matrix else None,
+        nodes_total=sum(cell.expected for cell in matrix.cells) if matrix else None,
+        drill=drill.status if drill else "skipped",
+        failover_seconds=max(drill.failover_seconds.values()) if drill and drill.failover_seconds else None,
+        cert_expiry_days=seen.expiry,
+        run_url=link,
+        findings=seen.findings,
+    )
+
+
 def _deliver(slack: object, parent: PostResult | None, summary: Summary) -> str:
     """Update the start message in place (or post one), details in its thread; print without Slack."""
-    from clustermesh.notify.slack import Notifier
+    from clustermesh.notify import Notifier
 
     if not isinstance(slack, Notifier):
         print(render_plain(summary), flush=True)
