@@ -31,7 +31,9 @@ from clustermesh.errors import (
     UnauthorizedError,
     WaitTimeoutError,
 )
-from clustermesh.kube.client import ClusterClient, describe_object, is_transient, translate_error, wait_for
+from clustermesh.kube.api_errors import is_transient, translate_error
+from clustermesh.kube.client import ClusterClient
+from clustermesh.kube.waiting import describe_object, wait_for
 
 TOKEN = "sha256~Zk3rT0pS3cr3tT0k3nValueThatMustNeverLeak"
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06YWRtaW4ifQ.c2lnbmF0dXJlLXBhcnQ"

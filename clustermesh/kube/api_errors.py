@@ -1,0 +1,290 @@
+"""Errors from the Kubernetes client turned into ours: what to do next, and no credential in the text.
+
+:func:`translate_error` maps what the official client and the libraries under it raise (``ApiException``,
+urllib3, ``ssl``, the exec WebSocket, pydantic) to a :class:`~clustermesh.errors.KubeApiError` subclass
+that says whether to retry, re-read or fix something; :func:`is_transient` is the retry condition built
+on it. Text we did not write (API messages, library errors, exec-plugin output) passes through a
+:class:`Redactor` first, which strikes out the kubeconfig's credential values and anything shaped like a token.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import pydantic
+import urllib3
+from kubernetes.client.exceptions import ApiException
+from websocket import WebSocketException
+
+from clustermesh.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    ForbiddenError,
+    InvalidError,
+    KubeApiError,
+    NotFoundError,
+    TLSVerificationError,
+    TransientKubeError,
+    UnauthorizedError,
+)
+
+__all__ = ["CALL_ERRORS", "Redactor", "cut", "is_transient", "redact_shapes", "translate_error"]
+
+REDACTED = "[redacted]"
+
+# Errors the client and the libraries under it raise for a call that did not work. Anything else
+# escaping a call (TypeError, KeyError, …) is a bug of ours and is left alone.
+CALL_ERRORS: tuple[type[BaseException], ...] = (
+    ApiException,
+    urllib3.exceptions.HTTPError,
+    OSError,  # ssl.SSLError, ConnectionError, TimeoutError, socket.gaierror
+    WebSocketException,
+    pydantic.ValidationError,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Keeping secrets out of messages
+
+
+_TOKEN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[^\s'\",}]+"), r"\1 " + REDACTED),
+    (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1" + REDACTED),
+    (re.compile(r"eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*"), REDACTED),  # JWTs (service-account, OIDC)
+)
+
+
+class Redactor:
+    """Removes known credential values and anything shaped like a token from text we did not write.
+
+    API messages, library error strings and exec-plugin output all end up in exception messages; the
+    credentials of the kubeconfig in use are struck out by value, other tokens by shape.
+    """
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        for pattern, replacement in _TOKEN_PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+
+redact_shapes = Redactor()
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------------------
+# Error translation
+
+
+@dataclass(frozen=True)
+class _Call:
+    """Which call failed, and how to speak about its credentials: the context every error message needs."""
+
+    cluster: str
+    verb: str
+    target: str
+    credentials: str
+    redact: Callable[[str], str]
+
+    def error(
+        self,
+        cls: type[KubeApiError],
+        problem: str,
+        *,
+        status: int | None = None,
+        reason: str | None = None,
+        fix: str | None = None,
+    ) -> KubeApiError:
+        return cls(self.cluster, self.verb, self.target, problem, status=status, reason=reason, fix=fix)
+
+
+def translate_error(
+    exc: BaseException,
+    *,
+    cluster: str,
+    verb: str,
+    target: str,
+    credentials: str = "the kubeconfig's user",
+    redact: Callable[[str], str] = redact_shapes,
+) -> KubeApiError:
+    """Turn what the client raised into the error class that tells the caller what to do next.
+
+    ``credentials`` names (never shows) the credentials in use, for 401/403 hints. Headers of the
+    request or response are never read, so tokens cannot leak through them.
+    """
+    if isinstance(exc, KubeApiError):
+        return exc
+    call = _Call(cluster, verb, target, credentials, redact)
+    if isinstance(exc, ApiException):
+        status = exc.status if isinstance(exc.status, int) else 0
+        if status == 0:  # raised by the client itself, e.g. the exec WebSocket wrapping its errors
+            return _from_client_text(str(exc.reason or ""), call)
+        reason, message = _read_status_body(exc.body, redact)
+        return _from_status(status, reason or str(exc.reason or ""), message, call)
+    if isinstance(exc, pydantic.ValidationError):
+        # Field paths and messages only: input values could be anything, secrets included.
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
+        return call.error(
+            InvalidError,
+            f"the client refused the request before sending it: {problems}",
+            fix="fix the manifest's fields; the official client does not know them",
+        )
+    while isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    text = cut(redact(_strip_object_reprs(str(exc))), 300)
+    if _is_certificate_failure(exc, text):
+        return call.error(TLSVerificationError, f"TLS verification failed: {text}")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return call.error(TransientKubeError, f"{_connection_problem(exc)}: {text}")
+    return call.error(KubeApiError, f"{type(exc).__name__}: {text}")
+
+
+_CONNECTION_ERRORS = (
+    urllib3.exceptions.TimeoutError,
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.SSLError,
+    urllib3.exceptions.ProxyError,
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    TimeoutError,
+    socket.gaierror,  # a name that did not resolve: DNS may be back in a moment
+    ssl.SSLError,  # certificate failures are sorted out before this
+    WebSocketException,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether repeating the same call may succeed: the retry condition for every Kubernetes task."""
+    if isinstance(exc, KubeApiError):
+        return isinstance(exc, TransientKubeError)
+    if isinstance(exc, CALL_ERRORS):
+        return isinstance(translate_error(exc, cluster="", verb="", target=""), TransientKubeError)
+    return False
+
+
+def _from_status(status: int, reason: str, message: str, call: _Call) -> KubeApiError:
+    problem = message or "the API server gave no message"
+    cls: type[KubeApiError] = KubeApiError
+    fix: str | None = None
+    if status == 401:
+        cls = UnauthorizedError
+        fix = (
+            f"the API server did not accept the credentials of {call.credentials}: check that its token "
+            "or client certificate is current and issued for this cluster"
+        )
+    elif status == 403:
+        cls = ForbiddenError
+        fix = (
+            f"{call.credentials} may not {call.verb} {call.target}: grant it through RBAC, or use the "
+            "cluster's admin kubeconfig"
+        )
+    elif status == 404:
+        cls = NotFoundError
+    elif status == 409:
+        cls = AlreadyExistsError if reason == "AlreadyExists" else ConflictError
+    elif status in (400, 422):
+        cls = InvalidError
+    elif status == 410:  # Expired/Gone: a newer read fixes it
+        cls, fix = TransientKubeError, "read again; the version asked for is gone"
+    elif status == 429 or status >= 500:
+        cls = TransientKubeError
+    return call.error(cls, problem, status=status, reason=reason or None, fix=fix)
+
+
+def _read_status_body(body: object, redact: Callable[[str], str]) -> tuple[str, str]:
+    """The ``reason`` and ``message`` of a ``Status`` body; a non-JSON body (a proxy's page) is cut short."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", "replace")
+    if not isinstance(body, str) or not body.strip():
+        return "", ""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return "", redact(cut(" ".join(body.split()), 200))
+    if not isinstance(status, dict):
+        return "", ""
+    message = str(status.get("message") or "")
+    details = status.get("details")
+    causes = details.get("causes") if isinstance(details, dict) else None
+    if not message and isinstance(causes, list):
+        message = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes[:5] if isinstance(c, dict))
+    return str(status.get("reason") or ""), redact(cut(message, 1000))
+
+
+_HANDSHAKE = re.compile(r"Handshake status (\d{3})(?: ([A-Za-z][A-Za-z ]*?))?\s*(?:-\+-\+-|$)")
+_CONNECTION_WORDS = re.compile(
+    r"(?i)refused|reset|timed? ?out|unreachable|broken pipe|closed|eof|name or service not known|"
+    r"temporary failure|no route|connection aborted"
+)
+
+
+def _from_client_text(text: str, call: _Call) -> KubeApiError:
+    """Classify an ``ApiException(status=0)``: the exec WebSocket folds every failure into its text.
+
+    A refused handshake reads ``Handshake status 403 Forbidden -+-+- {headers} -+-+- b'{body}'``;
+    only the status and the body's Status message are kept, never the headers.
+    """
+    handshake = _HANDSHAKE.search(text)
+    if handshake:
+        reason, message = _read_status_body(_handshake_body(text), call.redact)
+        return _from_status(int(handshake.group(1)), reason or handshake.group(2) or "", message, call)
+    text = cut(call.redact(_strip_object_reprs(text)), 300)
+    if _is_certificate_failure(None, text):
+        return call.error(TLSVerificationError, f"TLS verification failed: {text}")
+    if _CONNECTION_WORDS.search(text):
+        return call.error(TransientKubeError, text)
+    return call.error(KubeApiError, text or "the client failed without a message")
+
+
+def _handshake_body(text: str) -> object:
+    """The body after the last ``-+-+-``: websocket-client shows it as a bytes literal, so read it as one."""
+    if "-+-+-" not in text:
+        return ""
+    tail = text.rsplit("-+-+-", 1)[1].strip()
+    if tail[:2] in ("b'", 'b"'):
+        try:
+            return ast.literal_eval(tail)  # literals only: safe on what a server sent
+        except (ValueError, SyntaxError):
+            return ""
+    return tail
+
+
+def _is_certificate_failure(exc: BaseException | None, text: str) -> bool:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    if exc is not None and isinstance(exc.__context__, ssl.SSLCertVerificationError):
+        return True
+    if exc is not None and any(isinstance(a, ssl.SSLCertVerificationError) for a in exc.args):
+        return True
+    lowered = text.lower()
+    return "certificate verify failed" in lowered or "certificate_verify_failed" in lowered
+
+
+def _connection_problem(exc: BaseException) -> str:
+    if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
+        return "timed out"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+        return "cannot connect"
+    if isinstance(exc, urllib3.exceptions.ProtocolError | ConnectionError):
+        return "connection broken"
+    if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError):
+        return "TLS handshake failed"
+    return "connection problem"
+
+
+def _strip_object_reprs(text: str) -> str:
+    """``<urllib3.connection.HTTPSConnection object at 0x7f…>: `` says nothing to a reader."""
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", text)
