@@ -8,6 +8,8 @@ kubermatic/dashboard ``modules/api/cmd/kubermatic-api/swagger.json`` (``tests/co
 Creating a cluster hands the request to a provisioner (the sandbox): it starts a new simulated user
 cluster with the requested Cilium version and pod CIDR and returns its admin kubeconfig. Every
 exchange is recorded (``KkpState.exchanges``) so tests can check both sides against the contract.
+One fault: ``KkpState.fail_kubeconfig_requests(n)`` answers the next n kubeconfig requests 503;
+``kubeconfig_requests`` and ``kubeconfig_503s`` count what was asked and what was refused.
 
 The sandbox imports nothing of the pipeline: this validation is written from KKP's documented
 behaviour (reference/kkp.md §3, §5), not shared with the code it tests.
@@ -108,10 +110,22 @@ class KkpState:
     clusters: dict[str, KkpRecord] = field(default_factory=dict)
     exchanges: list[Exchange] = field(default_factory=list)
     disable_admin_kubeconfig: bool = False
+    kubeconfig_failures: int = 0
+    """Fault: how many of the next kubeconfig requests are answered 503, as a busy or restarting KKP API does."""
+    kubeconfig_requests: int = 0
+    """Kubeconfig requests seen (authenticated, any cluster), the failed ones included."""
+    kubeconfig_503s: int = 0
+    """Kubeconfig requests answered 503 by the ``kubeconfig_failures`` fault."""
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"kkp:{self.seed}")
+
+    def fail_kubeconfig_requests(self, count: int) -> None:
+        """Answer the next ``count`` kubeconfig requests with 503 (0 clears the fault)."""
+        if count < 0:
+            raise ValueError(f"cannot fail {count} requests")
+        self.kubeconfig_failures = count
 
     def new_id(self) -> str:
         while True:
@@ -159,6 +173,11 @@ def create_kkp_app(state: KkpState, provision: Provisioner) -> Starlette:
             if what == "health":
                 return _reply(state, request, body, 200, _health(state, record))
             if what == "kubeconfig":
+                state.kubeconfig_requests += 1
+                if state.kubeconfig_failures > 0:
+                    state.kubeconfig_failures -= 1
+                    state.kubeconfig_503s += 1
+                    raise KkpError(503, "the KKP API is temporarily unavailable, try again later")
                 if state.disable_admin_kubeconfig:
                     raise KkpError(403, "admin kubeconfig is disabled for this datacenter")
                 data = record.kubeconfig.encode()

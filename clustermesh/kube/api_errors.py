@@ -27,6 +27,7 @@ from clustermesh.errors import (
     ConflictError,
     ForbiddenError,
     InvalidError,
+    KkpTransientError,
     KubeApiError,
     NotFoundError,
     TLSVerificationError,
@@ -167,7 +168,13 @@ _CONNECTION_ERRORS = (
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether repeating the same call may succeed: the retry condition for every Kubernetes task."""
+    """Whether repeating the same call may succeed: the retry condition for every task that opens a cluster.
+
+    Opening a cluster referenced through KKP asks the KKP API for its kubeconfig first, so a KKP error
+    that another attempt can fix (unreachable, 429, 5xx: :class:`KkpTransientError`) counts too.
+    """
+    if isinstance(exc, KkpTransientError):
+        return True
     if isinstance(exc, KubeApiError):
         return isinstance(exc, TransientKubeError)
     if isinstance(exc, CALL_ERRORS):

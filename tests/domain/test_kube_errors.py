@@ -23,6 +23,9 @@ from clustermesh.errors import (
     ConflictError,
     ForbiddenError,
     InvalidError,
+    KkpClusterNotFoundError,
+    KkpTransientError,
+    KkpUnauthorizedError,
     KubeApiError,
     KubeconfigError,
     NotFoundError,
@@ -235,6 +238,10 @@ def test_a_certificate_that_does_not_verify_is_not_retried() -> None:
         (KeyError("bug"), False),
         (FileNotFoundError(2, "no such file: client.key"), False),
         (WaitTimeoutError("c", "x", "y", timeout=1, check="z"), False),
+        # opening a KKP-referenced cluster asks KKP for its kubeconfig first: a 503 there is worth a retry
+        (KkpTransientError("p", "c", "Service Unavailable", status=503), True),
+        (KkpUnauthorizedError("p", "c", "invalid bearer token", status=401), False),
+        (KkpClusterNotFoundError("p", "c", "not found", status=404), False),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )
