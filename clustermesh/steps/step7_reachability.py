@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.steps.step8_health import HealthCell, HealthMatrix
+from clustermesh.steps.step8_health import HealthCell, HealthClient, HealthMatrix, probe_mesh
 
 __all__ = [
     "APISERVER_PATH",
@@ -30,6 +30,7 @@ __all__ = [
     "TCP_4240_PATH",
     "UDP_8472_PATH",
     "blocked_paths",
+    "check_reachability",
     "firewall_report",
     "firewall_rules",
     "list_node_addresses",
@@ -244,3 +245,16 @@ class FirewallReport(BaseModel):
 def firewall_report(rules: Sequence[FirewallRule], matrix: HealthMatrix | None) -> FirewallReport:
     """Rules plus what a health matrix (if already taken) shows blocked."""
     return FirewallReport(rules=list(rules), blocked=blocked_paths(matrix) if matrix is not None else [])
+
+
+def check_reachability(
+    clients: Mapping[str, HealthClient], apiservers: Mapping[str, tuple[str, int]], *, exec_timeout: float
+) -> tuple[FirewallReport, HealthMatrix]:
+    """Step 7: the rules the mesh needs, and what one health probe of every agent shows blocked.
+
+    Returns the probe's matrix too, so step 8 starts from it (``wait_for_mesh_health(first=…)``)
+    instead of asking every agent again: a mesh already healthy here is probed once for both steps.
+    """
+    nodes = {name: list_node_addresses(client, name) for name, client in clients.items()}
+    matrix = probe_mesh(clients, exec_timeout=exec_timeout)
+    return firewall_report(firewall_rules(nodes, apiservers), matrix), matrix

@@ -471,16 +471,19 @@ def wait_for_mesh_health(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     probe: Callable[[], HealthMatrix] | None = None,
+    first: HealthMatrix | None = None,
 ) -> HealthMatrix:
     """Probe until every cell is healthy; agents need minutes to settle after a change (guide, step 8).
 
     Raises ``MeshUnhealthyError`` with the last matrix when ``timeout`` runs out. ``probe`` replaces
-    the real probing (tests); by default it is :func:`probe_mesh` over ``clients``.
+    the real probing (tests); by default it is :func:`probe_mesh` over ``clients``. ``first`` is a
+    matrix already measured (step 7's probe): it is the first look, so a mesh that was healthy there
+    is not probed again, and one that was not is probed again after ``poll_interval``.
     """
     look = probe or (lambda: probe_mesh(clients, exec_timeout=exec_timeout, max_workers=max_workers))
     deadline = clock() + timeout
+    matrix = first if first is not None else look()
     while True:
-        matrix = look()
         if matrix.healthy:
             return matrix
         remaining = deadline - clock()
@@ -494,3 +497,4 @@ def wait_for_mesh_health(
                 matrix=matrix,
             )
         sleep(min(poll_interval, remaining))
+        matrix = look()
