@@ -25,6 +25,7 @@ from clustermesh.steps.step8_health import HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry
 from flows.locking import mesh_lock
 from tasks import setup_steps
+from tasks.common import cluster_sessions
 from tasks.notify import alert_on_failure
 from tasks.results import RESULT_KEY_ENV, caching_enabled, owner_only_files
 
@@ -120,7 +121,7 @@ def cluster_mesh_setup(spec: MeshSpec, require_approval: bool = False) -> SetupR
             name), Cilium settings, timeouts, drill and notifications.
         require_approval: Show the plan as an artifact and pause for approval before the first write.
     """
-    with mesh_lock(spec), owner_only_files():
+    with mesh_lock(spec), owner_only_files(), cluster_sessions(spec):
         return _setup(spec, require_approval)
 
 
@@ -219,14 +220,14 @@ def _check_reachability_and_health(
     spec: MeshSpec, mesh_endpoints: list[MeshEndpoint]
 ) -> tuple[FirewallReport, HealthMatrix]:
     # 7. Node reachability: the rules the mesh needs, and what the probes show blocked
-    firewall = setup_steps.check_node_reachability(spec, mesh_endpoints)
+    firewall, probed = setup_steps.check_node_reachability(spec, mesh_endpoints)
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-firewall-rules"),
         table=rules_table(firewall.rules),
         description="Step 7: firewall rules the mesh needs (UDP 8472, TCP 4240, ICMP, TCP to clustermesh-apiserver)",
     )
-    # 8. Mesh health: every node of every cluster reachable from every cluster
-    matrix = setup_steps.check_mesh_health(spec)
+    # 8. Mesh health: every node of every cluster reachable from every cluster (from step 7's probe on)
+    matrix = setup_steps.check_mesh_health(spec, probed)
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-health-matrix"),
         table=matrix.table_rows(),

@@ -1,7 +1,8 @@
 """Creating the mesh's KKP user clusters as Prefect tasks: each a few lines around one domain call.
 
 No caching: every run reads KKP afresh (a cluster may have been created or deleted since), and the
-create step is idempotent by itself (it re-reads before it writes). Only transient failures retry.
+create step is idempotent by itself (it re-reads before it writes). Only transient failures retry
+(KKP unreachable, busy or failing: ``tasks.common.retry_transient``).
 """
 
 from __future__ import annotations
@@ -10,32 +11,14 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State, TaskRun
 
-from clustermesh.errors import KkpTransientError
 from clustermesh.kkp import clusters
 from clustermesh.kkp.api import KkpCluster
 from clustermesh.spec import MeshSpec
-from tasks.setup_steps import RETRY_DELAYS, load_secret_block
+from tasks import common
+from tasks.common import load_secret_block
 
-
-def retry_transient_kkp(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what another attempt can fix: KKP was unreachable, busy or failing."""
-    try:
-        state.result()
-    except KkpTransientError:
-        return True
-    except Exception:  # noqa: BLE001 - anything else is bad input or a refusal: retrying fails again
-        return False
-    return False
-
-
-COMMON: dict[str, Any] = {
-    "retries": 3,
-    "retry_delay_seconds": RETRY_DELAYS,
-    "retry_condition_fn": retry_transient_kkp,
-    "cache_policy": NO_CACHE,
-}
+COMMON: dict[str, Any] = {**common.COMMON, "cache_policy": NO_CACHE}
 
 
 @task(name="Plan KKP user clusters", **COMMON)

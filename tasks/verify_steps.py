@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -13,10 +13,9 @@ from clustermesh.checks import Finding
 from clustermesh.errors import MeshUnhealthyError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import step7_reachability as reachability
 from clustermesh.steps import step8_health as health
 from clustermesh.steps.models import ClusterFacts
-from tasks.setup_steps import COMMON, connect
+from tasks.common import COMMON, cluster_clients
 
 READ_ONLY = {**COMMON, "cache_policy": NO_CACHE}
 
@@ -30,16 +29,9 @@ def retry_transient_errors() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def all_clients(spec: MeshSpec) -> Iterator[dict[str, ClusterClient]]:
-    clients: dict[str, ClusterClient] = {}
-    try:
-        for cluster in spec.clusters:
-            clients[cluster.name] = connect(spec, cluster.name)
-        yield clients
-    finally:
-        for client in clients.values():
-            client.close()
+def all_clients(spec: MeshSpec) -> AbstractContextManager[dict[str, ClusterClient]]:
+    """Every cluster's client: the run's own (borrowed, left open) inside a flow run that opened sessions."""
+    return cluster_clients(spec)
 
 
 @task(name="Check reachability and versions", **READ_ONLY)
@@ -73,25 +65,4 @@ def check_mesh_health(spec: MeshSpec) -> tuple[health.HealthMatrix, list[Finding
             )
         except MeshUnhealthyError as exc:
             matrix = exc.matrix
-    return matrix, health_findings(matrix)
-
-
-def health_findings(matrix: health.HealthMatrix) -> list[Finding]:
-    if matrix.healthy:
-        return [Finding(level="ok", subject="mesh health", reason=matrix.summary())]
-    findings = [
-        Finding(
-            level="failure",
-            subject=f"{b.src_cluster} → {b.dst_cluster}",
-            reason=f"{b.what} blocked or broken: {b.evidence[0] if b.evidence else ''}"[:300],
-            fix=f"open {b.what} from the nodes of {b.src_cluster} to {b.dst_cluster} (step 7's rules)"
-            if b.what != reachability.APISERVER_PATH
-            else f"check TCP to {b.dst_cluster}'s clustermesh-apiserver and the mesh values (run the setup again)",
-        )
-        for b in reachability.blocked_paths(matrix)
-    ]
-    if not findings:
-        findings.append(
-            Finding(level="failure", subject="mesh health", reason=matrix.summary(), fix=health.MESH_HEALTH_CHECK)
-        )
-    return findings
+    return matrix, checks.health_findings(matrix)
