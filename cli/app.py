@@ -7,15 +7,82 @@ of ``clustermesh/`` allowed to reach the flows and the sandbox (import-linter kn
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
     from clustermesh.spec import MeshSpec
 
-app = typer.Typer(
+# Import time: this module imports typer only; the domain, Prefect and the sandbox are imported inside the
+# command that needs them, and Prefect only once `_prefect_api` has chosen the server (Prefect reads its
+# settings at import). `clustermesh --help` or `setup --plan` never import Prefect.
+
+
+class _App(typer.Typer):
+    """The Typer app, ending the process as soon as a command that ran a Prefect flow has finished.
+
+    A process that imported Prefect, the flows and the Kubernetes client spends about half a second in the
+    interpreter's own teardown (freeing every module) after Prefect's exit handlers have run. When a command
+    ran a flow, ``app()`` (the ``clustermesh`` script and ``python -m cli.app``) runs what the interpreter
+    would (threading's exit hooks: Prefect drains its log and event workers; then the ``atexit``
+    handlers: the event-loop threads, a temporary server), flushes stdout and stderr and ends with
+    ``os._exit``. In-process callers (``typer.testing.CliRunner``) do not go through ``__call__``.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            if _ran_prefect:
+                _exit_now(exc.code)
+            raise
+
+
+def _exit_now(code: object) -> NoReturn:
+    import atexit
+    import contextlib
+    import threading
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    try:
+        shutdown = getattr(threading, "_shutdown", None)  # what the interpreter calls first when it exits
+        if shutdown is not None:
+            shutdown()
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(status)
+
+
+_ran_prefect = False
+
+
+def _prefect_api() -> None:
+    """Choose the Prefect API before Prefect is imported: PREFECT_API_URL (environment or profile), else a
+    running `clustermesh server`, else Prefect's temporary server (and say how to avoid it next time)."""
+    global _ran_prefect
+    if _ran_prefect:
+        return  # chosen already (the demo runs two flows)
+    from cli.server import TEMPORARY_SERVER_HINT, use_prefect_api
+
+    _ran_prefect = True
+    if use_prefect_api().source == "temporary":
+        typer.echo(TEMPORARY_SERVER_HINT, err=True)
+
+
+app = _App(
     help="Cilium Cluster Mesh between KKP user clusters: set up, verify, rehearse failover, report.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -135,6 +202,76 @@ def sandbox_fault(
     typer.echo(f"ok: {result}")
 
 
+server_app = typer.Typer(
+    help="One Prefect server for the session: commands that run flows use it (unless PREFECT_API_URL is set) "
+    "instead of starting a temporary server each time.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 180.0,
+) -> None:
+    """Start `prefect server start` in the background (SQLite in the state folder, 127.0.0.1, a free port,
+    analytics off) and wait until it answers; nothing to do if it runs already."""
+    import time
+
+    from cli.server import ServerError, start_server, state_dir
+
+    began = time.monotonic()
+    try:
+        record, started = start_server(timeout=timeout)
+    except ServerError as exc:
+        _fail(str(exc), 1)
+        raise  # unreachable: _fail exits
+    if started:
+        typer.echo(f"clustermesh server started in {time.monotonic() - began:.1f} s: {record.url} (pid {record.pid})")
+    else:
+        typer.echo(f"clustermesh server already running: {record.url} (pid {record.pid})")
+    typer.echo(f"UI: {record.ui_url}   log: {record.log}   state: {state_dir()}")
+    if os.environ.get("PREFECT_API_URL") and os.environ["PREFECT_API_URL"] != record.url:
+        typer.echo("note: PREFECT_API_URL is set in this environment, so commands run here use that server instead")
+    typer.echo("commands that run flows use it until `clustermesh server stop`")
+
+
+@server_app.command("stop")
+def server_stop(
+    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")] = 15.0,
+) -> None:
+    """Stop the server `clustermesh server start` started and forget it."""
+    from cli.server import ServerError, stop_server
+
+    try:
+        record = stop_server(grace=grace)
+    except ServerError as exc:
+        _fail(str(exc), 1)
+        raise  # unreachable: _fail exits
+    if record is None:
+        typer.echo("no clustermesh server running")
+    else:
+        typer.echo(f"clustermesh server (pid {record.pid}, {record.url}) stopped")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether the clustermesh server runs (exit 0) or not (exit 1), and which server commands use."""
+    from cli.server import server_state, state_dir
+
+    state, record = server_state()
+    configured = os.environ.get("PREFECT_API_URL")
+    if state == "running" and record is not None:
+        typer.echo(f"running: {record.url} (pid {record.pid}), UI {record.ui_url}, log {record.log}")
+    elif state == "not answering" and record is not None:
+        typer.echo(f"not answering: pid {record.pid} runs but {record.url} does not answer (`server stop` ends it)")
+    else:
+        typer.echo(f"not running (state folder {state_dir()})")
+    if configured and (record is None or configured != record.url):
+        typer.echo(f"note: PREFECT_API_URL={configured} is set in this environment: commands run here use it")
+    raise typer.Exit(0 if state == "running" else 1)
+
+
 ConfigOption = Annotated[Path, typer.Option("--config", help="The mesh spec (YAML), e.g. the sandbox's mesh.yaml.")]
 
 
@@ -172,6 +309,7 @@ def setup(
 
 
 def _run_setup(spec: MeshSpec) -> int:
+    _prefect_api()
     from clustermesh.errors import ClusterMeshError
     from flows.mesh_setup import cluster_mesh_setup
 
@@ -204,6 +342,7 @@ def clusters_create(
 
             typer.echo(plan_user_clusters(spec).describe())
             return
+        _prefect_api()
         from flows.create_clusters import create_user_clusters
 
         result = create_user_clusters(spec)
@@ -223,6 +362,7 @@ def verify(
 
 
 def _run_verify(spec: MeshSpec, drill: bool) -> int:
+    _prefect_api()
     from flows.mesh_verify import nightly_mesh_verification
 
     state: Any = nightly_mesh_verification(spec, run_drill=drill, return_state=True)
@@ -237,9 +377,11 @@ def _run_verify(spec: MeshSpec, drill: bool) -> int:
 @app.command("drill")
 def drill_command(config: ConfigOption) -> None:
     """The failover drill alone: exit 0 only when it passed."""
+    spec = _load(config)
+    _prefect_api()
     from flows.failover_drill import failover_drill
 
-    result = failover_drill(_load(config))
+    result = failover_drill(spec)
     typer.echo(result.summary())
     for row in result.table_rows():
         typer.echo("  " + " | ".join(f"{k}: {v}" for k, v in row.items() if v))
@@ -295,9 +437,10 @@ def blocks_register(
 
     Idempotent: re-running updates. Prints a spec that references the blocks by name (for deployment runs).
     """
+    spec = _load(config)
+    _prefect_api()
     from deployments.blocks import RegistrationError, register
 
-    spec = _load(config)
     try:
         result = register(
             spec,
