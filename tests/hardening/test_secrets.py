@@ -641,8 +641,8 @@ def verification_switches(source: str) -> list[tuple[int, str]]:
 def test_no_code_switch_turns_tls_verification_off() -> None:
     planted = 'def connect(c):\n    c.verify_ssl = False\n    cluster["insecure-skip-tls-verify"] = True\n'
     assert [n for n, _ in verification_switches(planted)] == [2, 3], "the scan must see a switch"
-    files = [p for folder in ("clustermesh", "tasks", "flows") for p in sorted((ROOT / folder).rglob("*.py"))]
-    assert any(p.name == "kube.py" for p in files)
+    files = [p for folder in ("cli", "clustermesh", "tasks", "flows") for p in sorted((ROOT / folder).rglob("*.py"))]
+    assert any(p.as_posix().endswith("clustermesh/kube/kubeconfig.py") for p in files)
     found = {
         f"{p.relative_to(ROOT)}:{n}: {line}": None for p in files for n, line in verification_switches(p.read_text())
     }
