@@ -152,15 +152,8 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
-def _reap(pid: int) -> None:
-    """Collect ``pid``'s exit status if it is our child (a server started in this process); else nothing."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def _alive(pid: int, started: int | None) -> bool:
     """``pid`` runs (not a zombie) and is the process that was recorded (same start time, where known)."""
-    _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
