@@ -220,14 +220,14 @@ def _check_reachability_and_health(
     spec: MeshSpec, mesh_endpoints: list[MeshEndpoint]
 ) -> tuple[FirewallReport, HealthMatrix]:
     # 7. Node reachability: the rules the mesh needs, and what the probes show blocked
-    firewall, probed = setup_steps.check_node_reachability(spec, mesh_endpoints)
+    firewall = setup_steps.check_node_reachability(spec, mesh_endpoints)
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-firewall-rules"),
         table=rules_table(firewall.rules),
         description="Step 7: firewall rules the mesh needs (UDP 8472, TCP 4240, ICMP, TCP to clustermesh-apiserver)",
     )
     # 8. Mesh health: every node of every cluster reachable from every cluster (from step 7's probe on)
-    matrix = setup_steps.check_mesh_health(spec, probed)
+    matrix = setup_steps.check_mesh_health(spec, firewall.measured)
     create_table_artifact(
         key=_artifact_key(f"{spec.name}-health-matrix"),
         table=matrix.table_rows(),

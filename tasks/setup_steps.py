@@ -88,10 +88,8 @@ def collect_mesh_endpoint(
 
 
 @task(name="7. Check node reachability", cache_policy=RUN_CACHE, persist_result=True, **COMMON)
-def check_node_reachability(
-    spec: MeshSpec, endpoints_: list[MeshEndpoint]
-) -> tuple[reachability.FirewallReport, health.HealthMatrix]:
-    """The firewall report, and the health matrix its probe measured (step 8 starts from it)."""
+def check_node_reachability(spec: MeshSpec, endpoints_: list[MeshEndpoint]) -> reachability.FirewallReport:
+    """The firewall report; it keeps the health matrix its probe measured (``measured``) for step 8."""
     apiservers = {e.cluster: (e.ips[0], e.port) for e in endpoints_}
     with cluster_clients(spec) as clients:
         return reachability.check_reachability(clients, apiservers, exec_timeout=spec.timeouts.api)

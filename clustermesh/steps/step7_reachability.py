@@ -16,7 +16,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from clustermesh.steps.step8_health import HealthCell, HealthClient, HealthMatrix, probe_mesh
 
@@ -236,6 +236,9 @@ class FirewallReport(BaseModel):
 
     rules: list[FirewallRule]
     blocked: list[BlockedPath]
+    measured: HealthMatrix | None = Field(default=None, exclude=True, repr=False)
+    """The health matrix ``blocked`` was read from, kept for step 8 to start from; left out of dumps
+    (the setup reports step 8's matrix)."""
 
     @property
     def ok(self) -> bool:
@@ -244,17 +247,19 @@ class FirewallReport(BaseModel):
 
 def firewall_report(rules: Sequence[FirewallRule], matrix: HealthMatrix | None) -> FirewallReport:
     """Rules plus what a health matrix (if already taken) shows blocked."""
-    return FirewallReport(rules=list(rules), blocked=blocked_paths(matrix) if matrix is not None else [])
+    blocked = blocked_paths(matrix) if matrix is not None else []
+    return FirewallReport(rules=list(rules), blocked=blocked, measured=matrix)
 
 
 def check_reachability(
     clients: Mapping[str, HealthClient], apiservers: Mapping[str, tuple[str, int]], *, exec_timeout: float
-) -> tuple[FirewallReport, HealthMatrix]:
+) -> FirewallReport:
     """Step 7: the rules the mesh needs, and what one health probe of every agent shows blocked.
 
-    Returns the probe's matrix too, so step 8 starts from it (``wait_for_mesh_health(first=…)``)
-    instead of asking every agent again: a mesh already healthy here is probed once for both steps.
+    The report keeps the probe's matrix (``measured``) so step 8 starts from it
+    (``wait_for_mesh_health(first=…)``) instead of asking every agent again: a mesh already healthy
+    here is probed once for both steps.
     """
     nodes = {name: list_node_addresses(client, name) for name, client in clients.items()}
     matrix = probe_mesh(clients, exec_timeout=exec_timeout)
-    return firewall_report(firewall_rules(nodes, apiservers), matrix), matrix
+    return firewall_report(firewall_rules(nodes, apiservers), matrix)
