@@ -267,26 +267,39 @@ def _end(pid: int, started: int | None, grace: float) -> None:
 # ------------------------------------------------------------------------------- start/stop/status
 
 
-def start_server(directory: Path | None = None, *, timeout: float = START_TIMEOUT) -> tuple[ServerRecord, bool]:
-    """Start the session server unless a live one is recorded; returns (record, whether this call started it)."""
+def start_server(
+    directory: Path | None = None, *, timeout: float = START_TIMEOUT, warm: bool = True
+) -> tuple[ServerRecord, bool]:
+    """Start the session server unless a live one is recorded, and (``warm``) its warm runner unless one runs;
+    returns (record, whether this call started the Prefect server)."""
     directory = state_dir() if directory is None else directory
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _locked(directory):
         record = read_record(directory)
-        if record is not None:
-            if _alive(record.pid, record.started):
-                if healthy(record.url):
-                    return record, False
-                raise ServerError(
-                    f"a clustermesh server (pid {record.pid}) is recorded but does not answer at {record.url}; "
-                    "`clustermesh server stop` ends it"
-                )
+        started = False
+        if record is not None and not _alive(record.pid, record.started):
             _remove_record(directory)  # the process is gone: a stale record
-        home = directory / "prefect"
-        home.mkdir(exist_ok=True, mode=0o700)
-        record = _launch(home, directory / LOG_NAME, timeout)
-        _write_record(directory, record)
-        return record, True
+            record = None
+        if record is None:
+            home = directory / "prefect"
+            home.mkdir(exist_ok=True, mode=0o700)
+            record = _launch(home, directory / LOG_NAME, timeout)
+            _write_record(directory, record)
+            started = True
+        elif not healthy(record.url):
+            raise ServerError(
+                f"a clustermesh server (pid {record.pid}) is recorded but does not answer at {record.url}; "
+                "`clustermesh server stop` ends it"
+            )
+        if warm:
+            from cli import runner
+
+            if runner.runner_pid(directory) is None:
+                try:
+                    runner.launch(directory, {**os.environ, "PREFECT_API_URL": record.url}, wait=timeout)
+                except RuntimeError as exc:
+                    raise ServerError(f"{exc} (the Prefect server runs: {record.url})") from None
+        return record, started
 
 
 def _launch(home: Path, log_path: Path, timeout: float, attempts: int = 3) -> ServerRecord:
@@ -334,7 +347,10 @@ def _launch(home: Path, log_path: Path, timeout: float, attempts: int = 3) -> Se
 
 def stop_server(directory: Path | None = None, *, grace: float = STOP_GRACE) -> ServerRecord | None:
     """End the recorded server (SIGTERM, SIGKILL after ``grace`` s) and remove the record; None if none."""
+    from cli import runner
+
     directory = state_dir() if directory is None else directory
+    runner.stop(directory, grace=grace)
     if not (directory / RECORD_NAME).exists():
         return None
     with _locked(directory):
