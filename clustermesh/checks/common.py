@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from clustermesh.certs import key_matches, load_cert, load_private_key
 from clustermesh.cilium.profiles import CiliumProfile
 from clustermesh.errors import CertificateError, ClusterMeshError, KubeApiError, SpecError
-from clustermesh.kube.client import is_transient
+from clustermesh.kube import is_transient
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
 
 __all__ = [

@@ -13,7 +13,7 @@ from clustermesh.checks.common import VerifyClient, error_parts, safe_text
 from clustermesh.checks.findings import Finding, fail, ok, warn
 from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ClusterMeshError, PrerequisiteError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites

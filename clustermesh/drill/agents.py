@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.cilium.output import Service, parse_service_list
+from clustermesh.cilium import Service, parse_service_list
 from clustermesh.cilium.profiles import CiliumProfile, profile_for
 from clustermesh.drill.client import DrillClient
 from clustermesh.drill.text import cut

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from clustermesh.kube.client import ExecOutput
+from clustermesh.kube import ExecOutput
 
 
 class DrillClient(Protocol):

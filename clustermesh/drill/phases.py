@@ -28,7 +28,7 @@ from clustermesh.drill.results import DrillPhase, PhaseName, PhaseStatus
 from clustermesh.drill.text import cut
 from clustermesh.drill.workloads import deployment_ready, describe_deployment, parse_count, pod_ready, recorded
 from clustermesh.errors import ClusterMeshError, DrillError, WaitTimeoutError
-from clustermesh.kube.client import wait_for
+from clustermesh.kube import wait_for
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from clustermesh.cilium.profiles import profile_for
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE
 
 

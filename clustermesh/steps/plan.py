@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.errors import WaitTimeoutError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint
 from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites

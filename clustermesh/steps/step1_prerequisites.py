@@ -14,7 +14,7 @@ from typing import Any
 
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import NotFoundError, PrerequisiteError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import failing_values_are_ours

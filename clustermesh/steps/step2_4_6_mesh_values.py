@@ -23,7 +23,7 @@ from typing import Any
 
 from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.values import (

@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from clustermesh.certs import issued_by, key_matches, load_cert, load_private_key
 from clustermesh.errors import CertificateError, EndpointError, WaitTimeoutError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint
 

@@ -26,9 +26,9 @@ from typing import Any, Protocol, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.cilium.output import HealthNode, HealthStatus, parse_health
+from clustermesh.cilium import HealthNode, HealthStatus, parse_health
 from clustermesh.errors import ClusterMeshError, MeshUnhealthyError
-from clustermesh.kube.client import ExecOutput
+from clustermesh.kube import ExecOutput
 
 __all__ = [
     "AGENT_CONTAINER",

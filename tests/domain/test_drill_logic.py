@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from clustermesh.checks import Finding
-from clustermesh.cilium.output import parse_service_list
+from clustermesh.cilium import parse_service_list
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.drill import (
     BACKEND,
@@ -33,7 +33,7 @@ from clustermesh.drill import (
     steady_problems,
 )
 from clustermesh.errors import ConflictError, DrillError, KubeApiError, TransientKubeError
-from clustermesh.kube.client import ExecOutput
+from clustermesh.kube import ExecOutput
 from clustermesh.spec import MeshSpec, from_data
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step8_health import HealthCell, HealthMatrix

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from clustermesh.cilium.output import HealthStatus, parse_health
+from clustermesh.cilium import HealthStatus, parse_health
 from clustermesh.errors import MeshUnhealthyError, TransientKubeError
-from clustermesh.kube.client import ExecOutput
+from clustermesh.kube import ExecOutput
 from clustermesh.steps.step8_health import (
     AgentHealth,
     ClusterHealth,

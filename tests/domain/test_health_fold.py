@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clustermesh.cilium.output import HealthNode, HealthStatus
-from clustermesh.kube.client import ExecOutput
+from clustermesh.cilium import HealthNode, HealthStatus
+from clustermesh.kube import ExecOutput
 from clustermesh.steps.step8_health import (
     MAX_FAILURES_PER_CELL,
     AgentHealth,

@@ -34,8 +34,8 @@ from clustermesh.errors import (
     UnauthorizedError,
     WaitTimeoutError,
 )
+from clustermesh.kube import ClusterClient
 from clustermesh.kube.api_errors import is_transient, translate_error
-from clustermesh.kube.client import ClusterClient
 from clustermesh.kube.waiting import describe_object, wait_for
 
 TOKEN = "sha256~Zk3rT0pS3cr3tT0k3nValueThatMustNeverLeak"

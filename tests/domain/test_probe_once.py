@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clustermesh.kube.client import ExecOutput
+from clustermesh.kube import ExecOutput
 from clustermesh.steps.step7_reachability import UDP_8472_PATH, check_reachability
 from clustermesh.steps.step8_health import wait_for_mesh_health
 from tests.domain.test_health import JSON_ARGV, NODES, FakeClient, FakeTime, node_json, pod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from clustermesh.cilium.output import parse_health
+from clustermesh.cilium import parse_health
 from clustermesh.steps.step7_reachability import (
     APISERVER_PATH,
     ICMP_PATH,

@@ -155,8 +155,10 @@ def test_a_rerun_converges_once_the_loadbalancer_gets_its_address(
         cluster_mesh_setup(spec)
     wait_until(
         "KKP gives up on cluster-2's installation",
-        lambda: (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
-        == "InstallationFailedRetriesExceeded",
+        lambda: (
+            (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
+            == "InstallationFailedRetriesExceeded"
+        ),
     )
     sb.fault("lb-never", cluster="cluster-2", on=False)
 
@@ -181,8 +183,10 @@ def test_a_failing_installation_whose_values_a_person_changed_is_still_refused(
         cluster_mesh_setup(spec)
     wait_until(
         "KKP gives up on cluster-2's installation",
-        lambda: (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
-        == "InstallationFailedRetriesExceeded",
+        lambda: (
+            (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
+            == "InstallationFailedRetriesExceeded"
+        ),
     )
     sb.fault("lb-never", cluster="cluster-2", on=False)
     ai = k["cluster-2"].ai()

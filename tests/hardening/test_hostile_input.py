@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from clustermesh.certs import check_pair, load_cert, load_private_key
-from clustermesh.cilium.output import parse_health, parse_service_list
+from clustermesh.cilium import parse_health, parse_service_list
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import CertificateError, CiliumOutputError, SpecError, ValuesError
 from clustermesh.spec import MeshSpec, from_data, load_spec

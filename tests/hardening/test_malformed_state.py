@@ -31,7 +31,7 @@ from clustermesh.errors import (
     ValuesError,
     WaitTimeoutError,
 )
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import ClusterSpec, MeshSpec, Timeouts, load_spec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint

@@ -35,7 +35,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from kubernetes import client as k8s
 
 from clustermesh.errors import KubeconfigError, TLSVerificationError
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import ClusterSpec, MeshSpec, load_spec
 from clustermesh.steps.models import MeshEndpoint

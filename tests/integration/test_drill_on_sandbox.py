@@ -24,7 +24,7 @@ from clustermesh.drill import (
     Drill,
     run_drill,
 )
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from tests.helpers import build_mesh

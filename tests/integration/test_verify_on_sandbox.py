@@ -19,7 +19,7 @@ from clustermesh.checks.drift import check_drift
 from clustermesh.checks.findings import Finding, overall
 from clustermesh.checks.reachability import check_reachability_and_versions
 from clustermesh.cilium.profiles import profile_for
-from clustermesh.kube.client import ClusterClient
+from clustermesh.kube import ClusterClient
 from clustermesh.kube.credentials import open_cluster
 from clustermesh.spec import MeshSpec, load_spec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint
