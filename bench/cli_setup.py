@@ -10,8 +10,10 @@ instant sandbox (``clustermesh sandbox up --time-scale 0``, 2 clusters, 2 nodes 
 - **setup, temporary server**: ``clustermesh setup --config mesh.yaml`` (the venv's console script, as
   ``uv run clustermesh`` execs it) with no Prefect server configured, so Prefect starts a temporary one in
   each process; first run on the fresh sandbox, then a rerun that writes nothing;
-- **setup, clustermesh server**: the same after ``clustermesh server start`` (its start-up is reported
-  apart, not in the figures).
+- **setup, clustermesh server**: the same after ``clustermesh server start --no-warm`` (the Prefect server
+  only), then after ``clustermesh server start`` (the Prefect server and the warm runner, which forks each
+  command from a process that has imported Prefect, the flows and the Kubernetes client); the start-ups
+  are reported apart, not in the figures.
 
 Every command gets its own PREFECT_HOME and a private ``CLUSTERMESH_STATE_DIR`` (nothing of the user's
 Prefect or server state is used), no PREFECT_API_URL and no result key. Figures are medians of
@@ -143,6 +145,9 @@ def guide_with_kubectl(directory: Path, work: Path) -> float:
 # ------------------------------------------------------------------------------ clustermesh setup
 
 
+PYCACHE: Path | None = None  # with --bytecode: a bytecode cache shared by every CLI process of the run
+
+
 def cli_env(work: Path, state: Path) -> dict[str, str]:
     """No Prefect setting of this environment, a fresh PREFECT_HOME, a private server state folder."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -150,7 +155,21 @@ def cli_env(work: Path, state: Path) -> dict[str, str]:
     home = work / "prefect-home"
     home.mkdir(exist_ok=True)
     env.update(PREFECT_HOME=str(home), CLUSTERMESH_STATE_DIR=str(state))
+    if PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
+
+
+def bytecode_state() -> str:
+    """Whether the CLI processes read compiled bytecode (without it every import is compiled from source)."""
+    import prefect  # noqa: F401 (only to find its folder)
+
+    compiled = any((Path(sys.modules["prefect"].__file__ or "").parent / "__pycache__").glob("*.pyc"))
+    if PYCACHE is not None:
+        return "a bytecode cache filled before the figures (--bytecode)"
+    writes = "not written (PYTHONDONTWRITEBYTECODE is set)" if sys.dont_write_bytecode else "written on first import"
+    return f"installed packages {'compiled' if compiled else 'not compiled'}; bytecode {writes}"
 
 
 def clustermesh(env: dict[str, str], *args: str, timeout: float = SETUP_TIMEOUT) -> tuple[float, str]:
@@ -177,9 +196,16 @@ def setup_twice(env: dict[str, str], directory: Path) -> tuple[float, float]:
 
 
 def main() -> None:
+    global PYCACHE
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3, help="fresh sandboxes per variant; medians shown")
     parser.add_argument("--cilium-version", default="1.13", help="Cilium line of the sandboxes (the guide's: 1.13)")
+    parser.add_argument(
+        "--bytecode",
+        action="store_true",
+        help="give the CLI processes a bytecode cache, as `uv sync --compile-bytecode` or an environment "
+        "without PYTHONDONTWRITEBYTECODE would",
+    )
     args = parser.parse_args()
     if shutil.which("kubectl") is None:
         raise SystemExit("kubectl is not on PATH")
@@ -194,6 +220,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="clustermesh-bench-cli-") as tmp_name:
         tmp = Path(tmp_name)
         state = tmp / "server-state"
+        if args.bytecode:
+            PYCACHE = tmp / "pycache"
+            warm_up = "import cli.runner; cli.runner.warm_up()"
+            subprocess.run([sys.executable, "-c", warm_up], cwd=ROOT, env=cli_env(tmp, state), check=True, timeout=300)
+        print(f"bytecode: {bytecode_state()}", flush=True)
         for r in range(args.repeat):
             work = tmp / f"kubectl-{r}"
             work.mkdir()
@@ -209,27 +240,33 @@ def main() -> None:
             record("setup, temporary server: rerun", again)
         print(f"temporary-server runs done; load {load()}", flush=True)
         env = cli_env(tmp, state)
-        server_start, _ = clustermesh(env, "server", "start")
-        try:
-            for r in range(args.repeat):
-                work = tmp / f"server-{r}"
-                work.mkdir()
-                with sandbox(work / "sandbox", args.cilium_version) as directory:
-                    first, again = setup_twice(cli_env(work, state), directory)
-                record("setup, clustermesh server: first run", first)
-                record("setup, clustermesh server: rerun", again)
-        finally:
-            clustermesh(env, "server", "stop", timeout=60)
-        print(f"clustermesh-server runs done; load {load()}")
-        print(f"`clustermesh server start` (once, not in the figures): {server_start:.1f} s")
+        starts = {}
+        for variant, option in (("clustermesh server", "--no-warm"), ("clustermesh server + warm runner", "--warm")):
+            starts[variant], _ = clustermesh(env, "server", "start", option)
+            try:
+                for r in range(args.repeat):
+                    work = tmp / f"{option.strip('-')}-{r}"
+                    work.mkdir()
+                    with sandbox(work / "sandbox", args.cilium_version) as directory:
+                        first, again = setup_twice(cli_env(work, state), directory)
+                    record(f"setup, {variant}: first run", first)
+                    record(f"setup, {variant}: rerun", again)
+            finally:
+                clustermesh(env, "server", "stop", timeout=60)
+            print(f"{variant} runs done; load {load()}", flush=True)
+        log = state / "runner.log"
+        served = log.read_text().count(": setup --config") if log.exists() else 0
+        print(f"the warm runner served {served} of {2 * args.repeat} setups (the others ran cold)")
+        for variant, seconds in starts.items():
+            print(f"`clustermesh server start` for {variant} (once, not in the figures): {seconds:.1f} s")
 
     kubectl = statistics.median(results["kubectl guide"])
     print()
-    print(f"{'what':<40} {'median s':>8}  {'runs s':<24} {'÷ kubectl':>9}")
+    print(f"{'what':<56} {'median s':>8}  {'runs s':<20} {'÷ kubectl':>9}")
     for name, values in results.items():
         median = statistics.median(values)
         runs = " ".join(f"{v:.2f}" for v in values)
-        print(f"{name:<40} {median:>8.2f}  {runs:<24} {median / kubectl:>8.1f}x")
+        print(f"{name:<56} {median:>8.2f}  {runs:<20} {median / kubectl:>8.1f}x")
     print(f"load average at end: {load()}")
 
 

@@ -238,8 +238,8 @@ def sandbox_fault(
 
 
 server_app = typer.Typer(
-    help="One Prefect server for the session: commands that run flows use it (unless PREFECT_API_URL is set) "
-    "instead of starting a temporary server each time.",
+    help="One Prefect server (and a warm runner) for the session: commands that run flows use it, unless "
+    "PREFECT_API_URL is set, instead of starting a temporary server and importing Prefect each time.",
     no_args_is_help=True,
 )
 app.add_typer(server_app, name="server")

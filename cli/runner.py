@@ -80,7 +80,9 @@ def delegate(argv: list[str], directory: Path) -> int | None:
         payload = json.dumps(request).encode()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        socket.send_fds(sock, [_LENGTH.pack(len(payload)) + payload], [0, 1, 2])
+        message = _LENGTH.pack(len(payload)) + payload
+        sent = socket.send_fds(sock, [message], [0, 1, 2])
+        sock.sendall(message[sent:])
         sock.settimeout(FORK_TIMEOUT)
         replies = sock.makefile("rb")
         first = json.loads(replies.readline() or b"{}")
@@ -413,15 +415,13 @@ def runner_pid(directory: Path) -> int | None:
         pid = int((directory / PID_NAME).read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    if not (directory / SOCKET_NAME).exists():
+    if not (directory / SOCKET_NAME).exists() or not _running(pid):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return None
-    return pid
+    try:  # the pid is a runner's, not a reused one
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid  # no /proc: trust the record
+    return pid if b"cli.runner" in cmdline else None
 
 
 def launch(directory: Path, environ: Mapping[str, str], *, wait: float | None = None) -> subprocess.Popen[bytes]:
@@ -477,6 +477,8 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return False  # another user's process: not our runner
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] not in ("Z", "X")
     except (OSError, IndexError):

@@ -4,7 +4,9 @@ Without a server, every process that runs a flow makes Prefect start a temporary
 before the first task, for a setup whose own work takes about a second. ``clustermesh server start`` starts
 ``prefect server start`` once, detached (SQLite under a per-user state folder, 127.0.0.1, a free port,
 analytics off), and records its URL and pid; every later command that runs a flow finds the record and
-talks to that server instead.
+talks to that server instead. It also starts the warm runner (cli/runner.py, unless ``--no-warm``), in which
+those commands run without importing Prefect, the flows and the Kubernetes client again; ``server stop``
+ends both.
 
 Which API a command uses, in this order (:func:`use_prefect_api`, called before Prefect is imported,
 because Prefect reads its settings once, at import):
@@ -13,7 +15,8 @@ because Prefect reads its settings once, at import):
 2. the URL of a live ``clustermesh server`` record (the pid is alive and ``/api/health`` answers);
 3. Prefect's temporary server, as before, with one line on stderr suggesting ``clustermesh server start``.
 
-This module imports nothing heavy (no Prefect, no httpx): it runs before every flow command.
+This module imports nothing heavy (no Prefect, no httpx): it runs before every flow command. The state
+folder is ``$CLUSTERMESH_STATE_DIR``, else ``$XDG_STATE_HOME/clustermesh``, else ``~/.local/state/clustermesh``.
 """
 
 from __future__ import annotations
