@@ -12,7 +12,7 @@ import base64
 import binascii
 import copy
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import Any, Literal, overload
@@ -236,7 +236,12 @@ def _merge(base: Any, overlay: Any, path: Path) -> Any:
 
 
 def _merge_by_name(base: list[Any], overlay: list[Any]) -> list[Any]:
-    """Overlay entries replace same-named ones in place; unknown peers stay; new ones are appended."""
+    """Overlay entries replace same-named ones in place; unknown peers stay; new ones are appended.
+
+    A peer the overlay manages is kept once, where it was first listed: a second entry of that name
+    (a copy left by hand, often with a stale address) is dropped, since Cilium would read both.
+    Entries of peers the overlay does not name are left exactly as they are, duplicates included.
+    """
     incoming: dict[Any, Any] = {}
     unnamed: list[Any] = []
     for entry in overlay:
@@ -246,21 +251,23 @@ def _merge_by_name(base: list[Any], overlay: list[Any]) -> list[Any]:
         else:
             unnamed.append(entry)
     merged: list[Any] = []
+    placed: set[Any] = set()
     for entry in base:
         name = _entry_name(entry)
-        if name is not None and name in incoming:
-            merged.append(copy.deepcopy(incoming.pop(name)))
-        else:
+        if name is None or name not in incoming:
             merged.append(copy.deepcopy(entry))
-    merged.extend(copy.deepcopy(e) for e in incoming.values())
+        elif name not in placed:
+            merged.append(copy.deepcopy(incoming[name]))
+            placed.add(name)
+    merged.extend(copy.deepcopy(e) for name, e in incoming.items() if name not in placed)
     merged.extend(copy.deepcopy(e) for e in unnamed)
     return merged
 
 
 def _entry_name(entry: Any) -> Any:
-    """An entry's ``name`` when it can key a dict; a hand-written list or mapping as name is no name."""
+    """An entry's ``name`` when it can key a dict; a hand-written list, set or mapping as name is no name."""
     name = entry.get("name") if isinstance(entry, dict) else None
-    return None if isinstance(name, dict | list) else name
+    return name if isinstance(name, Hashable) else None
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> Values:

@@ -350,6 +350,33 @@ def test_second_run_of_a_finished_setup_writes_nothing() -> None:
     assert str(again) == "no change"
 
 
+def test_a_managed_peer_listed_twice_with_a_stale_address_is_planned_as_a_change_and_kept_once() -> None:
+    spec = mesh()
+    overlay = render_mesh_values(profile_for("1.16"), spec.first, spec, shared_ca=None, peers=[peer(2)])
+    applied = plan_change(KKP_VALUES, overlay).new_values
+    entries = applied["clustermesh"]["config"]["clusters"]
+    stale = {**copy.deepcopy(entries[0]), "ips": ["198.51.100.2"]}
+    hand_made = {"name": "hand-made", "port": 32379, "ips": ["198.51.100.9"]}
+    applied["clustermesh"]["config"]["clusters"] = [entries[0], hand_made, stale, copy.deepcopy(hand_made)]
+
+    change = plan_change(applied, overlay)
+
+    assert change.changed, "the plan must not say 'no change' while the stale copy is there"
+    assert "-      - 198.51.100.2" in change.diff_lines(), "the diff shows the stale copy going"
+    clusters = change.new_values["clustermesh"]["config"]["clusters"]
+    assert [c["name"] for c in clusters] == ["cluster-2", "hand-made", "hand-made"], "only managed peers deduplicated"
+    assert clusters[0]["ips"] == ["203.0.113.2"]
+    assert not plan_change(change.new_values, overlay).changed
+
+
+def test_the_stale_copy_may_come_first() -> None:
+    base = {"clustermesh": {"config": {"clusters": [{"name": "cluster-2", "ips": ["198.51.100.2"]}] * 2}}}
+    overlay = {"clustermesh": {"config": {"clusters": [{"name": "cluster-2", "ips": ["203.0.113.2"]}]}}}
+    assert deep_merge(base, overlay)["clustermesh"]["config"]["clusters"] == [
+        {"name": "cluster-2", "ips": ["203.0.113.2"]}
+    ]
+
+
 def test_bool_and_int_are_different_values() -> None:
     current = {"clustermesh": {"useAPIServer": 1}}
     assert plan_change(current, {"clustermesh": {"useAPIServer": True}}).changed
