@@ -10,10 +10,12 @@ on it. Text we did not write (API messages, library errors, exec-plugin output) 
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import re
 import socket
 import ssl
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -58,6 +60,10 @@ _TOKEN_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[^\s'\",}]+"), r"\1 " + REDACTED),
     (re.compile(r"(?i)(authorization['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1" + REDACTED),
     (re.compile(r"eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*"), REDACTED),  # JWTs (service-account, OIDC)
+    # A private key quoted back (an admission webhook refusing values that hold a CA key): the PEM block,
+    # cut short or not, and its base64 as a Secret or Helm values carry it ("-----BEGIN" is "LS0tLS1CRUdJTi").
+    (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.DOTALL), REDACTED),
+    (re.compile(r"LS0tLS1CRUdJTi[A-Za-z0-9+/=_-]*"), REDACTED),
 )
 
 
@@ -99,6 +105,7 @@ class _Call:
     target: str
     credentials: str
     redact: Callable[[str], str]
+    server: str | None = None
 
     def error(
         self,
@@ -120,15 +127,18 @@ def translate_error(
     target: str,
     credentials: str = "the kubeconfig's user",
     redact: Callable[[str], str] = redact_shapes,
+    server: str | None = None,
 ) -> KubeApiError:
     """Turn what the client raised into the error class that tells the caller what to do next.
 
-    ``credentials`` names (never shows) the credentials in use, for 401/403 hints. Headers of the
-    request or response are never read, so tokens cannot leak through them.
+    ``credentials`` names (never shows) the credentials in use, for 401/403 hints; ``server`` is the
+    kubeconfig's server address, named when the connection fails. Headers of the request or response
+    are never read, so tokens cannot leak through them. The caller raises the result without chaining
+    ``exc`` (see :meth:`ClusterClient._translated`).
     """
     if isinstance(exc, KubeApiError):
         return exc
-    call = _Call(cluster, verb, target, credentials, redact)
+    call = _Call(cluster, verb, target, credentials, redact, server)
     if isinstance(exc, ApiException):
         status = exc.status if isinstance(exc.status, int) else 0
         if status == 0:  # raised by the client itself, e.g. the exec WebSocket wrapping its errors
@@ -143,13 +153,16 @@ def translate_error(
             f"the client refused the request before sending it: {problems}",
             fix="fix the manifest's fields; the official client does not know them",
         )
+    address = _address(exc, server)
     while isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
+        address = _address(exc, None) or address
     text = cut(redact(_strip_object_reprs(str(exc))), 300)
     if _is_certificate_failure(exc, text):
         return call.error(TLSVerificationError, f"TLS verification failed: {text}")
     if isinstance(exc, _CONNECTION_ERRORS):
-        return call.error(TransientKubeError, f"{_connection_problem(exc)}: {text}")
+        problem, fix = _connection_problem(exc, text, address or "the API server", server)
+        return call.error(TransientKubeError, f"{problem}: {text}", fix=fix)
     return call.error(KubeApiError, f"{type(exc).__name__}: {text}")
 
 
@@ -220,7 +233,7 @@ def _read_status_body(body: object, redact: Callable[[str], str]) -> tuple[str, 
     try:
         status = json.loads(body)
     except ValueError:
-        return "", redact(cut(" ".join(body.split()), 200))
+        return "", cut(redact(" ".join(body.split())), 200)
     if not isinstance(status, dict):
         return "", ""
     message = str(status.get("message") or "")
@@ -228,7 +241,7 @@ def _read_status_body(body: object, redact: Callable[[str], str]) -> tuple[str, 
     causes = details.get("causes") if isinstance(details, dict) else None
     if not message and isinstance(causes, list):
         message = "; ".join(f"{c.get('field', '')}: {c.get('message', '')}" for c in causes[:5] if isinstance(c, dict))
-    return str(status.get("reason") or ""), redact(cut(message, 1000))
+    return str(status.get("reason") or ""), cut(redact(message), 1000)
 
 
 _HANDSHAKE = re.compile(r"Handshake status (\d{3})(?: ([A-Za-z][A-Za-z ]*?))?\s*(?:-\+-\+-|$)")
@@ -251,6 +264,9 @@ def _from_client_text(text: str, call: _Call) -> KubeApiError:
     text = cut(call.redact(_strip_object_reprs(text)), 300)
     if _is_certificate_failure(None, text):
         return call.error(TLSVerificationError, f"TLS verification failed: {text}")
+    if _refused(None, text):
+        problem, fix = _refused_problem(_address(None, call.server) or "the API server", call.server)
+        return call.error(TransientKubeError, f"{problem}: {text}", fix=fix)
     if _CONNECTION_WORDS.search(text):
         return call.error(TransientKubeError, text)
     return call.error(KubeApiError, text or "the client failed without a message")
@@ -280,18 +296,76 @@ def _is_certificate_failure(exc: BaseException | None, text: str) -> bool:
     return "certificate verify failed" in lowered or "certificate_verify_failed" in lowered
 
 
-def _connection_problem(exc: BaseException) -> str:
+def _address(exc: BaseException | None, server: str | None) -> str | None:
+    """``host:port`` the failed call went to: from urllib3's connection or pool, else from the server URL."""
+    new_connection = isinstance(exc, urllib3.exceptions.NewConnectionError)
+    for name in ("conn",) if new_connection else ("conn", "pool"):  # NewConnectionError's pool is deprecated
+        holder = getattr(exc, name, None)
+        host = getattr(holder, "host", None)
+        if isinstance(host, str) and host:
+            port = getattr(holder, "port", None)
+            return f"{host}:{port}" if port else host
+    if server:
+        netloc = urllib.parse.urlsplit(server).netloc
+        return netloc.rpartition("@")[2] or None  # never a user:password@ part
+    return None
+
+
+def _refused(exc: BaseException | None, text: str) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(4):  # urllib3 raises NewConnectionError from the socket's ConnectionRefusedError
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return f"[Errno {errno.ECONNREFUSED}]" in text or "connection refused" in text.lower()
+
+
+def _where(server: str | None) -> str:
+    return f"the kubeconfig's server address ({server})" if server else "the kubeconfig's server address"
+
+
+def _refused_problem(address: str, server: str | None) -> tuple[str, str]:
+    return (
+        f"connection refused by {address}",
+        f"nothing accepts connections there: check {_where(server)} and that the API server is running; "
+        "retrying is safe",
+    )
+
+
+def _connection_problem(exc: BaseException, text: str, address: str, server: str | None) -> tuple[str, str | None]:
+    """What went wrong with the connection, in words that match it, and the fix when there is a better one.
+
+    Order matters: urllib3's ``NewConnectionError`` (refused, unreachable) subclasses its
+    ``ConnectTimeoutError``, so a refused connection must be recognised before any timeout.
+    """
+    where = _where(server)
+    if _refused(exc, text):
+        return _refused_problem(address, server)
+    if isinstance(exc, urllib3.exceptions.NameResolutionError | socket.gaierror):
+        return (
+            f"cannot resolve the host of {address}",
+            f"check {where} and this machine's DNS; retrying is safe",
+        )
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return f"cannot connect to {address}", f"check {where} and the route to it; retrying is safe"
+    if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):
+        return (
+            f"timed out connecting to {address}",
+            f"check {where} and that no firewall drops packets to it; retrying is safe",
+        )
     if isinstance(exc, urllib3.exceptions.TimeoutError | TimeoutError):
-        return "timed out"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-        return "cannot connect"
+        return f"timed out waiting for {address}", None
     if isinstance(exc, urllib3.exceptions.ProtocolError | ConnectionError):
-        return "connection broken"
+        return f"connection to {address} broken", None
     if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError):
-        return "TLS handshake failed"
-    return "connection problem"
+        return f"TLS handshake with {address} failed", None
+    return f"connection problem with {address}", None
 
 
 def _strip_object_reprs(text: str) -> str:
-    """``<urllib3.connection.HTTPSConnection object at 0x7f…>: `` says nothing to a reader."""
-    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", text)
+    """``<urllib3.connection.HTTPSConnection object at 0x7f…>: `` says nothing to a reader, and the
+    ``HTTPSConnection(host=…, port=…): `` prefix repeats the address the message names already."""
+    text = re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>:?\s*", "", text)
+    return re.sub(r"HTTPS?Connection(?:Pool)?\(host='[^']*', port=\d+\):\s*", "", text)  # the address is named

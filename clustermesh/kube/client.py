@@ -15,8 +15,8 @@ import copy
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,6 +33,7 @@ from clustermesh.errors import (
 )
 from clustermesh.kube.api_errors import CALL_ERRORS, Redactor, cut, is_transient, translate_error
 from clustermesh.kube.kubeconfig import (
+    KubeconfigSource,
     LoadedKubeconfig,
     MemoryFiles,
     load_context,
@@ -155,6 +156,7 @@ class ClusterClient:
         context: str | None,
         cluster_name: str,
         request_timeout: float = 30.0,
+        source: KubeconfigSource | None = None,
     ) -> ClusterClient:
         """The one way from a kubeconfig to a client; this is how credentials resolve.
 
@@ -169,8 +171,9 @@ class ClusterClient:
           refused rather than written out in the clear.
         - Relative file paths resolve against the working directory (use :meth:`from_kubeconfig_file`
           for paths relative to a kubeconfig file).
+        - ``source`` names where the text came from (a Secret block, KKP) in error messages.
         """
-        config = parse_kubeconfig(text, cluster_name)
+        config = parse_kubeconfig(text, cluster_name, source)
         loaded = load_context(config, context=context, cluster_name=cluster_name, base_dir="")
         return cls._from_loaded(loaded, cluster_name=cluster_name, request_timeout=request_timeout)
 
@@ -182,9 +185,10 @@ class ClusterClient:
         context: str | None,
         cluster_name: str,
         request_timeout: float = 30.0,
+        source: KubeconfigSource | None = None,
     ) -> ClusterClient:
-        """As :meth:`from_kubeconfig_text`, reading one file; relative paths in it resolve beside it."""
-        config, base_dir = read_kubeconfig_file(path, cluster_name)
+        """As :meth:`from_kubeconfig_text`, reading one file (UTF-8); relative paths in it resolve beside it."""
+        config, base_dir = read_kubeconfig_file(path, cluster_name, source)
         loaded = load_context(config, context=context, cluster_name=cluster_name, base_dir=base_dir)
         return cls._from_loaded(loaded, cluster_name=cluster_name, request_timeout=request_timeout)
 
@@ -227,22 +231,29 @@ class ClusterClient:
 
     # -- plumbing ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def _translated(self, verb: str, target: str) -> Iterator[None]:
-        """Our error classes out, with the library's exception dropped from the chain (it holds headers)."""
+    def _translated(self, verb: str, target: str, call: Callable[[], T]) -> T:
+        """``call()``, with what the client raises turned into our error class, chaining nothing.
+
+        The library's exception holds headers, bodies and connection objects: it is not kept as the
+        ``__context__`` of ours (raised after the ``except`` block, not inside it), so neither a traceback
+        nor a pickled state can carry it.
+        """
+        error: KubeApiError | None = None
         try:
-            yield
+            return call()
         except KubeApiError:
             raise
         except CALL_ERRORS as exc:
-            raise translate_error(
+            error = translate_error(
                 exc,
                 cluster=self.cluster_name,
                 verb=verb,
                 target=target,
                 credentials=self._credentials,
                 redact=self._redact,
-            ) from None
+                server=self.server,
+            )
+        raise error
 
     def _call(self, verb: str, target: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """One request, answered with the server's JSON as plain Python data.
@@ -260,22 +271,25 @@ class ClusterClient:
         return self._call_once(verb, target, method, *args, **kwargs)
 
     def _call_once(self, verb: str, target: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        with self._translated(verb, target):
+        def send() -> Any:
             response = method(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
             try:
-                data = response.data
+                return response.data
             finally:
                 response.release_conn()
-        try:
-            return json.loads(data) if data else None
-        except ValueError:
-            raise KubeApiError(
-                self.cluster_name,
-                verb,
-                target,
-                "the API answered with something that is not JSON",
-                fix="check that the kubeconfig's server is the Kubernetes API and not a proxy or web page",
-            ) from None
+
+        data = self._translated(verb, target, send)
+        if not data:
+            return None
+        with suppress(ValueError):  # a JSONDecodeError's ``doc`` is the whole answer (a Secret's data, say)
+            return json.loads(data)
+        raise KubeApiError(
+            self.cluster_name,
+            verb,
+            target,
+            "the API answered with something that is not JSON",
+            fix="check that the kubeconfig's server is the Kubernetes API and not a proxy or web page",
+        )
 
     def _get_or_none(self, target: str, method: Callable[..., Any], *args: Any) -> dict[str, Any] | None:
         try:
@@ -468,43 +482,46 @@ class ClusterClient:
         shown = cut(" ".join(argv), 100)
         deadline = time.monotonic() + timeout
         exec_api: Any = k8s.ApiClient(self._configuration)
+
+        def run() -> tuple[object, object, object]:
+            ws = stream(
+                k8s.CoreV1Api(exec_api).connect_get_namespaced_pod_exec,
+                pod,
+                namespace,
+                command=list(argv),
+                container=container,
+                stdin=False,
+                stdout=True,
+                stderr=True,
+                tty=False,
+                binary=True,
+                _preload_content=False,
+                _request_timeout=timeout,
+            )
+            malformed: str | None = None
+            try:
+                while ws.is_open():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TransientKubeError(
+                            self.cluster_name,
+                            "exec",
+                            target,
+                            f"`{shown}` in container {container!r} did not finish within {timeout:g}s",
+                            fix="check that the pod is running and responsive, or allow a longer timeout",
+                        )
+                    ws.update(timeout=remaining)
+                return ws.read_channel(1), ws.read_channel(2), ws.read_channel(3)
+            except RuntimeError as exc:  # the client's frame parser refusing what it got
+                malformed = cut(self._redact(str(exc)), 300)
+            finally:
+                ws.close()
+            raise KubeApiError(
+                self.cluster_name, "exec", target, f"malformed exec stream: {malformed}", fix="report this"
+            )
+
         try:
-            with self._translated("exec", target):
-                ws = stream(
-                    k8s.CoreV1Api(exec_api).connect_get_namespaced_pod_exec,
-                    pod,
-                    namespace,
-                    command=list(argv),
-                    container=container,
-                    stdin=False,
-                    stdout=True,
-                    stderr=True,
-                    tty=False,
-                    binary=True,
-                    _preload_content=False,
-                    _request_timeout=timeout,
-                )
-                try:
-                    while ws.is_open():
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise TransientKubeError(
-                                self.cluster_name,
-                                "exec",
-                                target,
-                                f"`{shown}` in container {container!r} did not finish within {timeout:g}s",
-                                fix="check that the pod is running and responsive, or allow a longer timeout",
-                            )
-                        ws.update(timeout=remaining)
-                    stdout = ws.read_channel(1)
-                    stderr = ws.read_channel(2)
-                    status = ws.read_channel(3)
-                except RuntimeError as exc:  # the client's frame parser refusing what it got
-                    raise KubeApiError(
-                        self.cluster_name, "exec", target, f"malformed exec stream: {exc}", fix="report this"
-                    ) from None
-                finally:
-                    ws.close()
+            stdout, stderr, status = self._translated("exec", target, run)
             return ExecOutput(
                 exit_code=self._exit_code(status, target, shown),
                 stdout=_text(stdout),
@@ -537,7 +554,7 @@ class ClusterClient:
                         return int(cause.get("message", ""))
                     except ValueError:
                         break
-            message = self._redact(cut(str(status.get("message") or "no message"), 500))
+            message = cut(self._redact(str(status.get("message") or "no message")), 500)
         else:
             message = "an exit status that is not a Status object"
         raise KubeApiError(

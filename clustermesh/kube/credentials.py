@@ -9,17 +9,20 @@ Resolution, in the order the spec allows exactly one of:
 4. ``kkp`` instead of ``kubeconfig``: the admin kubeconfig is fetched through the KKP REST API
    (``GET /api/v2/projects/{p}/clusters/{c}/kubeconfig``) with the referenced token, kept in memory only.
 
-The text stays in memory; errors name the reference, never its content.
+The text stays in memory; errors name the reference, never its content, and chain no exception that
+could hold it (see :mod:`clustermesh.kube.kubeconfig`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
-from clustermesh.errors import KubeconfigError
+from clustermesh.errors import ClusterMeshError, KubeconfigError
 from clustermesh.kube.client import ClusterClient
+from clustermesh.kube.kubeconfig import KubeconfigSource
 from clustermesh.spec import ClusterSpec
 
 SecretLoader = Callable[[str], str]
@@ -34,16 +37,23 @@ def open_cluster(
     ref = cluster.kubeconfig
     assert ref is not None  # the spec allows exactly one of kubeconfig and kkp
     if ref.path is not None:
-        return _from_file(cluster.name, Path(ref.path).expanduser(), ref.context, request_timeout)
+        path = Path(ref.path).expanduser()
+        return _from_file(cluster.name, path, ref.context, request_timeout, KubeconfigSource.file(path))
     if ref.env is not None:
         value = os.environ.get(ref.env, "").strip()
         if not value:
             raise KubeconfigError(
                 cluster.name,
-                f"environment variable {ref.env} is not set",
+                f"environment variable {ref.env} (clusters[].kubeconfig.env) is not set",
                 fix=f"export {ref.env}=<path of the cluster's kubeconfig> on the machine running the flow",
             )
-        return _from_file(cluster.name, Path(value).expanduser(), None, request_timeout)
+        path = Path(value).expanduser()
+        source = KubeconfigSource(
+            f"kubeconfig file {path}, named by environment variable {ref.env}",
+            "clusters[].kubeconfig.env",
+            f"export {ref.env}=<path of the kubeconfig file itself> on the machine running the flow",
+        )
+        return _from_file(cluster.name, path, None, request_timeout, source)
     assert ref.secret_block is not None
     if load_secret is None:
         raise KubeconfigError(
@@ -51,31 +61,53 @@ def open_cluster(
             f"kubeconfig is in Prefect Secret block {ref.secret_block!r}, which needs Prefect",
             fix="run through the flow (clustermesh setup), or reference the kubeconfig by path",
         )
-    try:
+    text: str | None = None
+    with suppress(ValueError):  # Prefect: "Unable to find block document named …"
         text = load_secret(ref.secret_block)
-    except ValueError:  # Prefect: "Unable to find block document named …"
+    if text is None:
         raise KubeconfigError(
             cluster.name,
             f"Prefect Secret block {ref.secret_block!r} (clusters[].kubeconfig.secret_block) does not exist",
             fix="create it with `clustermesh blocks register --config <mesh.yaml>` or correct the name in the spec",
-        ) from None
+        )
+    block = KubeconfigSource(
+        f"Prefect Secret block {ref.secret_block!r}",
+        "clusters[].kubeconfig.secret_block",
+        "store the kubeconfig file's content in the block (`clustermesh blocks register --config <mesh.yaml>`)",
+    )
     return ClusterClient.from_kubeconfig_text(
-        text, context=None, cluster_name=cluster.name, request_timeout=request_timeout
+        text, context=None, cluster_name=cluster.name, request_timeout=request_timeout, source=block
     )
 
 
-def _from_file(name: str, path: Path, context: str | None, timeout: float) -> ClusterClient:
-    if not path.is_file():
-        raise KubeconfigError(
-            name, f"kubeconfig file {path} does not exist", fix="check clusters[].kubeconfig.path in the spec"
-        )
-    return ClusterClient.from_kubeconfig_file(path, context=context, cluster_name=name, request_timeout=timeout)
+def _from_file(name: str, path: Path, context: str | None, timeout: float, source: KubeconfigSource) -> ClusterClient:
+    """The file is read as UTF-8 only; a folder, a missing file or another encoding is refused naming ``source``."""
+    return ClusterClient.from_kubeconfig_file(
+        path, context=context, cluster_name=name, request_timeout=timeout, source=source
+    )
 
 
 def _from_kkp(cluster: ClusterSpec, timeout: float, load_secret: SecretLoader | None) -> ClusterClient:
     from clustermesh.kkp import api as kkp
 
-    with kkp.client_for(cluster, load_secret=load_secret, timeout=timeout) as api:
-        found = kkp.find_cluster(api, cluster)
-        text = api.kubeconfig(found.id)
-    return ClusterClient.from_kubeconfig_text(text, context=None, cluster_name=cluster.name, request_timeout=timeout)
+    assert cluster.kkp is not None
+    error: ClusterMeshError | None = None
+    try:
+        with kkp.client_for(cluster, load_secret=load_secret, timeout=timeout) as api:
+            found = kkp.find_cluster(api, cluster)
+            text = api.kubeconfig(found.id)
+    except ClusterMeshError as exc:
+        error = exc
+    if error is not None:
+        # The KKP client raises ``from None``, which hides but keeps the context: a UnicodeDecodeError
+        # of the kubeconfig KKP sent would hold it whole. Dropped before anything can keep or pickle it.
+        error.__context__ = error.__cause__ = None
+        raise error
+    source = KubeconfigSource(
+        f"the admin kubeconfig KKP returned for project {cluster.kkp.project!r}",
+        "clusters[].kkp",
+        "check the cluster in the KKP dashboard",
+    )
+    return ClusterClient.from_kubeconfig_text(
+        text, context=None, cluster_name=cluster.name, request_timeout=timeout, source=source
+    )
