@@ -1,9 +1,10 @@
 """A Slack-compatible HTTP server for tests: slack-sdk talks to it over real HTTP.
 
 slack-sdk uses ``urllib``, so request mocks cannot intercept it; this server answers the few Web API
-methods the pipeline calls (``chat.postMessage``, ``chat.update``, ``auth.test``) and one incoming
-webhook, enforces the limits Slack enforces, and can be told to fail the way Slack fails (429 with
-``Retry-After``, 500, a dropped connection, a reply slower than the client's timeout, ``ok: false``).
+methods the pipeline calls (``chat.postMessage``, ``chat.update``, ``auth.test``, ``conversations.info``,
+``conversations.list``, GET or POST, paged) and one incoming webhook, enforces the limits Slack enforces,
+and can be told to fail the way Slack fails (429 with ``Retry-After``, 500, a dropped connection, a reply
+slower than the client's timeout, ``ok: false``).
 
 It is deliberately a little stricter than Slack where Slack is lenient in ways that would hide bugs:
 ``thread_ts`` must name an existing top-level message (Slack would post a new top-level message), and
@@ -139,6 +140,9 @@ class SlackTestServer:
         self.token = token
         self.channels = dict(DEFAULT_CHANNELS if channels is None else channels)
         self.webhook_channel = webhook_channel
+        self.archived: set[str] = set()  # channel names answered with is_archived
+        self.not_member: set[str] = set()  # channel names the bot is not in (is_member false)
+        self.list_page_size = 100  # conversations.list pages (a smaller ``limit`` wins), cursor = next index
         self.down = False
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -277,11 +281,45 @@ class SlackTestServer:
                 "user_id": "U000",
                 "bot_id": "B000",
             }
+        if method == "conversations.info":
+            return self._conversation_info(body)
+        if method == "conversations.list":
+            return self._conversation_list(body)
         if method == "chat.postMessage":
             return self._post_message(body)
         if method == "chat.update":
             return self._update_message(body)
         return {"ok": False, "error": "unknown_method"}
+
+    def _conversation(self, name: str, channel_id: str) -> dict[str, Any]:
+        return {
+            "id": channel_id,
+            "name": name,
+            "is_channel": True,
+            "is_private": False,
+            "is_archived": name in self.archived,
+            "is_member": name not in self.not_member,
+        }
+
+    def _conversation_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Like Slack: an ID only (a name is ``channel_not_found``)."""
+        channel = body.get("channel")
+        for name, channel_id in self.channels.items():
+            if channel == channel_id:
+                return {"ok": True, "channel": self._conversation(name, channel_id)}
+        return {"ok": False, "error": "channel_not_found"}
+
+    def _conversation_list(self, body: dict[str, Any]) -> dict[str, Any]:
+        items = [self._conversation(n, i) for n, i in self.channels.items()]
+        if str(body.get("exclude_archived", "")).lower() in ("1", "true"):
+            items = [c for c in items if not c["is_archived"]]
+        try:
+            start = int(body.get("cursor") or 0)
+            size = min(int(body.get("limit") or self.list_page_size), self.list_page_size)
+        except ValueError:
+            return {"ok": False, "error": "invalid_cursor"}
+        page, rest = items[start : start + size], start + size < len(items)
+        return {"ok": True, "channels": page, "response_metadata": {"next_cursor": str(start + size) if rest else ""}}
 
     def _check_payload(self, body: dict[str, Any], *, need_content: bool = True) -> dict[str, Any] | None:
         text = body.get("text")
@@ -397,9 +435,16 @@ class _Handler(BaseHTTPRequestHandler):
         """Keep test output quiet."""
 
     def do_GET(self) -> None:
-        self._reply(405, "text/plain", b"method_not_allowed")
+        """Read methods (``conversations.info``) come as GET with the arguments in the query string."""
+        if not self.path.startswith("/api/"):
+            self._reply(405, "text/plain", b"method_not_allowed")
+            return
+        self._handle("GET")
 
     def do_POST(self) -> None:
+        self._handle("POST")
+
+    def _handle(self, verb: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
@@ -407,16 +452,19 @@ class _Handler(BaseHTTPRequestHandler):
             body = _parse_body(raw, headers.get("content-type", ""))
         except (ValueError, UnicodeDecodeError):
             body = {}
+        path, _, query = self.path.partition("?")
+        for key, values in parse_qs(query, keep_blank_values=True).items():
+            body.setdefault(key, values[-1])  # slack-sdk sends some arguments as query parameters
         entry: dict[str, Any] = {
-            "method": "POST",
-            "path": self.path,
+            "method": verb,
+            "path": path,
             "headers": headers,
             "body": body,
             "raw": raw.decode(errors="replace"),
             "status": None,
         }
         self.slack._log(entry)
-        is_webhook = self.path.startswith("/services/")
+        is_webhook = path.startswith("/services/")
 
         if self.slack.down:
             entry["status"] = "closed"
@@ -447,7 +495,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return
 
         if is_webhook:
-            if self.path != WEBHOOK_PATH:
+            if path != WEBHOOK_PATH:
                 entry["status"] = 404
                 self._reply(404, "text/plain", b"no_service")
                 return
@@ -455,11 +503,11 @@ class _Handler(BaseHTTPRequestHandler):
             entry["status"] = status
             self._reply(status, "text/plain", text.encode())
             return
-        if not self.path.startswith("/api/"):
+        if not path.startswith("/api/"):
             entry["status"] = 404
             self._reply(404, "text/plain", b"not found")
             return
-        answer = self.slack._api(self.path[len("/api/") :].split("?")[0], headers, body)
+        answer = self.slack._api(path[len("/api/") :], headers, body)
         entry["status"] = 200
         entry["answer"] = answer
         self._reply(200, "application/json; charset=utf-8", json.dumps(answer).encode())

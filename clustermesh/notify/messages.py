@@ -1,11 +1,18 @@
-"""The messages the team reads: the nightly summary and run alerts, as Block Kit and as plain text.
+"""The messages the team reads: the nightly summary and run alerts, as Block Kit, plain text and Markdown.
 
-Message building is pure (models in, Block Kit dicts out) and stays inside Slack's limits, because
-Slack answers an oversized payload with ``ok: false`` rather than truncating it.
+Message building is pure (models in, Block Kit dicts or text out) and stays inside Slack's limits,
+because Slack answers an oversized payload with ``ok: false`` rather than truncating it.
+
+What a reader sees, in this order: the verdict with a coloured mark (green / yellow / red circle), the
+few figures that matter, the failures and warnings (failures first) each with its fix on a line of its
+own, the link to the flow run. In the thread: every check, failures first and the ``ok`` lines last.
+Slack shows node names short (``…nljcd`` for ``mn8h16khqy-worker-qvm9kk-f8b546b32b-nljcd``); the
+artifact and the plain text keep them whole.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -14,13 +21,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from clustermesh.checks.findings import Finding
 
 __all__ = [
+    "GUIDE_URL",
     "Alert",
     "Summary",
     "alert_blocks",
     "alert_text",
     "detail_chunks",
+    "finding_details",
+    "render_markdown",
     "render_plain",
     "seconds",
+    "short_node_names",
     "summary_blocks",
     "summary_text",
 ]
@@ -38,13 +49,30 @@ MAX_REPLY_TEXT = 3500
 MAX_REPLIES = 5
 MAX_FALLBACK_TEXT = 3000
 
+# The KKP guide the pipeline follows; its step 7 lists the firewall rules a mesh needs.
+GUIDE_URL = "https://docs.kubermatic.com/kubermatic/main/tutorials-howtos/networking/cilium-cluster-mesh/"
+_STEP7_RULES = "step 7's rules"
+
 # ---------------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------------
 
 Status = Literal["PASS", "WARN", "FAIL", "RUNNING"]
+Level = Literal["failure", "warning", "ok"]
 _STATUS_WORD: dict[str, str] = {"PASS": "PASSED", "WARN": "WARNINGS", "FAIL": "FAILED", "RUNNING": "RUNNING"}
+# Slack shortcodes (rendered as emoji in headers with ``emoji: true``, in mrkdwn and in notifications)
+_STATUS_EMOJI: dict[str, str] = {
+    "PASS": ":large_green_circle:",
+    "WARN": ":large_yellow_circle:",
+    "FAIL": ":red_circle:",
+    "RUNNING": ":hourglass_flowing_sand:",
+}
+_LEVEL_EMOJI: dict[str, str] = {"failure": ":x:", "warning": ":warning:", "ok": ":white_check_mark:"}
+# the same marks for Markdown (the Prefect UI does not know Slack's shortcodes)
+_STATUS_ICON: dict[str, str] = {"PASS": "🟢", "WARN": "🟡", "FAIL": "🔴", "RUNNING": "⏳"}
+_LEVEL_ICON: dict[str, str] = {"failure": "❌", "warning": "⚠️", "ok": "✅"}
 _LEVEL_WORD: dict[str, str] = {"failure": "FAILURE", "warning": "WARNING", "ok": "OK"}
+_LEVEL_ORDER: tuple[Level, ...] = ("failure", "warning", "ok")
 
 
 class Summary(BaseModel):
@@ -79,7 +107,7 @@ class Alert(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Message building (pure)
+# Text helpers (pure)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -103,6 +131,23 @@ def _plural(n: int, word: str) -> str:
 def seconds(value: float) -> str:
     """A duration for people: tenths from a second up, hundredths below (a 40 ms failover is not "0.0 s")."""
     return f"{value:.1f} s" if value >= 1 else f"{value:.2f} s"
+
+
+# A generated Kubernetes name: four or more dash-separated parts, at least two of them hash-like
+# (letters and digits), e.g. KKP's <cluster id>-<machine deployment>-<hash>-<hash>-<suffix>.
+_NAME = re.compile(r"(?<![\w.-])([a-z0-9]+(?:-[a-z0-9]+){3,})(?![\w-])")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _generated(name: str) -> bool:
+    parts = name.split("-")
+    hashy = sum(1 for p in parts if any(c.isdigit() for c in p) and any(c.isalpha() for c in p))
+    return len(name) >= 24 and hashy >= 2 and not _UUID.match(name)
+
+
+def short_node_names(text: str) -> str:
+    """Generated node names cut to their unique last part: ``…nljcd`` (still greppable in ``kubectl get nodes``)."""
+    return _NAME.sub(lambda m: "…" + m.group(1).rsplit("-", 1)[1] if _generated(m.group(1)) else m.group(1), text)
 
 
 def _figures(summary: Summary) -> list[tuple[str, str]]:
@@ -132,24 +177,13 @@ def _figures(summary: Summary) -> list[tuple[str, str]]:
     ]
 
 
+def _ordered(findings: Sequence[Finding], levels: Sequence[Level] = _LEVEL_ORDER) -> list[Finding]:
+    """Failures first, then warnings, then ok: the reader fixes from the top. Stable within a level."""
+    return [f for level in levels for f in findings if f.level == level]
+
+
 def _problems(summary: Summary) -> list[Finding]:
-    """Failures first, then warnings: the reader fixes from the top."""
-    failures = [f for f in summary.findings if f.level == "failure"]
-    warnings = [f for f in summary.findings if f.level == "warning"]
-    return failures + warnings
-
-
-def _finding_line(finding: Finding, *, markdown: bool) -> str:
-    word = _LEVEL_WORD[finding.level]
-    if markdown:
-        line = f"*{word}* {_escape(finding.subject)}: {_escape(finding.reason)}"
-        if finding.fix:
-            line += f" Fix: {_escape(finding.fix)}"
-    else:
-        line = f"{word} {finding.subject}: {finding.reason}"
-        if finding.fix:
-            line += f" Fix: {finding.fix}"
-    return _cut(line, MAX_LINE)
+    return _ordered(summary.findings, ("failure", "warning"))
 
 
 def _counts(summary: Summary) -> str:
@@ -159,10 +193,26 @@ def _counts(summary: Summary) -> str:
     return f"{_plural(failures, 'failure')}, {_plural(warnings, 'warning')}, {oks} ok"
 
 
+def _heading(summary: Summary) -> str:
+    return f"{_STATUS_WORD[summary.status]}: {summary.title}"
+
+
+def _finding_mrkdwn(finding: Finding) -> str:
+    """``:x: *subject*: reason`` and, on a line of its own, ``↳ Fix: …`` (step 7's rules linked)."""
+    subject = _escape(_cut(short_node_names(finding.subject), 200))
+    reason = _escape(_cut(short_node_names(finding.reason), MAX_LINE))
+    text = f"{_LEVEL_EMOJI[finding.level]} *{subject}*: {reason}"
+    if finding.fix:
+        fix = _escape(_cut(short_node_names(finding.fix), MAX_LINE))
+        text += "\n      ↳ *Fix:* " + fix.replace(_STEP7_RULES, _link(GUIDE_URL, _STEP7_RULES), 1)
+    return text
+
+
 def _pack_lines(lines: list[str], *, chunk: int, budget: int, max_chunks: int, unit: str) -> list[str]:
     """Join lines into at most ``max_chunks`` texts of ≤ ``chunk`` chars, ≤ ``budget`` in total.
 
     What does not fit is replaced by ``… and N more <unit>s`` at the end, which itself always fits.
+    A "line" may hold a newline (a finding and its fix): it is kept together.
     """
     chunks: list[str] = []
     current: list[str] = []
@@ -189,15 +239,20 @@ def _pack_lines(lines: list[str], *, chunk: int, budget: int, max_chunks: int, u
     return chunks
 
 
+# ---------------------------------------------------------------------------------------------------
+# Slack: the summary (parent message and thread)
+# ---------------------------------------------------------------------------------------------------
+
+
 def summary_blocks(summary: Summary) -> list[dict[str, Any]]:
-    """Block Kit for the parent message: header, figures, warnings/failures, run link.
+    """Block Kit for the parent message: verdict header, figures, failures then warnings, run link.
 
     Stays within Slack's limits whatever the input: ≤50 blocks, section text ≤3000, ≤10 fields of
     ≤2000, and a findings budget below the undocumented per-message total.
     """
-    header = _cut(f"{_STATUS_WORD[summary.status]}: {summary.title}", MAX_HEADER)
+    header = _cut(f"{_STATUS_EMOJI[summary.status]} {_heading(summary)}", MAX_HEADER)
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": header}},
+        {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}},
         {
             "type": "section",
             "fields": [
@@ -208,7 +263,7 @@ def summary_blocks(summary: Summary) -> list[dict[str, Any]]:
     ]
     problems = _problems(summary)
     if problems:
-        lines = [f"*Checks: {_counts(summary)}*"] + [_finding_line(f, markdown=True) for f in problems]
+        lines = [f"*Checks: {_counts(summary)}*"] + [_finding_mrkdwn(f) for f in problems]
         spare = MAX_BLOCKS - len(blocks) - 1  # keep one for the context line
         for text in _pack_lines(
             lines, chunk=MAX_SECTION_TEXT, budget=FINDINGS_BUDGET, max_chunks=spare, unit="finding"
@@ -218,7 +273,7 @@ def summary_blocks(summary: Summary) -> list[dict[str, Any]]:
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": f"All checks passed ({_counts(summary)})."},
+                "text": {"type": "mrkdwn", "text": f":white_check_mark: All checks passed ({_counts(summary)})."},
             }
         )
     if summary.run_url:
@@ -232,19 +287,49 @@ def summary_blocks(summary: Summary) -> list[dict[str, Any]]:
 
 
 def summary_text(summary: Summary) -> str:
-    """Notification and screen-reader fallback: verdict first, then the counts."""
-    text = f"{_STATUS_WORD[summary.status]}: {summary.title} (mesh {summary.mesh})"
+    """Notification and screen-reader fallback: the verdict's mark and word first, then the counts."""
+    text = f"{_STATUS_EMOJI[summary.status]} {_heading(summary)}"
+    if summary.mesh not in summary.title:
+        text += f" (mesh {summary.mesh})"
     if summary.findings:
         text += f" — {_counts(summary)}"
     problems = _problems(summary)
     if problems:
-        text += f". First: {_finding_line(problems[0], markdown=False)}"
+        first = problems[0]
+        text += f". First: {short_node_names(first.subject)}: {short_node_names(first.reason)}"
     return _cut(text, MAX_FALLBACK_TEXT)
 
 
+def finding_details(summary: Summary) -> list[str]:
+    """The thread under the parent: every check as mrkdwn, failures first and the ``ok`` lines last.
+
+    Packed into at most a few replies (Slack allows about one message per second per channel).
+    """
+    return _pack_lines(
+        [_finding_mrkdwn(f) for f in _ordered(summary.findings)],
+        chunk=MAX_REPLY_TEXT,
+        budget=MAX_REPLY_TEXT * MAX_REPLIES,
+        max_chunks=MAX_REPLIES,
+        unit="check",
+    )
+
+
+def detail_chunks(lines: Sequence[str]) -> list[str]:
+    """Thread replies from plain lines: each line cut and escaped, packed into at most a few messages."""
+    cut = [_escape(_cut(line, MAX_LINE)) for line in lines]
+    return _pack_lines(
+        cut, chunk=MAX_REPLY_TEXT, budget=MAX_REPLY_TEXT * MAX_REPLIES, max_chunks=MAX_REPLIES, unit="line"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same summary for the console and the Prefect UI
+# ---------------------------------------------------------------------------------------------------
+
+
 def render_plain(summary: Summary) -> str:
-    """The whole summary as plain text, for the console and the flow artifact; nothing is cut."""
-    lines = [f"{_STATUS_WORD[summary.status]}: {summary.title}", ""]
+    """The whole summary as plain text, for the console and the logs; nothing is cut, names stay whole."""
+    lines = [_heading(summary), ""]
     figures = _figures(summary)
     width = max(len(name) for name, _ in figures) + 1
     lines += [f"  {name + ':':<{width}} {value}" for name, value in figures]
@@ -253,10 +338,38 @@ def render_plain(summary: Summary) -> str:
         for finding in _problems(summary):
             lines.append(f"  {_LEVEL_WORD[finding.level]:<8} {finding.subject}: {finding.reason}")
             if finding.fix:
-                lines.append(f"  {'':<8} fix: {finding.fix}")
+                fix = finding.fix.replace(_STEP7_RULES, f"{_STEP7_RULES}: {GUIDE_URL}", 1)
+                lines.append(f"  {'':<8} fix: {fix}")
     if summary.run_url:
         lines += ["", f"Run: {summary.run_url}"]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: no pipe or newline may end it early, no HTML."""
+    return _escape(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def render_markdown(summary: Summary) -> str:
+    """The summary as a Markdown artifact: verdict, a table of figures, the run link, every check (failures first)."""
+    lines = [f"# {_STATUS_ICON[summary.status]} {_cell(_heading(summary))}", ""]
+    lines += ["| Figure | Value |", "|:--|:--|"]
+    lines += [f"| {name} | {_cell(value)} |" for name, value in _figures(summary)]
+    if summary.run_url:
+        url = summary.run_url.replace(" ", "%20").replace(")", "%29")
+        lines.append(f"| Flow run | [open the flow run]({url}) |")
+    if summary.findings:
+        lines += ["", f"## Checks: {_counts(summary)}", ""]
+        lines += ["| | Check | Result | Fix |", "|:--|:--|:--|:--|"]
+        for f in _ordered(summary.findings):
+            fix = _cell(f.fix).replace(_STEP7_RULES, f"[{_STEP7_RULES}]({GUIDE_URL})", 1)
+            lines.append(f"| {_LEVEL_ICON[f.level]} {f.level} | {_cell(f.subject)} | {_cell(f.reason)} | {fix} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------------------------------
 
 
 def _first_line(text: str) -> str:
@@ -283,7 +396,11 @@ def alert_blocks(alert: Alert) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": _cut(f"{alert.state.upper()}: {alert.flow}", MAX_HEADER)},
+            "text": {
+                "type": "plain_text",
+                "text": _cut(f":rotating_light: {alert.state.upper()}: {alert.flow}", MAX_HEADER),
+                "emoji": True,
+            },
         },
         {
             "type": "section",
@@ -308,11 +425,3 @@ def alert_blocks(alert: Alert) -> list[dict[str, Any]]:
             }
         )
     return blocks
-
-
-def detail_chunks(lines: Sequence[str]) -> list[str]:
-    """Thread replies: each line cut and escaped, packed into at most a few messages."""
-    cut = [_escape(_cut(line, MAX_LINE)) for line in lines]
-    return _pack_lines(
-        cut, chunk=MAX_REPLY_TEXT, budget=MAX_REPLY_TEXT * MAX_REPLIES, max_chunks=MAX_REPLIES, unit="line"
-    )

@@ -34,14 +34,20 @@ from clustermesh.notify.messages import (
     alert_blocks,
     alert_text,
     detail_chunks,
+    finding_details,
     summary_blocks,
     summary_text,
 )
 
 __all__ = [
+    "CHANNEL_ERRORS",
+    "SCOPE_ERRORS",
+    "TOKEN_ERRORS",
     "Notifier",
     "PostResult",
+    "SlackCheck",
     "SlackTarget",
+    "check_target",
     "resolve_target",
 ]
 
@@ -52,6 +58,23 @@ DEFAULT_TIMEOUT = 10
 PAYLOAD_ERRORS = frozenset(
     {"invalid_blocks", "invalid_blocks_format", "msg_too_long", "msg_blocks_too_long", "too_many_attachments"}
 )
+
+# Answers no retry will change (Slack's codes; webhooks answer no_service / invalid_token /
+# action_prohibited): the token, the channel or the app's scopes must be fixed by a person.
+TOKEN_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "token_revoked",
+        "token_expired",
+        "account_inactive",
+        "invalid_token",
+        "no_service",
+        "action_prohibited",
+    }
+)
+CHANNEL_ERRORS = frozenset({"channel_not_found", "not_in_channel", "is_archived", "channel_is_archived"})
+SCOPE_ERRORS = frozenset({"missing_scope", "no_permission", "restricted_action", "ekm_access_denied"})
 
 _log = logging.getLogger(__name__)
 
@@ -198,6 +221,19 @@ _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
+def api_url(base_url: str | None = None) -> str:
+    """The Web API base: ``base_url``, else ``SLACK_API_URL``, else Slack's own."""
+    return base_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
+
+
+def _web_client(token: str, base_url: str | None, timeout: int) -> WebClient:
+    url = api_url(base_url)
+    web = WebClient(token=token, base_url=url, timeout=timeout, logger=_sdk_log, retry_handlers=_retry_handlers())
+    if urlsplit(url).hostname in _LOOPBACK:
+        web.proxy = None  # slack-sdk ignores NO_PROXY; a proxy cannot reach our loopback
+    return web
+
+
 class Notifier:
     """Posts summaries and alerts to one Slack target; never raises for Slack's sake.
 
@@ -221,18 +257,9 @@ class Notifier:
         self._hook: WebhookClient | None = None
         if target.kind == "bot":
             assert target.token is not None and target.channel is not None
-            url = base_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
-            self._web = WebClient(
-                token=target.token.get_secret_value(),
-                base_url=url,
-                timeout=timeout,
-                logger=_sdk_log,
-                retry_handlers=_retry_handlers(),
-            )
+            self._web = _web_client(target.token.get_secret_value(), base_url, timeout)
             if _CHANNEL_ID.match(target.channel):
                 self._channel_id = target.channel
-            if urlsplit(url).hostname in _LOOPBACK:
-                self._web.proxy = None  # slack-sdk ignores NO_PROXY; a proxy cannot reach our loopback
         else:
             assert target.webhook_url is not None
             hook_url = target.webhook_url.get_secret_value()
@@ -291,22 +318,29 @@ class Notifier:
             return self._failure("update summary", e)
 
     def post_details(self, ts: str, lines: Sequence[str], *, channel: str | None = None) -> PostResult:
-        """Reply in the parent's thread, batched into at most a few messages.
+        """Reply in the parent's thread with plain lines (escaped), batched into at most a few messages.
 
         Slack allows about one message per second per channel; batching keeps a run's details to a
         short burst instead of sleeping between replies.
         """
+        return self._reply(ts, detail_chunks(lines) if lines else [], channel=channel)
+
+    def post_findings(self, ts: str, summary: Summary, *, channel: str | None = None) -> PostResult:
+        """Reply in the parent's thread with every check of ``summary``: failures first, ``ok`` last."""
+        return self._reply(ts, finding_details(summary), channel=channel)
+
+    def _reply(self, ts: str, chunks: list[str], *, channel: str | None) -> PostResult:
         if self._web is None:
             return self._failed(
                 "post details", "not_supported_by_webhook", "an incoming webhook cannot reply in a thread"
             )
-        if not lines:
+        if not chunks:
             return PostResult(ok=True, ts=ts, channel=channel or self._channel_id, posted=0)
         target = channel or self._channel_id or self._target.channel
         assert target is not None
         posted = 0
         try:
-            for chunk in detail_chunks(lines):
+            for chunk in chunks:
                 self._web.chat_postMessage(
                     channel=target, thread_ts=ts, text=chunk, unfurl_links=False, unfurl_media=False
                 )
@@ -390,5 +424,105 @@ class Notifier:
 
     def _failed(self, action: str, code: str, detail: str) -> PostResult:
         code, detail = _scrub(code, self._secrets), _scrub(detail, self._secrets)
-        _log.warning("Slack %s failed (%s): %s; target: %s", action, code, detail, self._target.describe())
+        # INFO, not WARNING: the PostResult carries it, and the caller says once what to fix and where
+        _log.info("Slack %s failed (%s): %s; target: %s", action, code, detail, self._target.describe())
         return PostResult(ok=False, channel=self._channel_id, error=code, detail=detail)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checking a target before the first night
+# ---------------------------------------------------------------------------------------------------
+
+
+class SlackCheck(BaseModel):
+    """What Slack said about a target, without posting: ``token_error`` / ``channel_error`` are Slack's
+    codes (``invalid_auth``, ``channel_not_found``, ``is_archived``); ``notes`` what could not be checked."""
+
+    model_config = ConfigDict(frozen=True)
+
+    team: str | None = None
+    bot: str | None = None
+    channel_id: str | None = None
+    token_error: str | None = None
+    channel_error: str | None = None
+    notes: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return self.token_error is None and self.channel_error is None
+
+
+_LIST_PAGES = 20  # × 1000 channels: enough for any workspace we post to; beyond, say we could not check
+
+
+def check_target(target: SlackTarget, *, base_url: str | None = None, timeout: int = DEFAULT_TIMEOUT) -> SlackCheck:
+    """``auth.test`` for the token, then ``conversations.info`` (an ID) or ``conversations.list`` (a name)
+    for the channel. Never posts, never raises for Slack's sake; what cannot be checked becomes a note.
+    """
+    if target.kind == "webhook" or target.token is None or target.channel is None:
+        return SlackCheck(notes=["an incoming webhook cannot be checked without posting; the first message will show"])
+    web = _web_client(target.token.get_secret_value(), base_url, timeout)
+    secrets = (target.token.get_secret_value(),)
+    try:
+        auth = web.auth_test()
+    except SlackApiError as e:
+        return SlackCheck(token_error=Notifier._api_error(e))
+    except Exception as e:  # noqa: BLE001 - unreachable Slack: say so, decide nothing
+        where = urlsplit(api_url(base_url)).hostname or "?"
+        why = f"could not reach Slack at {where} ({type(e).__name__}): token and channel not checked"
+        return SlackCheck(notes=[why])
+    team, bot = _text(auth.get("team")), _text(auth.get("user"))
+    notes: list[str] = []
+    scopes = {s.strip() for s in str(auth.headers.get("x-oauth-scopes") or "").split(",") if s.strip()}
+    if scopes and "chat:write" not in scopes:
+        return SlackCheck(team=team, bot=bot, token_error="missing_scope")
+    channel = target.channel.strip()
+    try:
+        found = _find_channel(web, channel)
+    except SlackApiError as e:
+        code = Notifier._api_error(e)
+        if code in CHANNEL_ERRORS:
+            return SlackCheck(team=team, bot=bot, channel_error=code)
+        needed = e.response.get("needed") if isinstance(e.response.data, dict) else None
+        answer = f"Slack answered {code}" + (f", needs scope {needed}" if needed else "")
+        notes.append(_scrub(f"channel {channel} not checked: {answer}", secrets))
+        return SlackCheck(team=team, bot=bot, notes=notes)
+    except Exception as e:  # noqa: BLE001 - as above
+        why = _scrub(str(e), secrets)[:200] if isinstance(e, SlackClientError) else type(e).__name__
+        return SlackCheck(team=team, bot=bot, notes=[f"channel {channel} not checked: {why}"])
+    if found is None:
+        return SlackCheck(team=team, bot=bot, channel_error="channel_not_found")
+    if found.get("is_archived"):
+        return SlackCheck(team=team, bot=bot, channel_id=_text(found.get("id")), channel_error="is_archived")
+    if found.get("is_member") is False:
+        notes.append(
+            f"the bot is not a member of {channel}: invite it (/invite @{bot or 'your-bot'}), "
+            "or give the app the chat:write.public scope (public channels only)"
+        )
+    return SlackCheck(team=team, bot=bot, channel_id=_text(found.get("id")), notes=notes)
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value else None
+
+
+def _find_channel(web: WebClient, channel: str) -> dict[str, Any] | None:
+    """The conversation by ID (``conversations.info``) or by name (``conversations.list``, paged)."""
+    if _CHANNEL_ID.match(channel):
+        info = web.conversations_info(channel=channel)
+        data = info.get("channel")
+        return dict(data) if isinstance(data, dict) else None
+    name = channel.removeprefix("#")
+    cursor: str | None = None
+    for _ in range(_LIST_PAGES):
+        page = web.conversations_list(
+            types="public_channel,private_channel", exclude_archived=False, limit=1000, cursor=cursor
+        )
+        for item in page.get("channels") or []:
+            if isinstance(item, dict) and item.get("name") == name:
+                return dict(item)
+        meta = page.get("response_metadata") or {}
+        cursor = str(meta.get("next_cursor") or "") if isinstance(meta, dict) else ""
+        if not cursor:
+            return None
+    raise SlackClientError(f"more than {_LIST_PAGES * 1000} channels: give the channel's ID instead of its name")

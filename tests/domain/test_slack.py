@@ -13,15 +13,19 @@ from pydantic import SecretStr
 from clustermesh.checks.findings import Finding
 from clustermesh.errors import SlackConfigError
 from clustermesh.notify.messages import (
+    GUIDE_URL,
     Alert,
     Summary,
     alert_blocks,
     alert_text,
+    finding_details,
+    render_markdown,
     render_plain,
+    short_node_names,
     summary_blocks,
     summary_text,
 )
-from clustermesh.notify.slack import Notifier, PostResult, SlackTarget, resolve_target
+from clustermesh.notify.slack import Notifier, PostResult, SlackTarget, check_target, resolve_target
 from tests.slack_server import SlackTestServer
 
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")
@@ -120,19 +124,100 @@ def test_summary_blocks_show_status_figures_findings_and_run_link() -> None:
     blocks = summary_blocks(summary())
     assert blocks[0] == {
         "type": "header",
-        "text": {"type": "plain_text", "text": "FAILED: Nightly mesh verification"},
+        "text": {"type": "plain_text", "text": ":red_circle: FAILED: Nightly mesh verification", "emoji": True},
     }
     fields = " | ".join(f["text"] for f in blocks[1]["fields"])
     for expected in ("prod-mesh", "*Clusters*\n3", "11/12", "passed", "4.2 s", "in 12 days"):
         assert expected in fields
     listed = "\n".join(sections(blocks))
-    assert "*FAILURE* cluster-b → cluster-c: UDP 8472 blocked Fix: allow VXLAN between node subnets" in listed
-    assert "*WARNING* cluster-c: CA expires in 12 days Fix: rotate the CA" in listed
-    assert listed.index("FAILURE") < listed.index("WARNING"), "failures come first"
+    # each problem: a mark, the subject in bold, the reason; its fix on a line of its own
+    assert ":x: *cluster-b → cluster-c*: UDP 8472 blocked\n      ↳ *Fix:* allow VXLAN between node subnets" in listed
+    assert ":warning: *cluster-c*: CA expires in 12 days\n      ↳ *Fix:* rotate the CA" in listed
+    assert listed.index(":x:") < listed.index(":warning:"), "failures come first"
     assert "Cilium 1.16.4 ready" not in listed, "ok findings are counted, not listed"
     assert "1 failure, 1 warning, 1 ok" in listed
     assert blocks[-1]["type"] == "context"
     assert "<https://prefect.example/runs/flow-run/1234|" in blocks[-1]["elements"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("status", "mark"),
+    [("PASS", ":large_green_circle:"), ("WARN", ":large_yellow_circle:"), ("FAIL", ":red_circle:")],
+)
+def test_the_verdict_is_seen_at_a_glance_as_a_coloured_mark_in_header_and_notification(status: str, mark: str) -> None:
+    blocks = summary_blocks(summary(status=status))
+    assert blocks[0]["text"]["text"].startswith(f"{mark} ")
+    assert summary_text(summary(status=status)).startswith(f"{mark} ")
+    others = {":large_green_circle:", ":large_yellow_circle:", ":red_circle:"} - {mark}
+    assert not any(o in blocks[0]["text"]["text"] for o in others)
+
+
+def test_the_thread_lists_every_check_failures_first_ok_last_with_fixes_on_their_own_line() -> None:
+    findings = [
+        Finding(level="ok", subject="cluster-a", reason="Cilium ready"),
+        Finding(level="warning", subject="cluster-c", reason="CA expires in 12 days", fix="rotate the CA"),
+        Finding(level="ok", subject="mesh health", reason="all nodes reachable"),
+        Finding(level="failure", subject="cluster-b → cluster-c", reason="UDP 8472 blocked", fix="open it"),
+    ]
+    [reply] = finding_details(summary(findings=findings))
+    lines = reply.splitlines()
+    assert lines == [
+        ":x: *cluster-b → cluster-c*: UDP 8472 blocked",
+        "      ↳ *Fix:* open it",
+        ":warning: *cluster-c*: CA expires in 12 days",
+        "      ↳ *Fix:* rotate the CA",
+        ":white_check_mark: *cluster-a*: Cilium ready",
+        ":white_check_mark: *mesh health*: all nodes reachable",
+    ]
+
+
+def test_step_7s_rules_are_linked_to_the_guide_in_slack_the_artifact_and_the_plain_text() -> None:
+    blocked = Finding(
+        level="failure",
+        subject="cluster-1 → cluster-2",
+        reason="UDP 8472 (VXLAN) blocked or broken",
+        fix="open UDP 8472 (VXLAN) from the nodes of cluster-1 to cluster-2 (step 7's rules)",
+    )
+    s = summary(findings=[blocked])
+    assert f"(<{GUIDE_URL}|step 7's rules>)" in "\n".join(sections(summary_blocks(s)))
+    assert f"([step 7's rules]({GUIDE_URL}))" in render_markdown(s)
+    assert f"step 7's rules: {GUIDE_URL}" in render_plain(s)
+
+
+def test_slack_shows_generated_node_names_short_and_leaves_other_names_whole() -> None:
+    text = (
+        "cluster-1 agent on mn8h16khqy-worker-qvm9kk-f8b546b32b-nljcd → "
+        "cluster-2/4waiymyq99-worker-p6bbhf-988b880340-mz8sk: endpoint ICMP: Connection timed out"
+    )
+    assert short_node_names(text) == "cluster-1 agent on …nljcd → cluster-2/…mz8sk: endpoint ICMP: Connection timed out"
+    for whole in (
+        "cluster-1 clustermesh-apiserver-remote-cert",  # no hash-like parts
+        "ip-10-0-1-23.eu-central-1.compute.internal",  # digits only
+        "run 22dff588-9eb3-44d9-aca4-2864dae476ac",  # a UUID
+        "clustermesh-drill-backend-7d9f8c6b5-abcde",  # one hash-like part
+    ):
+        assert short_node_names(whole) == whole
+    s = summary(findings=[Finding(level="failure", subject="cluster-1 → cluster-2", reason=text, fix="x")])
+    assert "…nljcd" in "\n".join(sections(summary_blocks(s))) and "…nljcd" in summary_text(s)
+    assert "mn8h16khqy-worker-qvm9kk-f8b546b32b-nljcd" in render_markdown(s), "the artifact keeps the whole name"
+
+
+def test_the_artifact_is_markdown_with_a_figures_table_a_run_link_and_every_check() -> None:
+    findings = [
+        Finding(level="ok", subject="cluster-a", reason="fine"),
+        Finding(level="failure", subject="a|b", reason="line one\nline two <x>", fix="do it"),
+    ]
+    markdown = render_markdown(summary(findings=findings))
+    lines = markdown.splitlines()
+    assert lines[0] == "# 🔴 FAILED: Nightly mesh verification"
+    assert "| Figure | Value |" in lines and "| Nodes reachable | 11/12 |" in lines
+    assert "| Flow run | [open the flow run](https://prefect.example/runs/flow-run/1234) |" in lines
+    assert "```" not in markdown, "a table, not a code block"
+    rows = [line for line in lines if line.startswith("| ❌") or line.startswith("| ✅")]
+    assert rows == [
+        "| ❌ failure | a\\|b | line one line two &lt;x&gt; | do it |",
+        "| ✅ ok | cluster-a | fine |  |",
+    ], "failures first; a pipe, a newline or HTML cannot break the table"
 
 
 def test_summary_without_run_url_has_no_link_and_unmeasured_figures_say_so() -> None:
@@ -147,8 +232,8 @@ def test_summary_without_run_url_has_no_link_and_unmeasured_figures_say_so() -> 
 
 def test_all_passing_summary_says_so_instead_of_listing() -> None:
     blocks = summary_blocks(summary(status="PASS", findings=[Finding(level="ok", subject="a", reason="fine")]))
-    assert blocks[0]["text"]["text"].startswith("PASSED:")
-    assert "All checks passed (0 failures, 0 warnings, 1 ok)." in sections(blocks)
+    assert blocks[0]["text"]["text"].startswith(":large_green_circle: PASSED:")
+    assert ":white_check_mark: All checks passed (0 failures, 0 warnings, 1 ok)." in sections(blocks)
 
 
 def test_mrkdwn_control_characters_are_escaped_so_text_cannot_become_links_or_mentions() -> None:
@@ -168,7 +253,7 @@ def test_six_hundred_findings_stay_inside_slack_limits_and_say_how_many_were_lef
     texts = sections(blocks)
     assert all(len(t) <= 3000 for t in texts)
     assert sum(len(t) for t in block_texts(blocks)) <= 12_000
-    shown = sum(t.count("*FAILURE*") + t.count("*WARNING*") for t in texts)
+    shown = sum(t.count(":x: ") + t.count(":warning: ") for t in texts)
     assert 0 < shown < 600
     assert texts[-1].endswith(f"… and {600 - shown} more findings")
 
@@ -184,7 +269,9 @@ def test_six_hundred_findings_are_accepted_by_a_server_that_enforces_slack_limit
 
 def test_summary_text_leads_with_verdict_and_counts() -> None:
     text = summary_text(summary())
-    assert text.startswith("FAILED: Nightly mesh verification (mesh prod-mesh) — 1 failure, 1 warning, 1 ok")
+    assert text.startswith(
+        ":red_circle: FAILED: Nightly mesh verification (mesh prod-mesh) — 1 failure, 1 warning, 1 ok"
+    )
     assert "cluster-b → cluster-c: UDP 8472 blocked" in text
     assert len(summary_text(summary(findings=many_findings(600)))) <= 3000
 
@@ -269,7 +356,7 @@ def test_summary_is_posted_once_and_returns_ts_and_channel_id_even_when_posted_b
     assert result.channel == "C0123456789"
     [message] = slack.messages
     assert message["ts"] == result.ts
-    assert message["blocks"][0]["text"]["text"] == "RUNNING: Nightly mesh verification"
+    assert message["blocks"][0]["text"]["text"] == ":hourglass_flowing_sand: RUNNING: Nightly mesh verification"
     assert message["text"] == summary_text(summary(status="RUNNING"))
     assert posts(slack)[0]["headers"]["authorization"] == f"Bearer {slack.token}"
 
@@ -282,8 +369,8 @@ def test_parent_is_updated_in_place_with_the_new_status(slack: SlackTestServer) 
     assert updated.ok and updated.ts == parent.ts
     [message] = slack.messages
     assert message["ts"] == parent.ts and message["edits"] == 1
-    assert message["blocks"][0]["text"]["text"] == "PASSED: Nightly mesh verification"
-    assert message["text"].startswith("PASSED:")
+    assert message["blocks"][0]["text"]["text"] == ":large_green_circle: PASSED: Nightly mesh verification"
+    assert message["text"].startswith(":large_green_circle: PASSED:")
 
 
 def test_update_from_another_process_needs_the_channel_id_when_configured_by_name(
@@ -428,7 +515,7 @@ def test_refused_blocks_on_update_clear_the_stale_blocks(slack: SlackTestServer)
     assert notifier.update_summary(parent.ts, summary(status="FAIL")).ok
     message = slack.message(parent.ts)
     assert message["blocks"] == [], "the RUNNING header must not survive"
-    assert message["text"].startswith("FAILED:")
+    assert message["text"].startswith(":red_circle: FAILED:")
 
 
 # -- webhook ------------------------------------------------------------------------------------
@@ -512,3 +599,63 @@ def test_a_sub_second_failover_time_shows_hundredths_not_zero() -> None:
     assert seconds(0.999) == "1.00 s"
     assert seconds(4.25) == "4.2 s"
     assert seconds(12.0) == "12.0 s"
+
+
+# -- checking a target before the first night (clustermesh blocks register) -------------------------
+
+
+def test_a_good_token_and_channel_pass_the_check_without_posting(slack: SlackTestServer) -> None:
+    for channel in ("#mesh-alerts", "mesh-alerts", "C0123456789"):
+        target = resolve_target(slack.token, channel, None)
+        assert target is not None
+        check = check_target(target, base_url=slack.url)
+        assert check.ok and check.channel_id == "C0123456789", (channel, check)
+        assert check.team == "clustermesh-test" and check.bot == "mesh-bot"
+    assert slack.messages == []
+    paths = {r["path"] for r in slack.requests}
+    assert paths == {"/api/auth.test", "/api/conversations.list", "/api/conversations.info"}
+
+
+def test_a_channel_name_is_found_across_pages_of_conversations_list(slack: SlackTestServer) -> None:
+    slack.channels = {f"other-{i:03d}": f"C{i:09d}" for i in range(250)} | {"mesh-alerts": "C0123456789"}
+    slack.list_page_size = 100
+    target = resolve_target(slack.token, "#mesh-alerts", None)
+    assert target is not None
+    check = check_target(target, base_url=slack.url)
+    assert check.ok and check.channel_id == "C0123456789"
+    assert len([r for r in slack.requests if r["path"] == "/api/conversations.list"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("token", "channel", "token_error", "channel_error"),
+    [
+        ("xoxb-wrong", "#mesh-alerts", "invalid_auth", None),
+        (None, "#no-such-channel", None, "channel_not_found"),
+        (None, "C0NOSUCH00", None, "channel_not_found"),
+        (None, "#archived", None, "is_archived"),
+    ],
+)
+def test_a_refused_token_or_an_unknown_or_archived_channel_is_named_by_the_check(
+    slack: SlackTestServer, token: str | None, channel: str, token_error: str | None, channel_error: str | None
+) -> None:
+    slack.channels["archived"] = "C0ARCHIVED0"
+    slack.archived.add("archived")
+    target = resolve_target(token or slack.token, channel, None)
+    assert target is not None
+    check = check_target(target, base_url=slack.url)
+    assert not check.ok
+    assert (check.token_error, check.channel_error) == (token_error, channel_error)
+    assert slack.messages == []
+
+
+def test_a_bot_outside_the_channel_and_an_unreachable_slack_are_notes_not_errors(slack: SlackTestServer) -> None:
+    slack.not_member.add("mesh-alerts")
+    target = resolve_target(slack.token, "#mesh-alerts", None)
+    assert target is not None
+    check = check_target(target, base_url=slack.url)
+    assert check.ok and any("/invite @mesh-bot" in n for n in check.notes), check.notes
+    slack.stop()
+    unreachable = check_target(target, base_url=slack.url)
+    assert unreachable.ok and unreachable.team is None
+    assert unreachable.notes and "could not reach Slack" in unreachable.notes[0]
+    assert slack.token not in repr(unreachable)
