@@ -14,9 +14,11 @@ from clustermesh.cilium import HealthStatus, parse_health
 from clustermesh.errors import MeshUnhealthyError, TransientKubeError
 from clustermesh.kube import ExecOutput
 from clustermesh.steps.step8_health import (
+    SETTLE,
     AgentHealth,
     ClusterHealth,
     HealthMatrix,
+    HealthProgress,
     expected_nodes,
     health_matrix,
     probe_cluster,
@@ -445,3 +447,174 @@ def test_timeout_says_what_was_expected_seen_and_what_to_check() -> None:
         assert hint in message
     assert "cilium-dbg troubleshoot clustermesh" in message
     assert err.matrix == unhealthy_matrix()
+
+
+# ------------------------------------------------------------------------------- an early verdict
+
+
+def view_at(
+    local_cluster: str, local_node: str, at: int | None, *, failing: str = "endpoint", partial: bool = False
+) -> HealthStatus:
+    """A full answer probed at second ``at`` (None: no probe time), failing ``failing`` to the other cluster.
+
+    ``failing`` is ``endpoint`` (what a shut UDP 8472 shows), ``host`` (TCP 4240) or ``""`` (healthy);
+    ``partial`` fails only the other cluster's first node.
+    """
+    nodes = []
+    for cluster, names in NODES.items():
+        for name in names:
+            fails = bool(failing) and cluster != local_cluster and (not partial or name == names[0])
+            bad = (TIMEOUT, http_fail("10.0.0.9"))
+            nodes.append(
+                node_json(
+                    f"{cluster}/{name}",
+                    host=bad if fails and failing == "host" else (OK, OK),
+                    endpoint=bad if fails and failing == "endpoint" else (OK, OK),
+                )
+            )
+    doc: dict[str, Any] = {"local": {"name": f"{local_cluster}/{local_node}"}, "nodes": nodes}
+    if at is not None:
+        doc["timestamp"] = f"2024-06-03T10:{at // 60:02d}:{at % 60:02d}Z"
+    return parse_health(json.dumps(doc))
+
+
+def mesh_at(at: int | None, **failure: Any) -> HealthMatrix:
+    """The 2 × 2 mesh as every agent answers at second ``at`` (see ``view_at``)."""
+    observed = {
+        c: ClusterHealth(cluster=c, agents=[agent(c, n, view_at(c, n, at, **failure)) for n in ns])
+        for c, ns in NODES.items()
+    }
+    return health_matrix(observed, NODES)
+
+
+def wait(t: FakeTime, look: Any, *, timeout: float = 600, progress: Any = None, **options: Any) -> HealthMatrix:
+    return wait_for_mesh_health(
+        {},
+        timeout=timeout,
+        poll_interval=2,
+        exec_timeout=5,
+        clock=t.clock,
+        sleep=t.sleep,
+        probe=look,
+        progress=progress,
+        **options,
+    )
+
+
+def test_a_port_shut_between_two_clusters_is_a_verdict_once_it_held_the_settle_time_with_fresh_probes() -> None:
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError) as info:
+        wait(t, lambda: mesh_at(int(t.now)))
+    assert t.now == SETTLE.settle == 30, "the verdict came once the failure held 30 s, not after 600 s"
+    message = str(info.value)
+    assert message.startswith("mesh not healthy after 30s")
+    assert "stopped early: cluster-1 → cluster-2, cluster-2 → cluster-1 failed the same way" in message
+    assert "every agent probed again meanwhile" in message
+    matrix = info.value.matrix
+    assert matrix.cell("cluster-1", "cluster-2").failing_paths == ["endpoint HTTP", "endpoint ICMP"]
+
+
+def test_answers_that_were_not_probed_again_never_end_the_wait_early() -> None:
+    """An agent serves its last probe round until the next: the same round seen again proves nothing."""
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError) as info:
+        wait(t, lambda: mesh_at(0), timeout=120)
+    assert t.now == 120
+    assert "stopped early" not in str(info.value)
+    assert str(info.value).startswith("mesh not healthy after 120s")
+
+
+def test_answers_without_a_probe_time_need_a_whole_cilium_probe_round() -> None:
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError) as info:
+        wait(t, lambda: mesh_at(None))
+    assert t.now == SETTLE.probe_interval == 60
+    assert "over 60 s, a Cilium probe round" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("what", "look"),
+    [
+        ("one node of the pair still reachable", lambda now: mesh_at(now, partial=True)),
+        ("remote nodes not listed yet", lambda now: unhealthy_matrix()),
+    ],
+)
+def test_partial_or_still_connecting_failures_wait_out_the_timeout(what: str, look: Any) -> None:
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError) as info:
+        wait(t, lambda: look(int(t.now)), timeout=100)
+    assert t.now == 100, what
+    assert "stopped early" not in str(info.value)
+
+
+def test_a_failure_that_changes_starts_the_settle_time_again() -> None:
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError) as info:
+        wait(t, lambda: mesh_at(int(t.now), failing="endpoint" if t.now < 20 else "host"))
+    assert t.now == 50, "20 s of one failure, then 30 s of the other"
+    assert info.value.matrix.cell("cluster-1", "cluster-2").failing_paths == ["host HTTP", "host ICMP"]
+
+
+def test_a_flaky_path_that_recovers_within_the_settle_time_passes() -> None:
+    t = FakeTime()
+    matrix = wait(t, lambda: mesh_at(int(t.now), failing="endpoint" if t.now < 8 else ""))
+    assert matrix.healthy and t.now == 8
+
+
+def test_without_a_settle_rule_the_wait_runs_to_its_timeout() -> None:
+    t = FakeTime()
+    with pytest.raises(MeshUnhealthyError):
+        wait(t, lambda: mesh_at(int(t.now)), timeout=90, settle=None)
+    assert t.now == 90
+
+
+def test_progress_says_what_is_missing_every_few_seconds_and_the_verdict_last() -> None:
+    t = FakeTime()
+    reports: list[HealthProgress] = []
+    with pytest.raises(MeshUnhealthyError):
+        wait(t, lambda: mesh_at(int(t.now)), progress=reports.append)
+    assert [r.elapsed for r in reports] == [0, 6, 12, 18, 24, 30], "every 5 s or more while nothing changes"
+    first, last = reports[0].line(), reports[-1].line()
+    assert first.startswith("mesh health after 0 s of 600 s (look 1): 2/4 cells healthy; waiting for ")
+    assert "cluster-1 → cluster-2: 0/2 reachable (2 failing) [endpoint HTTP, endpoint ICMP]" in first
+    assert "unchanged for 0 s: a verdict once it has held 30 s and every agent has probed again" in first
+    assert reports[2].looks == 7 and "unchanged for 12 s" in reports[2].line()
+    assert last.startswith("mesh health after 30 s of 600 s (look 16)")
+    assert "— stopped early: cluster-1 → cluster-2, cluster-2 → cluster-1 failed the same way" in last
+
+
+def test_progress_reports_a_change_at_once() -> None:
+    t = FakeTime()
+    reports: list[HealthProgress] = []
+
+    def look() -> HealthMatrix:
+        return mesh_at(int(t.now), failing="endpoint" if t.now < 8 else "host" if t.now < 10 else "")
+
+    matrix = wait(t, look, progress=reports.append)
+    assert matrix.healthy
+    assert [r.elapsed for r in reports] == [0, 6, 8], "the switch to host probes at 8 s is reported then"
+    assert "[host HTTP, host ICMP]" in reports[-1].line()
+
+
+def not_connected_to_cluster_1() -> HealthMatrix:
+    """Both agents of cluster-2 answer and list nothing of cluster-1; everything else is healthy."""
+    observed = healthy_observed()
+    observed["cluster-2"] = ClusterHealth(
+        cluster="cluster-2",
+        agents=[
+            agent("cluster-2", n, status(f"cluster-2/{n}", node_json("cluster-2/b1"), node_json("cluster-2/b2")))
+            for n in NODES["cluster-2"]
+        ],
+    )
+    return health_matrix(observed, NODES)
+
+
+def test_cells_explained_elsewhere_are_not_waited_for() -> None:
+    t = FakeTime()
+    broken = not_connected_to_cluster_1()
+    assert [(c.src, c.dst) for c in broken.cells if not c.healthy] == [("cluster-2", "cluster-1")]
+    matrix = wait(t, lambda: broken, known_broken=frozenset({("cluster-2", "cluster-1")}))
+    assert matrix is broken and t.sleeps == [], "judged on the first look"
+    with pytest.raises(MeshUnhealthyError):  # not explained: nodes missing are waited for, to the timeout
+        wait(t, lambda: broken, timeout=4)
+    assert t.now == 4
