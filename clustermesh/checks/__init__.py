@@ -9,8 +9,9 @@ from clustermesh.checks.certificates import (
 from clustermesh.checks.common import transient_errors_raise
 from clustermesh.checks.drift import check_drift
 from clustermesh.checks.findings import Finding, Verdict, overall
-from clustermesh.checks.health import health_findings
+from clustermesh.checks.health import check_mesh_health, explained_cells, health_findings
 from clustermesh.checks.reachability import check_reachability_and_versions
+from clustermesh.checks.setup_state import mesh_not_set_up
 
 __all__ = [
     "CertificateReport",
@@ -19,8 +20,11 @@ __all__ = [
     "Verdict",
     "certificate_report",
     "check_drift",
+    "check_mesh_health",
     "check_reachability_and_versions",
+    "explained_cells",
     "health_findings",
+    "mesh_not_set_up",
     "nearest_expiry_days",
     "overall",
     "transient_errors_raise",

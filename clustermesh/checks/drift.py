@@ -325,7 +325,9 @@ def _peer_findings(
                 fail(
                     name,
                     f"peer {other} is listed {len(items)} times in {where}",
-                    f"keep one entry named {other} ({edit}), then {RERUN_SETUP}",
+                    # the setup keeps one entry per peer of the spec, with the peer's current address
+                    RERUN_SETUP if other in expected else f"keep one entry named {other} ({edit})",
+                    clusters=(name, other),
                 )
             )
         if other not in expected:
@@ -338,7 +340,7 @@ def _peer_findings(
             )
     for other in expected:
         if other not in by_name:
-            findings.append(fail(name, f"missing peer {other} in {where}", RERUN_SETUP))
+            findings.append(fail(name, f"missing peer {other} in {where}", RERUN_SETUP, clusters=(name, other)))
             continue
         # with duplicates, the first entry is the one compared (the duplicate is a failure of its own)
         findings.extend(_entry_findings(name, by_name[other][0], peer(other), ca_mode))

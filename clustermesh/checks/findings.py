@@ -19,6 +19,9 @@ class Finding(BaseModel):
     subject: str
     reason: str
     fix: str = ""
+    clusters: tuple[str, ...] = ()
+    """The clusters a finding is about when its subject does not say it (``cluster-1`` missing its
+    peer ``cluster-2``: both); empty when the subject does (``cluster-1``, ``cluster-1 → cluster-2``)."""
 
 
 def overall(findings: Iterable[Finding]) -> Verdict:
@@ -39,5 +42,5 @@ def warn(subject: str, reason: str, fix: str) -> Finding:
     return Finding(level="warning", subject=subject, reason=reason, fix=fix)
 
 
-def fail(subject: str, reason: str, fix: str) -> Finding:
-    return Finding(level="failure", subject=subject, reason=reason, fix=fix)
+def fail(subject: str, reason: str, fix: str, *, clusters: tuple[str, ...] = ()) -> Finding:
+    return Finding(level="failure", subject=subject, reason=reason, fix=fix, clusters=clusters)

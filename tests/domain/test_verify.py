@@ -30,8 +30,9 @@ from clustermesh.checks.certificates import (
 )
 from clustermesh.checks.drift import check_drift
 from clustermesh.checks.findings import Finding, overall
-from clustermesh.checks.health import health_findings
+from clustermesh.checks.health import explained_cells, health_findings
 from clustermesh.checks.reachability import check_reachability_and_versions
+from clustermesh.checks.setup_state import mesh_not_set_up
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import NotFoundError, TransientKubeError
 from clustermesh.spec import MeshSpec, from_data
@@ -787,3 +788,133 @@ def test_a_blocked_path_is_a_failure_naming_the_port_and_what_to_open() -> None:
     assert failure.level == "failure" and failure.subject == "cluster-1 → cluster-2"
     assert failure.reason.startswith(f"{UDP_8472_PATH} blocked or broken: cluster-1 agent on cluster-1-n1")
     assert failure.fix == f"open {UDP_8472_PATH} from the nodes of cluster-1 to cluster-2 (step 7's rules)"
+
+
+def not_listing(src: str, dst: str) -> HealthCell:
+    """The agents of ``src`` list none of the two nodes of ``dst``: ``src`` is not connected to it."""
+    missing = [f"{dst}-n1", f"{dst}-n2"]
+    return HealthCell(
+        src=src, dst=dst, reachable=0, expected=2, agents=1, failures=[], failing_paths=[], missing=missing
+    )
+
+
+def test_pods_unreachable_only_because_the_peer_is_not_connected_back_blame_no_port() -> None:
+    """cluster-1 does not list cluster-2 (its entry is gone): cluster-2's pod probes fail on the way back."""
+    matrix = health_of(
+        health_cell("cluster-1", "cluster-1"),
+        not_listing("cluster-1", "cluster-2"),
+        health_cell("cluster-2", "cluster-1", failing="endpoint ICMP"),
+        health_cell("cluster-2", "cluster-2"),
+    )
+    findings = health_findings(matrix)
+    back = next(f for f in findings if f.subject == "cluster-2 → cluster-1")
+    assert "cluster-1 is not connected back to cluster-2" in back.reason
+    assert back.fix.startswith("connect cluster-1 to cluster-2 first (see cluster-1 → cluster-2)")
+    assert "UDP 8472" not in f"{back.reason} {back.fix}"
+
+
+def test_a_drift_that_explains_the_unhealthy_pairs_is_named_instead_of_a_port(mesh: Mesh) -> None:
+    """The issue's night: a peer entry deleted in one cluster, a corrupt caCert in the other, no port shut."""
+    values = mesh["cluster-1"].values()
+    values["clustermesh"]["config"]["clusters"] = []
+    mesh["cluster-1"].set_values(values)
+    values = mesh["cluster-2"].values()
+    values["clustermesh"]["config"]["clusters"][0]["tls"]["caCert"] = base64.b64encode(b"not a cert").decode()
+    mesh["cluster-2"].set_values(values)
+    drift = problems(mesh.drift())
+    assert {(f.subject, f.clusters) for f in drift} == {
+        ("cluster-1", ("cluster-1", "cluster-2")),
+        ("cluster-2 → cluster-1", ()),
+    }
+    matrix = health_of(
+        health_cell("cluster-1", "cluster-1"),
+        not_listing("cluster-1", "cluster-2"),
+        health_cell("cluster-2", "cluster-1", failing="endpoint ICMP"),
+        health_cell("cluster-2", "cluster-2"),
+    )
+
+    findings = health_findings(matrix, drift)
+
+    assert [f.subject for f in findings] == ["cluster-1 → cluster-2", "cluster-2 → cluster-1"]
+    text = " ".join(f"{f.reason} {f.fix}" for f in findings)
+    assert "UDP 8472" not in text and "open " not in text and "TCP 2379" not in text
+    first, second = findings
+    assert "explained by the failure above: cluster-1: missing peer cluster-2" in first.reason
+    assert "explained by the failure above: cluster-2 → cluster-1: the entry for cluster-1: tls.caCert" in second.reason
+    assert all(f.fix.startswith("fix that first (run the setup again") for f in findings)
+    assert all("no port is blamed while the configuration is wrong" in f.fix for f in findings)
+
+
+def test_a_port_is_still_named_between_clusters_whose_configuration_is_right() -> None:
+    """Drift between cluster-1 and cluster-3 explains nothing about cluster-1 ↔ cluster-2."""
+    clusters = ["cluster-1", "cluster-2", "cluster-3"]
+    drift = [
+        Finding(
+            level="failure",
+            subject="cluster-1",
+            reason="missing peer cluster-3 in clustermesh.config.clusters",
+            fix="run the setup again",
+            clusters=("cluster-1", "cluster-3"),
+        )
+    ]
+    cells = [health_cell(s, d) for s in clusters for d in clusters if {s, d} != {"cluster-1", "cluster-2"}]
+    cells += [health_cell("cluster-1", "cluster-2", failing="endpoint ICMP"), health_cell("cluster-2", "cluster-1")]
+    matrix = HealthMatrix(clusters=clusters, cells=cells, agent_errors=[])
+    assert explained_cells(drift, clusters).keys() == {("cluster-1", "cluster-3"), ("cluster-3", "cluster-1")}
+    [failure] = health_findings(matrix, drift)
+    assert failure.fix == f"open {UDP_8472_PATH} from the nodes of cluster-1 to cluster-2 (step 7's rules)"
+
+
+def test_a_cluster_wide_failure_explains_every_pair_of_that_cluster() -> None:
+    found = [
+        Finding(level="failure", subject="cluster-2 clustermesh-apiserver-remote-cert", reason="tls.crt expired"),
+        Finding(level="warning", subject="cluster-1", reason="not applied yet"),
+        Finding(level="failure", subject="mesh health", reason="from an earlier run"),
+    ]
+    explained = explained_cells(found, ["cluster-1", "cluster-2", "cluster-3"])
+    assert set(explained) == {
+        ("cluster-2", "cluster-1"),
+        ("cluster-1", "cluster-2"),
+        ("cluster-2", "cluster-3"),
+        ("cluster-3", "cluster-2"),
+    }
+    assert {f.reason for f in explained.values()} == {"tls.crt expired"}
+
+
+# --------------------------------------------------------------------------------------- not set up
+
+
+def without_mesh_values(mesh: Mesh, *names: str) -> None:
+    for name in names:
+        values = mesh[name].values()
+        del values["clustermesh"]
+        mesh[name].set_values(values)
+
+
+def test_clusters_the_setup_never_touched_are_one_finding_run_setup(mesh: Mesh) -> None:
+    without_mesh_values(mesh, "cluster-1", "cluster-2")
+    facts, _ = mesh.verify()
+    finding = mesh_not_set_up(facts)
+    assert finding is not None and finding.level == "failure" and finding.subject == "mesh"
+    assert finding.reason.startswith("the mesh is not set up: none of cluster-1, cluster-2 has Cluster Mesh enabled")
+    assert finding.fix.startswith("run setup (clustermesh setup --config ")
+
+
+def test_a_setup_stopped_half_way_is_a_mesh_to_verify(mesh: Mesh) -> None:
+    without_mesh_values(mesh, "cluster-2")
+    facts, _ = mesh.verify()
+    assert mesh_not_set_up(facts) is None
+    assert mesh_not_set_up({}) is None, "no cluster answered: their own findings say why"
+
+
+def test_a_duplicated_peer_of_the_spec_is_repaired_by_the_setup(mesh: Mesh) -> None:
+    values = mesh["cluster-1"].values()
+    entries = values["clustermesh"]["config"]["clusters"]
+    stale = copy.deepcopy(entries[0])
+    stale["ips"] = ["198.51.100.99"]
+    entries.append(stale)
+    mesh["cluster-1"].set_values(values)
+    [failure] = problems(mesh.drift())
+    assert failure.reason == "peer cluster-2 is listed 2 times in clustermesh.config.clusters"
+    assert failure.fix == "run the setup again (clustermesh setup); it writes only what differs"
+    assert failure.clusters == ("cluster-1", "cluster-2")
