@@ -134,6 +134,9 @@ def test_setup_runs_on_the_session_server_and_stop_ends_it(
     assert [(r["flow_name"], r["state_type"]) for r in runs] == [("cluster-mesh-setup", "COMPLETED")], runs
     # the process that ran the flow has ended, and it started no Prefect server of its own
     assert processes_with(f"PREFECT_HOME={tmp_path / 'prefect-home'}") == []
+    settings = httpx.get(f"{record.url}/admin/settings", timeout=30).raise_for_status().json()
+    assert settings["server"]["analytics_enabled"] is False
+    assert settings["server"]["api"]["host"] == "127.0.0.1"
 
     stopped = run_cli(env, "server", "stop", timeout=CLI_TIMEOUT)
 
