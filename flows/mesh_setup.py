@@ -26,8 +26,10 @@ from clustermesh.values import CaMaterial, PeerEntry
 from flows.locking import mesh_lock
 from tasks import setup_steps
 from tasks.common import cluster_sessions
-from tasks.notify import alert_on_failure
+from tasks.notify import alert_on_failure, quiet_reported_ends
 from tasks.results import RESULT_KEY_ENV, caching_enabled, owner_only_files
+
+quiet_reported_ends()  # a rejected plan ends Cancelled with its reason, not with Prefect's CancelledRun traceback
 
 
 class SetupResult(BaseModel):
@@ -74,7 +76,10 @@ class SetupApproval(RunInput):
 
 
 def _approved(spec: MeshSpec) -> bool:
-    """Show the plan (key material as fingerprints) and wait for a human's answer in the UI."""
+    """Show the plan (key material as fingerprints) and wait for a human's answer in the UI.
+
+    A rejection is logged at WARNING with the comment: the Logs tab's last word on the run is the reason.
+    """
     logger = get_run_logger()
     plan = plan_setup(spec, lambda c: setup_steps.connect(spec, c.name))
     create_markdown_artifact(
@@ -84,11 +89,11 @@ def _approved(spec: MeshSpec) -> bool:
     )
     logger.info("Plan ready (artifact %s-setup-plan); waiting for approval", spec.name)
     answer = pause_flow_run(wait_for_input=SetupApproval, timeout=APPROVAL_TIMEOUT_SECONDS, poll_interval=2)
-    logger.info(
-        "Approval answer: %s%s",
-        "approved" if answer.approve else "rejected",
-        f" ({answer.comment})" if answer.comment else "",
-    )
+    comment = f" ({answer.comment})" if answer.comment else ""
+    if answer.approve:
+        logger.info("Approval answer: approved%s", comment)
+    else:
+        logger.warning("Plan not approved%s: nothing written to mesh %s; the run ends Cancelled", comment, spec.name)
     return bool(answer.approve)
 
 

@@ -2,13 +2,28 @@
 
 Read-only apart from the drill: prerequisites (reachability, versions) → drift → certificates → mesh
 health → the failover drill (optional) → one Slack message, posted at the start and updated in place
-with PASS / WARN / FAIL, details in its thread. A run whose verdict is FAIL ends Failed (so Prefect
-automations see it) after the summary has been delivered; the failure hook then does not post twice.
+with PASS / WARN / FAIL, details in its thread.
+
+How a run ends (what the Prefect UI, the Automation and the CLI see):
+
+- PASS / WARN: ``Completed("verification PASS")``, the :class:`VerificationResult` as the result.
+- FAIL, summary delivered to Slack: a Failed-type state named ``ReportedFailure`` whose result is a
+  :class:`VerificationFailed` carrying the VerificationResult. The crash-safe Automation listens for
+  ``prefect.flow-run.Failed`` / ``.Crashed`` only, so the one Slack message stays one; the failure hook
+  does not post either.
+- FAIL, summary not delivered (Slack misconfigured or down): the same, named ``Failed``: the
+  Automation's webhook is then the only message.
+- An error before the verdict: Failed (the hook alerts; the Automation too, crash-safe), Crashed alike.
+
+The findings are logged one by one (failures at ERROR, warnings at WARNING), so the Logs tab's last
+error is a finding; Prefect's own "Engine execution exited" traceback for a reported end is reduced to
+one INFO line (:func:`tasks.notify.quiet_reported_ends`). Read the verdict of a finished run with
+:func:`verification_result`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -21,14 +36,21 @@ from pydantic import BaseModel, ConfigDict
 
 from clustermesh.checks import Finding, Verdict, nearest_expiry_days, overall
 from clustermesh.drill import DrillResult, drill_gate
-from clustermesh.notify import PostResult, Summary, render_plain
+from clustermesh.errors import ReportedFailure
+from clustermesh.notify import PostResult, Summary, render_markdown, render_plain
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
 from tasks import verify_steps
 from tasks.common import cluster_sessions
-from tasks.notify import alert_on_failure, log_post, notifier, run_url
+from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+
+quiet_reported_ends()  # in the flow's process: a reported FAIL does not end with Prefect's traceback
+
+# The name of a FAIL's final state once its summary reached Slack (type FAILED: red in the UI, on_failure
+# hooks run); the failure Automation does not match it (deployments/blocks.py).
+REPORTED_FAILURE = "ReportedFailure"
 
 
 class VerificationResult(BaseModel):
@@ -43,7 +65,7 @@ class VerificationResult(BaseModel):
     drill: DrillResult | None
     nearest_expiry_days: int | None
     slack: str
-    reported: bool = True  # the summary went out (or was printed): hooks need not alert again
+    reported: bool = True  # the summary reached Slack; if not, a FAIL is left to the crash-safe Automation
 
     def describe(self) -> str:
         lines = [f"{self.status}: mesh {self.mesh}"]
@@ -57,12 +79,53 @@ class VerificationResult(BaseModel):
         lines.append(f"  slack: {self.slack}")
         return "\n".join(lines)
 
+    def headline(self) -> str:
+        """One line: the verdict, the counts, the first failure (the state message of a FAIL)."""
+        failures = [f for f in self.findings if f.level == "failure"]
+        warnings = [f for f in self.findings if f.level == "warning"]
+        text = f"verification {self.status} for mesh {self.mesh}"
+        if failures or warnings:
+            text += f": {len(failures)} failure(s), {len(warnings)} warning(s)"
+        problems = failures or warnings
+        if problems:
+            text += f"; first: {problems[0].subject}: {problems[0].reason}"
+        return text[:500]
+
+
+class VerificationFailed(ReportedFailure):
+    """The end of a FAIL night, with its :class:`VerificationResult` in ``.result``.
+
+    A Failed state's result must be an exception Prefect can raise (a model there makes the engine
+    end the run with a TypeError traceback); this one is reported already (summary in Slack, findings
+    in the logs), so the failure hook does not alert again.
+    """
+
+    def __init__(self, result: VerificationResult) -> None:
+        self.result = result
+        super().__init__(result.headline())
+
+
+def verification_result(state: State[Any]) -> VerificationResult | None:
+    """The verdict of a finished nightly run from its final state (how the CLI reads it).
+
+    PASS / WARN: the state's result; FAIL: the :class:`VerificationFailed` exception's ``.result``;
+    ``None`` when the run ended before a verdict (its state message and the exception say why).
+    """
+    data = state.result(raise_on_failure=False)
+    if isinstance(data, VerificationResult):
+        return data
+    if isinstance(data, VerificationFailed):
+        return data.result
+    return None
+
 
 def drill_findings(result: DrillResult) -> list[Finding]:
+    # the subject says "failover drill": the reason starts after it ("not run: …", not "failover drill not run: …")
+    reason = result.summary().removeprefix("failover drill").strip()
     if result.status == "passed":
-        return [Finding(level="ok", subject="failover drill", reason=result.summary())]
+        return [Finding(level="ok", subject="failover drill", reason=reason)]
     level: Literal["warning", "failure"] = "failure" if result.status == "failed" else "warning"
-    return [Finding(level=level, subject="failover drill", reason=result.summary()[:300], fix=_drill_fix(result))]
+    return [Finding(level=level, subject="failover drill", reason=reason[:300], fix=_drill_fix(result))]
 
 
 def _drill_fix(result: DrillResult) -> str:
@@ -77,16 +140,17 @@ def _drill_fix(result: DrillResult) -> str:
     on_crashed=[alert_on_failure],
     validate_parameters=True,
 )
-def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[VerificationResult]:
+def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[Any]:
     """Verify the mesh (read-only), rehearse failover, and report PASS / WARN / FAIL to Slack.
 
     Never runs beside a setup of the same mesh (both hold ``mesh-<name>``). Emits
     ``clustermesh.mesh.verified`` every run, and ``clustermesh.mesh.degraded`` / ``.healthy`` when the
     verdict changed since the last run (kept in the Prefect Variable ``clustermesh-last-verdict-<mesh>``).
+    Ends as the module docstring says; :func:`verification_result` reads the verdict from that state.
     """
     with mesh_lock(spec), cluster_sessions(spec):
         state = _verify(spec, run_drill)
-    result = state.data
+    result = state.data.result if isinstance(state.data, VerificationFailed) else state.data
     if isinstance(result, VerificationResult):
         emit_verdict_events(spec, result)
     return state
@@ -135,21 +199,20 @@ class _Observed(BaseModel):
     expiry: int | None = None
 
 
-def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
-    logger = get_run_logger()
+def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
     link = run_url(spec, flow_run.get_id())
-    slack = notifier(spec)
+    slack = RunSlack.for_run(spec)  # a setting that cannot work is one warning here; Slack is then off
     title = f"Cluster Mesh {spec.name}: nightly verification"
     parent: PostResult | None = None
-    if slack is not None:
-        parent = slack.post_summary(Summary(title=title, status="RUNNING", mesh=spec.name, run_url=link))
-        log_post(parent, "start message")
+    if slack.configured:
+        parent = slack.post_summary(
+            Summary(title=title, status="RUNNING", mesh=spec.name, run_url=link), "start message"
+        )
     seen = _observe(spec, run_drill)
     status = overall(seen.findings)
     summary = _summary(spec, title, status, seen, link)
-    delivery = _deliver(slack, parent, summary)
-    plain = render_plain(summary)
-    create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=f"```\n{plain}\n```", description=status)
+    delivered = _deliver(slack, parent, summary)
+    create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=render_markdown(summary), description=status)
     result = VerificationResult(
         mesh=spec.name,
         status=status,
@@ -157,12 +220,37 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[VerificationResult]:
         health=seen.health,
         drill=seen.drill,
         nearest_expiry_days=seen.expiry,
-        slack=delivery,
+        slack=slack.status(delivered),
+        reported=bool(delivered and delivered.ok),
     )
-    logger.info(result.describe())
+    _log_findings(result)
     if status == "FAIL":
-        return Failed(message=f"verification FAIL for mesh {spec.name}", data=result)
+        name = REPORTED_FAILURE if result.reported else "Failed"
+        return Failed(name=name, message=result.headline(), data=VerificationFailed(result))
     return Completed(message=f"verification {status}", data=result)
+
+
+def _log_findings(result: VerificationResult) -> None:
+    """The verdict at INFO, then each failure at ERROR and each warning at WARNING, with its fix.
+
+    The Logs tab then shows the reasons; ``ok`` checks are counted, not listed (the thread and the
+    artifact list them).
+    """
+    logger = get_run_logger()
+    counts = {level: sum(1 for f in result.findings if f.level == level) for level in ("failure", "warning", "ok")}
+    logger.info(
+        "Verdict %s for mesh %s: %d failure(s), %d warning(s), %d ok; Slack: %s",
+        result.status,
+        result.mesh,
+        counts["failure"],
+        counts["warning"],
+        counts["ok"],
+        result.slack,
+    )
+    for level, log in (("failure", logger.error), ("warning", logger.warning)):
+        for f in result.findings:
+            if f.level == level:
+                log("%s %s: %s%s", level.upper(), f.subject, f.reason, f" — fix: {f.fix}" if f.fix else "")
 
 
 def _observe(spec: MeshSpec, run_drill: bool) -> _Observed:
@@ -204,20 +292,19 @@ def _summary(spec: MeshSpec, title: str, status: Verdict, seen: _Observed, link:
     )
 
 
-def _deliver(slack: object, parent: PostResult | None, summary: Summary) -> str:
-    """Update the start message in place (or post one), details in its thread; print without Slack."""
-    from clustermesh.notify import Notifier
+def _deliver(slack: RunSlack, parent: PostResult | None, summary: Summary) -> PostResult | None:
+    """Update the start message in place (or post one), every check in its thread; print when not delivered.
 
-    if not isinstance(slack, Notifier):
+    Returns how the summary itself went (None: Slack not configured).
+    """
+    posted: PostResult | None = None
+    if slack.configured:
+        if parent is not None and parent.ok and parent.ts:
+            posted = slack.update_summary(parent, summary)
+            if posted.ok and slack.supports_threads:
+                slack.post_findings(parent, summary)
+        else:
+            posted = slack.post_summary(summary)  # the start message failed: Slack may be back (or says why once)
+    if posted is None or not posted.ok:
         print(render_plain(summary), flush=True)
-        return "not configured: printed and saved as an artifact"
-    if parent is not None and parent.ok and parent.ts:
-        posted = slack.update_summary(parent.ts, summary, channel=parent.channel)
-        log_post(posted, "summary update")
-        details = [f"{f.level}: {f.subject}: {f.reason}" + (f" — {f.fix}" if f.fix else "") for f in summary.findings]
-        if posted.ok and slack.supports_threads:
-            log_post(slack.post_details(parent.ts, details, channel=parent.channel), "details")
-    else:
-        posted = slack.post_summary(summary)
-        log_post(posted, "summary")
-    return "delivered" if posted.ok else f"not delivered ({posted.error})"
+    return posted

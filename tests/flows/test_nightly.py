@@ -2,8 +2,8 @@
 Prefect test server, and the Slack-compatible test server on loopback (slack-sdk talks real HTTP to it).
 
 What the team would read is checked on the message the Slack server kept (after its edits), not on what
-the pipeline says it sent; replica counts and certificate dates are read from the sandbox with the
-official ``kubernetes`` client.
+the pipeline says it sent; what the Logs tab shows is read back from the Prefect API; replica counts and
+certificate dates are read from the sandbox with the official ``kubernetes`` client.
 """
 
 from __future__ import annotations
@@ -19,8 +19,15 @@ from cryptography import x509
 from kubernetes import client as k8s
 
 from clustermesh.spec import MeshSpec, NotifySettings
+from clustermesh.spec.settings import SlackSettings
 from flows.mesh_setup import cluster_mesh_setup
-from flows.mesh_verify import VerificationResult, nightly_mesh_verification
+from flows.mesh_verify import (
+    REPORTED_FAILURE,
+    VerificationFailed,
+    VerificationResult,
+    nightly_mesh_verification,
+    verification_result,
+)
 from tests.flows.conftest import Kube, cli, mesh_spec, write_edited_yaml
 from tests.helpers import cli_environment, sandbox_process
 from tests.slack_server import SlackTestServer
@@ -72,11 +79,43 @@ def with_drill_timeout(spec: MeshSpec, seconds: float) -> MeshSpec:
     return spec.model_copy(update={"drill": spec.drill.model_copy(update={"timeout": seconds})})
 
 
+def with_slack(spec: MeshSpec, channel: str, token_env: str = "SLACK_BOT_TOKEN") -> MeshSpec:
+    slack = SlackSettings(channel=channel, token_env=token_env)
+    return spec.model_copy(update={"notify": spec.notify.model_copy(update={"slack": slack})})
+
+
 def run_nightly(spec: MeshSpec, *, run_drill: bool = True) -> tuple[Any, VerificationResult]:
+    """Run the flow; its verdict read from the final state as the CLI reads it."""
     state = nightly_mesh_verification(spec, run_drill=run_drill, return_state=True)
-    result = state.result(raise_on_failure=False)
-    assert isinstance(result, VerificationResult), f"{state}: {result!r}"
+    result = verification_result(state)
+    assert isinstance(result, VerificationResult), f"{state}: {state.result(raise_on_failure=False)!r}"
     return state, result
+
+
+def run_logs(state: Any) -> list[Any]:
+    """The run's log records as the Prefect API keeps them (what the UI's Logs tab shows), oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as prefect:
+        return list(
+            prefect.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id(state)])),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+        )
+
+
+def at_least(logs: list[Any], level: int) -> list[str]:
+    return [log.message for log in logs if log.level >= level]
+
+
+def our_warnings(logs: list[Any]) -> list[str]:
+    """Warnings and worse, without Prefect's own note that an ad-hoc run has no mesh lock registered."""
+    return [m for m in at_least(logs, 30) if not m.startswith("Concurrency limits ['mesh-")]
 
 
 def top_level(slack: SlackTestServer) -> list[dict[str, Any]]:
@@ -162,11 +201,12 @@ def test_a_healthy_mesh_passes_with_one_slack_message_edited_in_place_and_detail
     posts = [r for r in api_calls(slack, "chat.postMessage") if not r["body"].get("thread_ts")]
     assert len(posts) == 1
     assert posts[0]["answer"]["ts"] == parent["ts"]
-    assert posts[0]["body"]["text"].startswith("RUNNING"), posts[0]["body"]["text"]
+    assert posts[0]["body"]["text"].startswith(":hourglass_flowing_sand: RUNNING"), posts[0]["body"]["text"]
     updates = api_calls(slack, "chat.update")
     assert updates and all(u["body"]["ts"] == parent["ts"] for u in updates)
     assert parent["edits"] >= 1
-    assert parent["text"].startswith("PASSED"), parent["text"]
+    assert parent["text"].startswith(":large_green_circle: PASSED"), parent["text"]
+    assert parent["blocks"][0]["text"]["text"].startswith(":large_green_circle: PASSED")
     assert "RUNNING" not in all_text(parent)
 
     # the key figures, as the reader sees them
@@ -183,13 +223,15 @@ def test_a_healthy_mesh_passes_with_one_slack_message_edited_in_place_and_detail
     link = f"{UI}/runs/flow-run/{flow_run_id(state)}"
     assert f"<{link}|" in all_text(parent)
 
-    # details in the thread of that parent, naming the checks
+    # every check in the thread of that parent, marked ok, the drill without "failover drill" twice
     replies = slack.replies(parent["ts"])
     assert replies, "no thread replies"
     assert all(r["channel"] == parent["channel"] for r in replies)
     thread = "\n".join(r["text"] for r in replies)
-    assert "ok: mesh health" in thread
-    assert "ok: failover drill: failover drill passed" in thread
+    assert ":white_check_mark: *mesh health*:" in thread
+    assert ":white_check_mark: *failover drill*: passed: failed over" in thread
+    assert "failover drill: failover drill" not in thread and "drill*: failover drill" not in thread
+    assert len([line for line in thread.splitlines() if line.startswith(":white_check_mark:")]) == len(result.findings)
 
 
 # -------------------------------------------------------------------------------- a broken night
@@ -206,9 +248,12 @@ def test_a_broken_vxlan_path_fails_the_run_without_drilling_and_slack_names_udp_
 
     state, result = run_nightly(spec)
 
-    assert state.is_failed(), state
-    assert result.status == "FAIL"
+    # a FAIL that reached Slack: type FAILED, named so the crash-safe Automation does not post again
+    assert state.is_failed() and state.name == REPORTED_FAILURE, state
+    assert isinstance(state.result(raise_on_failure=False), VerificationFailed)
+    assert result.status == "FAIL" and result.reported
     assert result.slack == "delivered"
+    assert "UDP 8472" in (state.message or ""), state.message
     assert result.drill is not None and result.drill.status == "not run", result.drill
     assert "nothing disrupted" in result.drill.reason
     assert not any(p.name in ("failover", "restore") for p in result.drill.phases), result.drill.phases
@@ -224,13 +269,27 @@ def test_a_broken_vxlan_path_fails_the_run_without_drilling_and_slack_names_udp_
     assert len(parents) == 1, [m["text"] for m in parents]
     parent = parents[0]
     assert parent["edits"] >= 1
-    assert parent["text"].startswith("FAILED"), parent["text"]
+    assert parent["text"].startswith(":red_circle: FAILED"), parent["text"]
     text = all_text(parent)
     assert "UDP 8472" in text, text
     assert "cluster-1" in text and "cluster-2" in text
     assert fields_of(parent)["Failover drill"] == "not run"
     assert f"{UI}/runs/flow-run/{flow_run_id(state)}" in text
+    assert "<https://docs.kubermatic.com/" in text and "|step 7's rules>" in text
     assert not any(m["text"].startswith("FAILED: flow") for m in slack.messages)
+    # the thread: failures first, the ok lines last
+    marks = [line.split(" ", 1)[0] for r in slack.replies(parent["ts"]) for line in r["text"].splitlines()]
+    marks = [m for m in marks if m.startswith(":")]
+    assert marks == sorted(marks, key=[":x:", ":warning:", ":white_check_mark:"].index), marks
+    assert marks[0] == ":x:" and marks[-1] == ":white_check_mark:"
+
+    # the Logs tab: the findings themselves at ERROR / WARNING, the last error a finding with its fix
+    logs = run_logs(state)
+    errors = at_least(logs, 40)
+    assert errors and errors[-1].startswith("FAILURE cluster-") and "UDP 8472" in errors[-1], errors
+    assert "fix: open UDP 8472" in errors[-1]
+    assert not any("Traceback" in m or "Engine execution" in m for m in errors), errors
+    assert any(m.startswith("WARNING failover drill: not run") for m in at_least(logs, 30))
 
 
 # -------------------------------------------------------------------------------- Slack in trouble
@@ -248,6 +307,78 @@ def test_slack_down_does_not_fail_the_verification(meshed: Callable[..., Any], s
     assert result.slack.startswith("not delivered"), result.slack
     assert slack.messages == []
     assert api_calls(slack, "chat.postMessage"), "the flow never tried to post"
+    # one warning for the whole run (start message and summary both failed), saying where to look
+    warnings = our_warnings(run_logs(state))
+    assert len(warnings) == 1, warnings
+    assert "connection_error" in warnings[0] and "127.0.0.1" in warnings[0] and "SLACK_API_URL" in warnings[0]
+    assert "the verdict stands" in warnings[0]
+
+
+MISCONFIGURED = {
+    # name: (environment, spec's Slack section channel or None, what the one warning must name)
+    "a bot token but no channel": ({"SLACK_BOT_TOKEN": "{token}"}, None, ("SLACK_CHANNEL", "notify: {slack:")),
+    "a refused token": (
+        {"SLACK_BOT_TOKEN": "xoxb-not-the-right-one", "SLACK_CHANNEL": "#mesh-alerts"},
+        None,
+        ("invalid_auth", "env var SLACK_BOT_TOKEN on the worker"),
+    ),
+    "an unknown channel in the spec": (
+        {"SLACK_BOT_TOKEN": "{token}"},
+        "#no-such-channel",
+        ("channel_not_found", "notify.slack.channel", "clustermesh blocks register"),
+    ),
+    "a spec channel but no token on the worker": (
+        {},
+        "#mesh-alerts",
+        ("SLACK_BOT_TOKEN", "notify.slack.token_env", "worker"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISCONFIGURED))
+def test_a_slack_misconfiguration_keeps_the_verdict_and_says_once_where_to_fix_it(
+    case: str, meshed: Callable[..., Any], slack: SlackTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, channel, named = MISCONFIGURED[case]
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(token=slack.token))
+    sb = meshed(clusters=2, nodes=1)
+    spec = mesh_spec(sb) if channel is None else with_slack(mesh_spec(sb), channel)
+
+    state, result = run_nightly(spec, run_drill=False)
+
+    assert state.is_completed(), state
+    assert result.status == "PASS", result.describe()
+    assert not result.reported and result.slack.startswith("not delivered"), result.slack
+    warnings = our_warnings(run_logs(state))
+    assert len(warnings) == 1, warnings
+    for words in named:
+        assert words in warnings[0], (words, warnings[0])
+    assert slack.token not in warnings[0] and slack.token not in result.slack
+    assert slack.messages == []
+    assert len(api_calls(slack, "chat.postMessage")) <= 1, "a refusal no retry changes is not tried again"
+
+
+def test_a_fail_that_slack_refused_ends_failed_for_the_automation_and_keeps_its_verdict(
+    meshed: Callable[..., Any], slack: SlackTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLACK_API_URL", slack.url)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-not-the-right-one")
+    monkeypatch.setenv("SLACK_CHANNEL", "#mesh-alerts")
+    sb = meshed(clusters=2, nodes=1)
+    sb.fault("block-port", a="cluster-1", b="cluster-2", port="udp/8472")
+
+    state, result = run_nightly(mesh_spec(sb, health=3), run_drill=False)
+
+    # not reported: the state keeps the name the failure Automation listens for (prefect.flow-run.Failed)
+    assert state.is_failed() and state.name == "Failed", state
+    assert result.status == "FAIL" and not result.reported
+    assert "invalid_auth" in result.slack
+    assert slack.messages == [], "neither the summary nor the failure hook got through with that token"
+    logs = run_logs(state)
+    assert [m for m in at_least(logs, 30) if "Slack" in m and "invalid_auth" in m], at_least(logs, 30)
+    assert at_least(logs, 40)[-1].startswith("FAILURE cluster-"), at_least(logs, 40)
 
 
 def test_a_rate_limited_first_post_is_retried_and_posted_once(
@@ -267,7 +398,7 @@ def test_a_rate_limited_first_post_is_retried_and_posted_once(
     assert first_posts[0]["body"]["text"] == first_posts[1]["body"]["text"]
     parents = top_level(slack)
     assert len(parents) == 1, [m["text"] for m in parents]
-    assert parents[0]["text"].startswith("PASSED") and parents[0]["edits"] >= 1
+    assert parents[0]["text"].startswith(":large_green_circle: PASSED") and parents[0]["edits"] >= 1
 
 
 # --------------------------------------------------------------------------------- no Slack at all
@@ -294,8 +425,10 @@ def test_without_slack_the_summary_is_printed_and_saved_as_a_markdown_artifact(
     assert len(artifacts) == 1
     assert artifacts[0].type == "markdown"
     markdown = str(artifacts[0].data)
-    assert "PASSED: Cluster Mesh sandbox: nightly verification" in markdown
-    assert "Clusters:" in markdown and f"Run: {link}" in markdown
+    assert markdown.startswith("# 🟢 PASSED: Cluster Mesh sandbox: nightly verification")
+    assert "| Clusters | 2 |" in markdown and f"[open the flow run]({link})" in markdown
+    assert "```" not in markdown
+    assert "| ✅ ok | mesh health |" in markdown
 
 
 # ------------------------------------------------------------------------------ the failure hook
