@@ -9,7 +9,13 @@
 - the spec with block references as the Prefect Variables ``clustermesh-spec`` (what prefect.yaml's
   nightly and drill deployments use) and ``clustermesh-spec-<mesh>``;
 - with a webhook URL in the environment: a ``Webhook`` block and an Automation that calls it when a
-  run of these deployments (tag ``clustermesh``) fails or crashes — crash-safe, unlike flow hooks.
+  run of these deployments (tag ``clustermesh``) fails or crashes — crash-safe, unlike flow hooks. It
+  matches the state *names* ``Failed`` and ``Crashed``: a nightly whose FAIL summary reached Slack ends
+  in a Failed-type state named ``ReportedFailure`` (flows/mesh_verify.py), so one FAIL stays one message.
+
+Before anything is saved, the Slack bot token and channel are checked with Slack itself (``auth.test``,
+then ``conversations.info`` for an ID or ``conversations.list`` for a name; nothing is posted): a
+refused token or an unknown or archived channel raises :class:`RegistrationError` with the fix.
 
 Re-running updates what exists (blocks overwritten, limit reset to 1, automation updated in place);
 nothing is duplicated. Secret values are never printed; the spec snippet names blocks only.
@@ -28,7 +34,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import SecretStr
 
-from clustermesh.errors import RegistrationError
+from clustermesh.errors import RegistrationError, SlackConfigError
+from clustermesh.notify import SlackCheck, check_target, resolve_target
 from clustermesh.spec import MeshSpec
 
 DEPLOYMENT_TAG = "clustermesh"
@@ -37,6 +44,7 @@ SLACK_TOKEN_BLOCK = "clustermesh-slack-bot-token"
 WEBHOOK_BLOCK = "clustermesh-alert-webhook"
 AUTOMATION_NAME = "clustermesh-run-failed-or-crashed"
 SPEC_VARIABLE = "clustermesh-spec"  # what prefect.yaml's nightly and drill deployments take as their spec
+# State names, not types: a reported FAIL (state name ReportedFailure, type FAILED) is not matched.
 FAILURE_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
 
 # Slack incoming-webhook body; every value JSON-escaped by the server's ``tojson`` filter.
@@ -57,6 +65,7 @@ class Registration:
     result_key_block: str | None = None
     concurrency_limit: str = ""
     automation: str | None = None
+    slack: str | None = None  # what Slack said about the token and the channel
     spec_variables: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     snippet: dict[str, Any] = field(default_factory=dict)
@@ -67,11 +76,16 @@ class Registration:
             lines.append(f"  Secret block {block}: kubeconfig of {cluster}")
         if self.slack_token_block:
             lines.append(f"  Secret block {self.slack_token_block}: Slack bot token")
+        if self.slack:
+            lines.append(f"  Slack: {self.slack}")
         if self.result_key_block:
             lines.append(f"  Secret block {self.result_key_block}: result-encryption key")
         lines.append(f"  global concurrency limit {self.concurrency_limit}: limit 1 (setup and nightly)")
         if self.automation:
-            lines.append(f"  automation {self.automation}: failed/crashed runs tagged {DEPLOYMENT_TAG} → webhook")
+            lines.append(
+                f"  automation {self.automation}: runs tagged {DEPLOYMENT_TAG} that end Failed or Crashed"
+                " without having reported to Slack → webhook"
+            )
         for variable in self.spec_variables:
             lines.append(f"  variable {variable}: the spec below (deployment parameters)")
         lines.extend(f"  note: {n}" for n in self.notes)
@@ -125,7 +139,10 @@ def kubeconfig_text(spec: MeshSpec, cluster_name: str) -> str | None:
     return text
 
 
-def _spec_snippet(spec: MeshSpec, blocks: dict[str, str], slack_block: str | None) -> dict[str, Any]:
+def _spec_snippet(
+    spec: MeshSpec, blocks: dict[str, str], slack_block: str | None, channel: str | None = None
+) -> dict[str, Any]:
+    """The spec for deployment parameters; ``channel`` (from SLACK_CHANNEL) fills a missing Slack section."""
     data: dict[str, Any] = spec.model_dump(mode="json", exclude_defaults=True)
     data["name"] = spec.name
     for cluster in data["clusters"]:
@@ -133,10 +150,12 @@ def _spec_snippet(spec: MeshSpec, blocks: dict[str, str], slack_block: str | Non
         if block is not None:
             cluster["kubeconfig"] = {"secret_block": block}
     slack = data.get("notify", {}).get("slack")
+    if slack is None and slack_block is not None and channel is not None:
+        slack = {"channel": channel}
     if slack is not None and slack_block is not None:
         slack.pop("token_env", None)
         slack["token_block"] = slack_block
-        data["notify"]["slack"] = slack
+        data.setdefault("notify", {})["slack"] = slack
     return data
 
 
@@ -167,6 +186,7 @@ def register(
     out = Registration(mesh=spec.name, concurrency_limit=f"mesh-{spec.name}")
     texts = {c.name: kubeconfig_text(spec, c.name) for c in spec.clusters}
     result_key = _checked_result_key(result_key_env)
+    slack_channel = _checked_slack(spec, slack_token_env, out)
     for cluster, text in texts.items():
         if text is None:
             ref = spec.cluster(cluster).kubeconfig
@@ -191,7 +211,7 @@ def register(
             out.automation = _upsert_alert_automation(url)
         else:
             out.notes.append(f"{webhook_env} is not set: no failure automation (flow hooks still alert)")
-    out.snippet = _spec_snippet(spec, out.kubeconfig_blocks, out.slack_token_block)
+    out.snippet = _spec_snippet(spec, out.kubeconfig_blocks, out.slack_token_block, slack_channel)
     if set_default_spec:
         from prefect.variables import Variable
 
@@ -216,6 +236,63 @@ def _checked_result_key(env: str | None) -> str | None:
             "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
         ) from None
     return key
+
+
+def _checked_slack(spec: MeshSpec, token_env: str | None, out: Registration) -> str | None:
+    """Ask Slack about the token in ``token_env`` and the channel, before anything is saved.
+
+    The channel is the spec's ``notify.slack.channel``, else ``SLACK_CHANNEL``; returns it when it comes
+    from the environment (the spec snippet then gets a Slack section). A refused token, an unknown or
+    archived channel, or a token without any channel raise :class:`RegistrationError` with the fix; an
+    unreachable Slack is a note (this machine may not reach Slack while the workers do).
+    """
+    if not token_env:
+        return None
+    token = os.environ.get(token_env, "").strip()
+    if not token:
+        return None
+    settings = spec.notify.slack
+    channel = settings.channel if settings is not None else os.environ.get("SLACK_CHANNEL", "").strip()
+    where = "mesh.yaml's notify.slack.channel" if settings is not None else "SLACK_CHANNEL"
+    if not channel:
+        raise RegistrationError(
+            f"{token_env} is set but no Slack channel is: nothing registered. Fix: add "
+            "`notify: {slack: {channel: '#your-channel'}}` to mesh.yaml (or export SLACK_CHANNEL) and run this again"
+        )
+    try:
+        target = resolve_target(token, channel, None)
+    except SlackConfigError as exc:
+        raise RegistrationError(f"{token_env}: {exc.problem}: nothing registered. Fix: {exc.fix}") from None
+    assert target is not None
+    check = check_target(target)
+    _refuse_slack(check, token_env, channel, where)
+    out.notes.extend(f"Slack: {n}" for n in check.notes)
+    if check.team is not None:
+        out.slack = f"token accepted (workspace {check.team}, bot {check.bot})"
+        if check.channel_id is not None:
+            out.slack += f"; channel {channel} is {check.channel_id}"
+    return channel if settings is None else None
+
+
+def _refuse_slack(check: SlackCheck, token_env: str, channel: str, where: str) -> None:
+    if check.token_error is not None:
+        raise RegistrationError(
+            f"Slack refused the bot token in {token_env} ({check.token_error}): nothing registered. Fix: copy the "
+            f"Bot User OAuth Token (xoxb-…) from the Slack app's OAuth & Permissions page into {token_env}"
+            + (" and add the chat:write scope" if check.token_error == "missing_scope" else "")
+            + ", then run this again"
+        )
+    if check.channel_error == "is_archived":
+        raise RegistrationError(
+            f"Slack channel {channel} ({where}) is archived: nothing registered. Fix: unarchive it or name "
+            "another channel there, then run this again"
+        )
+    if check.channel_error is not None:
+        raise RegistrationError(
+            f"Slack channel {channel} ({where}) is unknown to the bot ({check.channel_error}): "
+            f"nothing registered. Fix: name an existing channel (#name or its ID) in {where}; a private channel "
+            f"needs the bot invited first (/invite @{check.bot or 'your-bot'}); then run this again"
+        )
 
 
 def _save_env_secret(env: str | None, block: str, what: str, notes: list[str]) -> str | None:
