@@ -80,6 +80,45 @@ def _resume(flow_run_id: Any, approve: bool) -> None:
     assert result.status.value == "ACCEPT", result
 
 
+def _run_logs(flow_run_id: Any) -> list[Any]:
+    """The run's log records as the UI's Logs tab shows them, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    with get_client(sync_client=True) as prefect:
+        return list(
+            prefect.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), sort=LogSort.TIMESTAMP_ASC
+            )
+        )
+
+
+def _final_logs(flow_run_id: Any) -> list[Any]:
+    """The run's logs once the flow process has logged its end (the engine's last record comes after the state)."""
+
+    def ended() -> list[Any] | None:
+        logs = _run_logs(flow_run_id)
+        done = any("Run ended as intended" in log.message or "Engine execution" in log.message for log in logs)
+        return logs if done else None
+
+    logs: list[Any] = wait_for(ended, 60, f"the end of flow run {flow_run_id}'s logs")
+    return logs
+
+
+def _messages_about(deployed: Deployed, flow_run_id: Any) -> list[dict[str, Any]]:
+    """Top-level Slack messages (bot or webhook) that name this run."""
+    return [
+        m
+        for m in deployed.slack.messages
+        if m.get("thread_ts") is None and str(flow_run_id) in (m.get("text") or "") + yaml.safe_dump(m.get("blocks"))
+    ]
+
+
+# runs that ended FAIL after reporting to Slack, per database: the failure Automation must stay silent on them
+_REPORTED_FAILS: dict[str, list[Any]] = {}
+
+
 def _slack_texts(deployed: Deployed) -> list[str]:
     texts = []
     for message in deployed.slack.messages:
@@ -193,6 +232,12 @@ def test_setup_not_approved_is_cancelled_and_writes_nothing(deployed: Deployed) 
     assert "not approved" in (final.state.message or "")
     after = {n: i["metadata"]["generation"] for n, i in _cilium_installs(deployed).items()}
     assert after == before
+    # the Logs tab ends with the reason, not with Prefect's CancelledRun traceback
+    logs = _final_logs(run.id)
+    loud = [log.message for log in logs if log.level >= 30]
+    assert loud and loud[-1].startswith("Plan not approved (e2e): nothing written to mesh"), loud
+    assert not [log.message for log in logs if log.level >= 40], "a rejected plan is no error"
+    assert not any("Traceback" in log.message for log in logs)
 
 
 def test_setup_approved_through_the_worker_meshes_the_clusters(deployed: Deployed) -> None:
@@ -231,18 +276,28 @@ def test_nightly_passes_reports_to_slack_and_emits_events(deployed: Deployed) ->
     assert verified[0]["payload"]["verdict"] == "PASS"
 
 
-def test_failing_nightly_alerts_slack_with_the_run_link_and_emits_degraded(deployed: Deployed) -> None:
+def test_failing_nightly_reports_once_to_slack_logs_its_findings_and_emits_degraded(deployed: Deployed) -> None:
     deployed.sandbox.fault("block-port", "--between", "cluster-1,cluster-2", "--port", "udp/8472")
     try:
         # a broken mesh never gets healthy: wait 10 s for it, not the default 10 minutes
         spec = {**deployed.spec, "timeouts": {**deployed.spec.get("timeouts", {}), "health": 10}}
         run = deployed.run("mesh-nightly-verification", {"spec": spec, "run_drill": False})
-        final = deployed.wait_state(run.id, {"Failed"}, timeout=240)
+        final = deployed.wait_state(run.id, {"ReportedFailure"}, timeout=240)
     finally:
         deployed.sandbox.fault("clear")
-    assert "FAIL" in (final.state.message or "")
+    _REPORTED_FAILS.setdefault(deployed.server.database, []).append(run.id)
+    assert final.state.type.value == "FAILED", final.state
+    assert "FAIL" in (final.state.message or "") and "UDP 8472" in (final.state.message or "")
     link = f"{deployed.server.ui_url}/runs/flow-run/{run.id}"
-    assert any("FAIL" in t and link in t for t in _slack_texts(deployed)), _slack_texts(deployed)
+    # one message: the summary (bot), FAILED, with the run's link; the failure hook did not add one
+    [summary] = _messages_about(deployed, run.id)
+    assert summary["via"] == "api" and summary["text"].startswith(":red_circle: FAILED"), summary["text"]
+    assert link in yaml.safe_dump(summary["blocks"])
+    # the Logs tab: the findings, the last error a finding, no engine traceback
+    logs = _final_logs(run.id)
+    errors = [log.message for log in logs if log.level >= 40]
+    assert errors and errors[-1].startswith("FAILURE cluster-") and "UDP 8472" in errors[-1], errors
+    assert not any("Traceback" in m or "Engine execution" in m or "TypeError" in m for m in errors), errors
     degraded = wait_for(  # events are stored asynchronously by the server
         lambda: [
             e
@@ -254,13 +309,8 @@ def test_failing_nightly_alerts_slack_with_the_run_link_and_emits_degraded(deplo
     )
     assert degraded[0]["payload"]["previous_verdict"] == "PASS"
     assert degraded[0]["payload"]["verdict"] == "FAIL"
-    # the automation (crash-safe path) posts to the webhook too, with the run's UI link
-    wait_for(
-        lambda: [m for m in deployed.slack.messages if m.get("via") == "webhook" and str(run.id) in m["text"]],
-        90,
-        "the failure automation's webhook call",
-        interval=2,
-    )
+    # the failure Automation stays silent on it: checked after the next test's failure reaches the
+    # Automation (events are handled in order), in test_missing_mesh_limit_fails_a_deployed_run_...
 
 
 def test_missing_mesh_limit_fails_a_deployed_run_and_the_hook_alerts(deployed: Deployed) -> None:
@@ -275,6 +325,20 @@ def test_missing_mesh_limit_fails_a_deployed_run_and_the_hook_alerts(deployed: D
         with get_client(sync_client=True) as prefect:
             prefect.upsert_global_concurrency_limit_by_name(f"mesh-{MESH}", 1)
     assert "clustermesh blocks register" in (final.state.message or "")
+    assert final.state.name == "Failed"
     link = f"{deployed.server.ui_url}/runs/flow-run/{run.id}"
     alerts = [t for t in _slack_texts(deployed) if link in t]
     assert alerts and any("blocks register" in t for t in alerts), _slack_texts(deployed)
+    # a run that failed before its summary could not report itself: the crash-safe Automation posts too
+    wait_for(
+        lambda: [m for m in _messages_about(deployed, run.id) if m.get("via") == "webhook"],
+        90,
+        "the failure automation's webhook call",
+        interval=2,
+    )
+    # ... and by now it has handled the earlier reported FAIL's events too: still one message each
+    reported = _REPORTED_FAILS.get(deployed.server.database, [])
+    assert reported, "test_failing_nightly_... ran first on this server"
+    for fail in reported:
+        about = _messages_about(deployed, fail)
+        assert len(about) == 1 and about[0]["via"] == "api", [(m["via"], m["text"][:120]) for m in about]
