@@ -90,7 +90,7 @@ def measure_one(clusters: int, nodes: int, use_tracemalloc: bool, profile: Path 
 
     from clustermesh.spec import load_spec
     from flows.mesh_setup import cluster_mesh_setup
-    from flows.mesh_verify import VerificationResult, nightly_mesh_verification
+    from flows.mesh_verify import VerificationResult, nightly_mesh_verification, verification_result
 
     logging.getLogger("prefect").setLevel(logging.WARNING)
     out: dict[str, Any] = {"clusters": clusters, "nodes": nodes}
@@ -127,7 +127,7 @@ def measure_one(clusters: int, nodes: int, use_tracemalloc: bool, profile: Path 
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(str(_profile_file(profile, clusters, "pipeline")))
-            result = state.result(raise_on_failure=False)
+            result = verification_result(state)
             if not isinstance(result, VerificationResult) or result.health is None:
                 raise SystemExit(f"nightly gave no result: {state}")
             cells = result.health.cells

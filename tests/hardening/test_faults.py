@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 
 from clustermesh.errors import TransientKubeError
 from flows.mesh_setup import SetupResult, cluster_mesh_setup
-from flows.mesh_verify import VerificationResult, nightly_mesh_verification
+from flows.mesh_verify import VerificationResult, nightly_mesh_verification, verification_result
 from tests.flows.conftest import (
     Kube,
     ai_versions,
@@ -156,7 +156,7 @@ def test_nightly_verification_passes_while_a_fifth_of_all_api_requests_fail(
     state = nightly_mesh_verification(spec, run_drill=False, return_state=True)
 
     sb.fault("clear")
-    result = state.result(raise_on_failure=False)
+    result = verification_result(state)
     assert isinstance(result, VerificationResult), state
     total, _ = retries_used(state)
     report(
@@ -236,7 +236,7 @@ def test_a_cluster_api_down_for_20s_is_ridden_out_or_fails_step_1_clearly_and_ni
     # The nightly verification during the same kind of outage: PASS, or FAIL naming the cluster and the cause.
     with api_down(sb, "cluster-2", OUTAGE_SECONDS):
         during = nightly_mesh_verification(spec, run_drill=False, return_state=True)
-    night = during.result(raise_on_failure=False)
+    night = verification_result(during)
     assert isinstance(night, VerificationResult), during
     if night.status == "PASS":
         rows.append(("nightly during the outage", "PASS", str(retries_used(during)[0])))
@@ -247,7 +247,7 @@ def test_a_cluster_api_down_for_20s_is_ridden_out_or_fails_step_1_clearly_and_ni
         assert all("503" in f.reason and f.fix for f in failures), night.describe()
         rows.append(("nightly during the outage", f"FAIL: {failures[0].reason[:80]}…", str(retries_used(during)[0])))
     after = nightly_mesh_verification(spec, run_drill=False, return_state=True)
-    passed = after.result(raise_on_failure=False)
+    passed = verification_result(after)
     assert isinstance(passed, VerificationResult) and passed.status == "PASS", after
     rows.append(("nightly after the outage", "PASS", str(retries_used(after)[0])))
 
@@ -322,7 +322,7 @@ def test_nightly_verification_passes_when_agents_restart_while_it_probes_health(
         stop.set()
         thread.join()
 
-    result = state.result(raise_on_failure=False)
+    result = verification_result(state)
     assert isinstance(result, VerificationResult), state
     assert hit_restarting.is_set(), f"the health check never met a restarting agent: {dict(seen)}"
     assert result.status == "PASS", result.describe()
