@@ -67,11 +67,11 @@ class KubeconfigSource:
     """The fix for a reference that names the wrong thing (a folder, a missing file)."""
 
     def __str__(self) -> str:
-        return f"{self.what} ({self.field})"
+        return f"{self.what} ({self.field})" if self.field else self.what
 
     @classmethod
     def text(cls) -> KubeconfigSource:
-        return cls("the kubeconfig text", "the kubeconfig", "pass the kubeconfig's text")
+        return cls("the kubeconfig text", "", "pass the kubeconfig's text")
 
     @classmethod
     def file(cls, path: str | os.PathLike[str]) -> KubeconfigSource:
@@ -101,7 +101,7 @@ def decode_kubeconfig(raw: bytes, cluster_name: str, source: KubeconfigSource) -
         try:
             text = raw.decode("utf-8-sig")  # strict; PowerShell 5's "-Encoding utf8" writes a BOM
         except UnicodeDecodeError as exc:
-            problem = f"is not UTF-8 text: byte {exc.start} is not UTF-8 (another encoding, or not a text file)"
+            problem = f"is not UTF-8 text: the byte at offset {exc.start} is not UTF-8 (another encoding, or binary)"
         else:
             return _checked_text(text, cluster_name, source)
     raise KubeconfigError(cluster_name, f"{source} {problem}", fix=UTF8_FIX)

@@ -609,8 +609,8 @@ def utf16_without_bom(text: str) -> bytes:
         (lambda t: b"\xfe\xff" + t.encode("utf-16-be"), "is UTF-16, not UTF-8"),
         (utf16_without_bom, "holds a NUL character at offset 1: it is UTF-16 without a byte-order mark"),
         (lambda t: t.encode("utf-32"), "is UTF-32, not UTF-8"),
-        (lambda t: os.urandom(300) + b"\xff" + t.encode() + os.urandom(300), "is not UTF-8 text: byte"),
-        (lambda t: t.encode().replace(b"kind: Config", b"kind: Conf\xefg"), "is not UTF-8 text: byte"),
+        (lambda t: b"\x89PNG" + os.urandom(300) + t.encode(), "is not UTF-8 text: the byte at offset 0"),
+        (lambda t: t.encode().replace(b"kind: Config", b"kind: Conf\xefg"), "is not UTF-8 text: the byte at offset"),
     ],
     ids=["utf-16", "utf-16-be-no-bom", "utf-16-be", "utf-16-le-no-bom", "utf-32", "binary", "latin-1"],
 )
@@ -669,7 +669,7 @@ def test_broken_yaml_is_refused_by_position_without_the_buffer_the_parser_keeps(
     with pytest.raises(KubeconfigError) as info:
         ClusterClient.from_kubeconfig_text(text, context=None, cluster_name="m", request_timeout=5)
     error = info.value
-    assert f"the kubeconfig text (the kubeconfig) is not valid YAML{' ' + where if where else ''}" in str(error)
+    assert f"the kubeconfig text is not valid YAML{' ' + where if where else ''}" in str(error)
     assert error.__context__ is None and error.__cause__ is None  # MarkedYAMLError.problem_mark.buffer: all of it
     assert leaks(error, TOKEN) == []
 
