@@ -25,6 +25,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from clustermesh.kube import ClusterClient, ClusterSessions, is_transient, open_cluster
 from clustermesh.spec import ClusterSpec, MeshSpec
+from tasks.results import owner_only_files
 
 __all__ = [
     "COMMON",
@@ -106,11 +107,20 @@ def cluster_sessions(spec: MeshSpec) -> Iterator[ClusterSessions | None]:
     A subflow called from a flow that holds sessions for the same clusters (the drill inside the
     nightly) borrows the caller's, which the caller closes. Outside a flow run this does nothing
     (tasks then open clients of their own) and yields None.
+
+    Every flow that talks to clusters opens its sessions first, so this is also where its files become
+    the owner's alone (:func:`~tasks.results.owner_only_files`): result records, the failed run's own
+    result included, are 0600 in 0700 folders.
     """
     run_id = _flow_run_id()
     if run_id is None:
         yield None
         return
+    with owner_only_files():
+        yield from _run_sessions(spec, run_id)
+
+
+def _run_sessions(spec: MeshSpec, run_id: UUID) -> Iterator[ClusterSessions]:
     enclosing = _ENCLOSING.get()
     borrowed = enclosing is not None and all(enclosing.serves(spec, c) for c in spec.clusters)
     run = (
