@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from clustermesh.kube import ClusterClient
@@ -97,7 +97,11 @@ def check_node_reachability(spec: MeshSpec, endpoints_: list[MeshEndpoint]) -> r
 
 @task(name="8. Check mesh health", cache_policy=RUN_CACHE, persist_result=True, **COMMON)
 def check_mesh_health(spec: MeshSpec, measured: health.HealthMatrix | None = None) -> health.HealthMatrix:
-    """Wait until the mesh is healthy, starting from step 7's matrix: a healthy one is not probed again."""
+    """Wait until the mesh is healthy, starting from step 7's matrix: a healthy one is not probed again.
+
+    While it waits, what is still missing goes to the run's log.
+    """
+    logger = get_run_logger()
     with cluster_clients(spec) as clients:
         return health.wait_for_mesh_health(
             clients,
@@ -105,4 +109,5 @@ def check_mesh_health(spec: MeshSpec, measured: health.HealthMatrix | None = Non
             poll_interval=spec.timeouts.poll_interval,
             exec_timeout=spec.timeouts.api,
             first=measured,
+            progress=lambda report: logger.info(report.line()),
         )

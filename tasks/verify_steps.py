@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from clustermesh import checks
 from clustermesh.checks import Finding
-from clustermesh.errors import MeshUnhealthyError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import step8_health as health
@@ -53,16 +52,21 @@ def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> checks
 
 
 @task(name="Check mesh health", **READ_ONLY)
-def check_mesh_health(spec: MeshSpec) -> tuple[health.HealthMatrix, list[Finding]]:
-    """Step 8's check, as findings: one ok, or one failure per blocked path (with the port to open)."""
+def check_mesh_health(
+    spec: MeshSpec,
+    found: list[Finding] | None = None,
+    on_progress: Callable[[health.HealthProgress], None] | None = None,
+) -> tuple[health.HealthMatrix, list[Finding]]:
+    """Step 8's check, as findings, after the failures ``found`` before it (those explain, no port is blamed).
+
+    Each progress line of the wait goes to the run's log; ``on_progress`` (a Slack status, say) gets them too.
+    """
+    logger = get_run_logger()
+
+    def progress(report: health.HealthProgress) -> None:
+        logger.info(report.line())
+        if on_progress is not None:
+            on_progress(report)
+
     with all_clients(spec) as clients:
-        try:
-            matrix = health.wait_for_mesh_health(
-                clients,
-                timeout=spec.timeouts.health,
-                poll_interval=spec.timeouts.poll_interval,
-                exec_timeout=spec.timeouts.api,
-            )
-        except MeshUnhealthyError as exc:
-            matrix = exc.matrix
-    return matrix, checks.health_findings(matrix)
+        return checks.check_mesh_health(clients, spec.timeouts, found=found or [], progress=progress)
