@@ -34,7 +34,7 @@ from prefect.states import Completed, Failed
 from prefect.variables import Variable
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks import Finding, Verdict, nearest_expiry_days, overall
+from clustermesh.checks import Finding, Verdict, mesh_not_set_up, nearest_expiry_days, overall
 from clustermesh.drill import DrillResult, drill_gate
 from clustermesh.errors import ReportedFailure
 from clustermesh.notify import PostResult, Summary, render_markdown, render_plain
@@ -257,12 +257,16 @@ def _observe(spec: MeshSpec, run_drill: bool) -> _Observed:
     """Prerequisites → drift → certificates → health, then the drill if the mesh passed its gate."""
     facts, findings = verify_steps.check_reachability_and_versions(spec)
     seen = _Observed(findings=findings)
+    not_set_up = mesh_not_set_up(facts)
+    if not_set_up is not None:  # before any setup: one finding, no drift, health wait or drill
+        seen.findings.append(not_set_up)
+        return seen
     if facts:
         seen.findings += verify_steps.check_drift(spec, facts)
         report = verify_steps.check_certificates(spec, facts)
         seen.findings += report.findings
         seen.expiry = nearest_expiry_days(report)
-        seen.health, health = verify_steps.check_mesh_health(spec)
+        seen.health, health = verify_steps.check_mesh_health(spec, seen.findings)
         seen.findings += health
         create_table_artifact(
             key=f"{spec.name}-nightly-health-matrix", table=seen.health.table_rows(), description=seen.health.summary()
