@@ -34,7 +34,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import SecretStr
 
-from clustermesh.errors import RegistrationError, SlackConfigError
+from clustermesh.errors import KubeconfigError, RegistrationError, SlackConfigError
+from clustermesh.kube import KubeconfigSource, decode_kubeconfig
 from clustermesh.notify import SlackCheck, check_target, resolve_target
 from clustermesh.spec import MeshSpec
 
@@ -115,16 +116,14 @@ def kubeconfig_text(spec: MeshSpec, cluster_name: str) -> str | None:
                 f"export it, or reference the kubeconfig by path"
             )
         path = Path(value).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RegistrationError(
-            f"cluster {cluster_name}: cannot read kubeconfig file {path} ({type(exc).__name__}); check the path"
-        ) from None
+    text = _read_kubeconfig(path, cluster_name)
+    data: object = None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise RegistrationError(f"cluster {cluster_name}: {path} is not YAML; is it a kubeconfig?") from None
+        data = None  # raised below, outside the handler: PyYAML's error holds the whole text (and its token)
+    if data is None:
+        raise RegistrationError(f"cluster {cluster_name}: {path} is not YAML; is it a kubeconfig?")
     if not isinstance(data, dict) or "clusters" not in data:
         raise RegistrationError(f"cluster {cluster_name}: {path} has no 'clusters'; is it a kubeconfig?")
     if ref.context is not None:
@@ -137,6 +136,21 @@ def kubeconfig_text(spec: MeshSpec, cluster_name: str) -> str | None:
             data["current-context"] = ref.context  # the block is read with its current-context
             text = yaml.safe_dump(data, sort_keys=False)
     return text
+
+
+def _read_kubeconfig(path: Path, cluster_name: str) -> str:
+    """The file as UTF-8 text; a UTF-16 or binary file is refused with the fix, never echoed."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = type(exc).__name__
+    else:
+        try:
+            return decode_kubeconfig(raw, cluster_name, KubeconfigSource.file(path))
+        except KubeconfigError as exc:
+            reason = str(exc)
+        raise RegistrationError(f"cluster {cluster_name}: {reason}")
+    raise RegistrationError(f"cluster {cluster_name}: cannot read kubeconfig file {path} ({reason}); check the path")
 
 
 def _spec_snippet(

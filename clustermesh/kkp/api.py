@@ -11,6 +11,7 @@ made and lives only in the client's headers: it is never logged, put in an error
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -190,10 +191,13 @@ class KkpClient:
     def kubeconfig(self, cluster_id: str) -> str:
         """The admin kubeconfig as text, in memory only (never logged, never written)."""
         response = self._send("GET", f"{self._clusters_path()}/{cluster_id}/kubeconfig", None, cluster_id)
-        try:
-            return response.content.decode("utf-8")
-        except UnicodeDecodeError:
-            raise KkpTransientError(self.project, cluster_id, "the kubeconfig KKP returned is not UTF-8 text") from None
+        text: str | None = None
+        # raised below, outside the handler: the decode error's ``object`` is the whole kubeconfig
+        with contextlib.suppress(UnicodeDecodeError):
+            text = response.content.decode("utf-8")
+        if text is None:
+            raise KkpTransientError(self.project, cluster_id, "the kubeconfig KKP returned is not UTF-8 text")
+        return text
 
     # ---- plumbing -------------------------------------------------------------------------------
 
@@ -205,9 +209,10 @@ class KkpClient:
         try:
             return response.json()
         except ValueError:
-            raise KkpTransientError(
-                self.project, cluster, f"{method} {path} returned no JSON (HTTP {response.status_code})"
-            ) from None
+            pass  # raised below, outside the handler: a JSONDecodeError holds the whole body in ``doc``
+        raise KkpTransientError(
+            self.project, cluster, f"{method} {path} returned no JSON (HTTP {response.status_code})"
+        )
 
     def _send(self, method: str, path: str, body: Any, cluster: str | None) -> httpx.Response:
         try:

@@ -180,3 +180,23 @@ def test_an_unreachable_slack_is_a_note_and_registration_goes_on(
     assert saved_blocks(kubeconfig_block_name("offline-mesh", "cluster-1")) == {
         kubeconfig_block_name("offline-mesh", "cluster-1")
     }
+
+
+def test_a_utf16_kubeconfig_is_refused_naming_the_cluster_and_the_fix_without_echoing_it(
+    tmp_path: Path, slack: SlackTestServer
+) -> None:
+    """What a PowerShell `>` redirect writes: refused before anything is saved, the token nowhere in the error."""
+    spec = spec_with(tmp_path, "utf16", None)
+    path = Path(spec.clusters[1].kubeconfig.path)  # type: ignore[union-attr,arg-type]
+    path.write_bytes(path.read_text().encode("utf-16"))
+
+    with pytest.raises(RegistrationError) as info:
+        register(spec, slack_token_env=None, result_key_env=None, webhook_env=None)
+
+    message = str(info.value)
+    assert "cluster-2" in message and "UTF-16" in message and "UTF-8" in message, message
+    assert "kube-token-2" not in message
+    assert info.value.__context__ is None and info.value.__cause__ is None
+    assert (
+        saved_blocks(kubeconfig_block_name("utf16", "cluster-1"), kubeconfig_block_name("utf16", "cluster-2")) == set()
+    )
