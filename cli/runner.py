@@ -44,7 +44,6 @@ LOG_NAME = "runner.log"
 ROOT = Path(__file__).resolve().parents[1]
 CONNECT_TIMEOUT = 2.0
 FORK_TIMEOUT = 30.0  # from sending the request to the child's pid: the runner answers at once unless stopped
-READY_TIMEOUT = 120.0  # the runner's imports take ~3.5 s of CPU; much longer on a busy machine
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _LENGTH = struct.Struct("!I")
 
