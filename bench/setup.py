@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -66,77 +67,62 @@ def run_flow(mesh_yaml: Path) -> float:
 
 
 def run_direct(mesh_yaml: Path) -> float:
-    """The flow's steps as plain domain calls, in the flow's order, one at a time."""
-    from clustermesh.cilium.profiles import profile_for
-    from clustermesh.kube.client import ClusterClient
-    from clustermesh.kube.credentials import open_cluster
+    """The flow's steps as plain domain calls, in the flow's order, one at a time, one client per cluster."""
+    from clustermesh.kube import open_cluster
     from clustermesh.spec import load_spec
-    from clustermesh.steps import step1_prerequisites as prerequisites
-    from clustermesh.steps import step2_4_6_mesh_values as mesh_config
-    from clustermesh.steps import step3_5_endpoints as endpoints
-    from clustermesh.steps import step7_reachability as reachability
-    from clustermesh.steps import step8_health as health
-    from clustermesh.steps.models import MeshEndpoint
-    from clustermesh.values import CaMaterial, PeerEntry
 
     spec = load_spec(mesh_yaml)
-    t = spec.timeouts
-
-    def connect(name: str) -> ClusterClient:
-        return open_cluster(spec.cluster(name), request_timeout=t.api)
-
-    start = time.perf_counter()
-    facts = {}
-    for c in spec.clusters:  # 1
-        with connect(c.name) as client:
-            facts[c.name] = prerequisites.check_prerequisites(client, c, spec)
-    prerequisites.check_mesh_prerequisites(list(facts.values()))
-    first, others = spec.first, spec.others
-    shared = spec.cilium.resolve(profile_for(facts[first.name].profile_line)).ca_mode == "shared"
-
-    def configure(name: str, step: str, peers: list[PeerEntry], ca: CaMaterial | None) -> None:
-        with connect(name) as client:
-            mesh_config.configure_mesh(
-                client, facts[name], spec.cluster(name), spec, step=step, peers=peers, shared_ca=ca
-            )
-
-    def collect(name: str, want_ca_key: bool, expected_ca: str | None) -> MeshEndpoint:
-        with connect(name) as client:
-            return endpoints.collect_mesh_endpoint(
-                client, facts[name], spec, want_ca_key=want_ca_key, expected_ca=expected_ca
-            )
-
-    configure(first.name, "2", [], None)  # 2
-    first_ep = collect(first.name, shared, None)  # 3
-    shared_ca = first_ep.shared_ca() if shared else None
-    for c in others:  # 4
-        configure(c.name, "4", [first_ep.peer_entry()], shared_ca)
-    eps = {first.name: first_ep}
-    for c in others:  # 5
-        eps[c.name] = collect(c.name, False, first_ep.ca_cert if shared else None)
-    for c in spec.clusters:  # 6
-        configure(c.name, "6", [eps[o.name].peer_entry() for o in spec.clusters if o.name != c.name], shared_ca)
-    clients = {c.name: connect(c.name) for c in spec.clusters}  # 7
+    clients = {c.name: open_cluster(c, request_timeout=spec.timeouts.api) for c in spec.clusters}
     try:
-        nodes = {n: reachability.list_node_addresses(cl, n) for n, cl in clients.items()}
-        apiservers = {e.cluster: (e.ips[0], e.port) for e in eps.values()}
-        matrix = health.probe_mesh(clients, exec_timeout=t.api)
-        reachability.firewall_report(reachability.firewall_rules(nodes, apiservers), matrix)
+        start = time.perf_counter()
+        matrix = _direct_steps(spec, clients)
+        elapsed = time.perf_counter() - start
     finally:
-        for cl in clients.values():
-            cl.close()
-    clients = {c.name: connect(c.name) for c in spec.clusters}  # 8
-    try:
-        matrix = health.wait_for_mesh_health(
-            clients, timeout=t.health, poll_interval=t.poll_interval, exec_timeout=t.api
-        )
-    finally:
-        for cl in clients.values():
-            cl.close()
-    elapsed = time.perf_counter() - start
+        for client in clients.values():
+            client.close()
     if not matrix.healthy:
         raise SystemExit(f"direct steps finished unhealthy: {matrix.summary()}")
     return elapsed
+
+
+def _direct_steps(spec: Any, clients: dict[str, Any]) -> Any:
+    from clustermesh.steps import step1_prerequisites as step1
+    from clustermesh.steps import step2_4_6_mesh_values as step2_4_6
+    from clustermesh.steps import step3_5_endpoints as step3_5
+    from clustermesh.steps import step7_reachability as step7
+    from clustermesh.steps import step8_health as step8
+
+    t = spec.timeouts
+    facts = {c.name: step1.check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}  # 1
+    step1.check_mesh_prerequisites(list(facts.values()))
+    first, others = spec.first.name, [c.name for c in spec.others]
+    shared = step3_5.uses_shared_ca(spec, facts[first])
+
+    def configure(name: str, step: str, peers: list[Any], ca: Any) -> None:
+        step2_4_6.configure_mesh(
+            clients[name], facts[name], spec.cluster(name), spec, step=step, peers=peers, shared_ca=ca
+        )
+
+    def collect(name: str, want_ca_key: bool, expected_ca: str | None) -> Any:
+        return step3_5.collect_mesh_endpoint(
+            clients[name], facts[name], spec, want_ca_key=want_ca_key, expected_ca=expected_ca
+        )
+
+    configure(first, "2", [], None)  # 2
+    eps = {first: collect(first, shared, None)}  # 3
+    shared_ca = eps[first].shared_ca() if shared else None
+    for name in others:  # 4
+        configure(name, "4", [eps[first].peer_entry()], shared_ca)
+    for name in others:  # 5
+        eps[name] = collect(name, False, eps[first].ca_cert if shared else None)
+    for name in clients:  # 6
+        configure(name, "6", [e.peer_entry() for n, e in eps.items() if n != name], shared_ca)
+    nodes = {n: step7.list_node_addresses(cl, n) for n, cl in clients.items()}  # 7: one probe, read by step 8
+    measured = step8.probe_mesh(clients, exec_timeout=t.api)
+    step7.firewall_report(step7.firewall_rules(nodes, {e.cluster: (e.ips[0], e.port) for e in eps.values()}), measured)
+    return step8.wait_for_mesh_health(  # 8
+        clients, timeout=t.health, poll_interval=t.poll_interval, exec_timeout=t.api, first=measured
+    )
 
 
 def main() -> None:
