@@ -195,6 +195,40 @@ def setup_twice(env: dict[str, str], directory: Path) -> tuple[float, float]:
     return first, again
 
 
+def measure_setups(
+    tmp: Path, state: Path, repeat: int, cilium_version: str, record: Callable[[str, float], None]
+) -> None:
+    """``clustermesh setup`` twice per fresh sandbox: with a temporary server, a session server, and the runner."""
+    for r in range(repeat):
+        work = tmp / f"temporary-{r}"
+        work.mkdir()
+        with sandbox(work / "sandbox", cilium_version) as directory:
+            first, again = setup_twice(cli_env(work, state), directory)
+        record("setup, temporary server: first run", first)
+        record("setup, temporary server: rerun", again)
+    print(f"temporary-server runs done; load {load()}", flush=True)
+    env = cli_env(tmp, state)
+    starts = {}
+    for variant, option in (("clustermesh server", "--no-warm"), ("clustermesh server + warm runner", "--warm")):
+        starts[variant], _ = clustermesh(env, "server", "start", option)
+        try:
+            for r in range(repeat):
+                work = tmp / f"{option.strip('-')}-{r}"
+                work.mkdir()
+                with sandbox(work / "sandbox", cilium_version) as directory:
+                    first, again = setup_twice(cli_env(work, state), directory)
+                record(f"setup, {variant}: first run", first)
+                record(f"setup, {variant}: rerun", again)
+        finally:
+            clustermesh(env, "server", "stop", timeout=60)
+        print(f"{variant} runs done; load {load()}", flush=True)
+    log = state / "runner.log"
+    served = log.read_text().count(": setup --config") if log.exists() else 0
+    print(f"the warm runner served {served} of {2 * repeat} setups (the others ran cold)")
+    for variant, seconds in starts.items():
+        print(f"`clustermesh server start` for {variant} (once, not in the figures): {seconds:.1f} s")
+
+
 def main() -> None:
     global PYCACHE
     parser = argparse.ArgumentParser()
@@ -231,34 +265,7 @@ def main() -> None:
             with sandbox(work / "sandbox", args.cilium_version) as directory:
                 record("kubectl guide", guide_with_kubectl(directory, work))
         print(f"kubectl guide done; load {load()}", flush=True)
-        for r in range(args.repeat):
-            work = tmp / f"temporary-{r}"
-            work.mkdir()
-            with sandbox(work / "sandbox", args.cilium_version) as directory:
-                first, again = setup_twice(cli_env(work, state), directory)
-            record("setup, temporary server: first run", first)
-            record("setup, temporary server: rerun", again)
-        print(f"temporary-server runs done; load {load()}", flush=True)
-        env = cli_env(tmp, state)
-        starts = {}
-        for variant, option in (("clustermesh server", "--no-warm"), ("clustermesh server + warm runner", "--warm")):
-            starts[variant], _ = clustermesh(env, "server", "start", option)
-            try:
-                for r in range(args.repeat):
-                    work = tmp / f"{option.strip('-')}-{r}"
-                    work.mkdir()
-                    with sandbox(work / "sandbox", args.cilium_version) as directory:
-                        first, again = setup_twice(cli_env(work, state), directory)
-                    record(f"setup, {variant}: first run", first)
-                    record(f"setup, {variant}: rerun", again)
-            finally:
-                clustermesh(env, "server", "stop", timeout=60)
-            print(f"{variant} runs done; load {load()}", flush=True)
-        log = state / "runner.log"
-        served = log.read_text().count(": setup --config") if log.exists() else 0
-        print(f"the warm runner served {served} of {2 * args.repeat} setups (the others ran cold)")
-        for variant, seconds in starts.items():
-            print(f"`clustermesh server start` for {variant} (once, not in the figures): {seconds:.1f} s")
+        measure_setups(tmp, state, args.repeat, args.cilium_version, record)
 
     kubectl = statistics.median(results["kubectl guide"])
     print()
