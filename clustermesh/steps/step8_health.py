@@ -559,7 +559,7 @@ class HealthProgress:
 
 def _healthy_but(matrix: HealthMatrix, known_broken: Cells) -> bool:
     """Healthy apart from cells already explained (with none explained: ``matrix.healthy``)."""
-    return not matrix.agent_errors and all(c.healthy or (c.src, c.dst) in known_broken for c in matrix.cells)
+    return not matrix.agent_errors and all(_healthy_or_known(c, known_broken) for c in matrix.cells)
 
 
 def _final_shape(matrix: HealthMatrix, known_broken: Cells) -> tuple[Hashable, ...] | None:
@@ -568,7 +568,7 @@ def _final_shape(matrix: HealthMatrix, known_broken: Cells) -> tuple[Hashable, .
         return None
     failing = []
     for c in matrix.cells:
-        if c.healthy or (c.src, c.dst) in known_broken:
+        if _healthy_or_known(c, known_broken):
             continue
         if c.src == c.dst or c.agents == 0 or c.missing or c.reachable or not c.failing_paths:
             return None
