@@ -23,6 +23,8 @@ one INFO line (:func:`tasks.notify.quiet_reported_ends`). Read the verdict of a 
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -39,7 +41,7 @@ from clustermesh.drill import DrillResult, drill_gate
 from clustermesh.errors import ReportedFailure
 from clustermesh.notify import PostResult, Summary, render_markdown, render_plain
 from clustermesh.spec import MeshSpec
-from clustermesh.steps.step8_health import HealthMatrix
+from clustermesh.steps.step8_health import HealthMatrix, HealthProgress
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
 from tasks import verify_steps
@@ -208,7 +210,7 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
         parent = slack.post_summary(
             Summary(title=title, status="RUNNING", mesh=spec.name, run_url=link), "start message"
         )
-    seen = _observe(spec, run_drill)
+    seen = _observe(spec, run_drill, _running_status(slack, parent, title, spec.name, link))
     status = overall(seen.findings)
     summary = _summary(spec, title, status, seen, link)
     delivered = _deliver(slack, parent, summary)
@@ -253,7 +255,30 @@ def _log_findings(result: VerificationResult) -> None:
                 log("%s %s: %s%s", level.upper(), f.subject, f.reason, f" — fix: {f.fix}" if f.fix else "")
 
 
-def _observe(spec: MeshSpec, run_drill: bool) -> _Observed:
+RUNNING_UPDATE_EVERY = 15.0  # seconds between edits of the RUNNING message while health is awaited
+
+
+def _running_status(
+    slack: RunSlack, parent: PostResult | None, title: str, mesh: str, link: str | None
+) -> Callable[[HealthProgress], None] | None:
+    """While the health check waits, the RUNNING message says what is still missing (at most every 15 s)."""
+    if parent is None or not parent.ok or not parent.ts:
+        return None
+    last = [float("-inf")]
+
+    def update(report: HealthProgress) -> None:
+        now = time.monotonic()
+        if report.verdict is not None or now - last[0] < RUNNING_UPDATE_EVERY:
+            return  # the summary replaces the message once the verdict is in
+        last[0] = now
+        waiting = Finding(level="warning", subject="mesh health", reason=f"still waiting: {report.waiting_for()}")
+        running = Summary(title=title, status="RUNNING", mesh=mesh, run_url=link, findings=[waiting])
+        slack.update_summary(parent, running)
+
+    return update
+
+
+def _observe(spec: MeshSpec, run_drill: bool, on_progress: Callable[[HealthProgress], None] | None = None) -> _Observed:
     """Prerequisites → drift → certificates → health, then the drill if the mesh passed its gate."""
     facts, findings = verify_steps.check_reachability_and_versions(spec)
     seen = _Observed(findings=findings)
@@ -266,7 +291,7 @@ def _observe(spec: MeshSpec, run_drill: bool) -> _Observed:
         report = verify_steps.check_certificates(spec, facts)
         seen.findings += report.findings
         seen.expiry = nearest_expiry_days(report)
-        seen.health, health = verify_steps.check_mesh_health(spec, seen.findings)
+        seen.health, health = verify_steps.check_mesh_health(spec, seen.findings, on_progress)
         seen.findings += health
         create_table_artifact(
             key=f"{spec.name}-nightly-health-matrix", table=seen.health.table_rows(), description=seen.health.summary()
