@@ -70,11 +70,17 @@ class ClusterMeshError(Exception):
         return self
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self._init_args, self._init_kwargs))
+        notes = tuple(getattr(self, "__notes__", ()))  # context added on the way up (what was written before)
+        return (_rebuild, (type(self), self._init_args, self._init_kwargs, notes))
 
 
-def _rebuild(cls: type[ClusterMeshError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> ClusterMeshError:
-    return cls(*args, **kwargs)
+def _rebuild(
+    cls: type[ClusterMeshError], args: tuple[Any, ...], kwargs: dict[str, Any], notes: tuple[str, ...] = ()
+) -> ClusterMeshError:
+    error = cls(*args, **kwargs)
+    for note in notes:
+        error.add_note(note)
+    return error
 
 
 class CiliumOutputError(ClusterMeshError):

@@ -16,6 +16,7 @@ from prefect.input import RunInput
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict, Field
 
+from clustermesh.errors import ClusterMeshError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
 from clustermesh.steps.plan import plan_setup
@@ -176,6 +177,7 @@ class _Writes:
         self.facts = facts
         self.shared = uses_shared_ca(spec, facts[spec.first.name])
         self.collect = _endpoint_task(spec)
+        self.changes: list[StepChange] = []
 
     def configure(self, step: str, cluster: str, peers: list[PeerEntry], ca: CaMaterial | None) -> Any:
         name = f"{step} in {cluster}"
@@ -187,25 +189,41 @@ class _Writes:
         task = self.collect.with_options(name=name, task_run_name=name)
         return task.submit(self.spec, self.facts[cluster], want_ca_key, expected_ca)
 
+    def gather(self, futures: list[Any]) -> list[Any]:
+        """The results of tasks running side by side; a failure is raised once all have ended, saying what was
+        written in this run before it (an outage in one cluster must not hide the writes in the others)."""
+        results, failures = [], []
+        for future in futures:
+            try:
+                results.append(future.result())
+            except ClusterMeshError as exc:
+                failures.append(exc)
+        self.changes.extend(r for r in results if isinstance(r, StepChange))
+        if failures:
+            note = _written_note(self.changes)
+            get_run_logger().warning(note)
+            failures[0].add_note(note)
+            raise failures[0]
+        return results
+
     def run(self) -> tuple[list[StepChange], list[MeshEndpoint]]:
         spec, first, others = self.spec, self.spec.first, self.spec.others
         # 2. Enable Cluster Mesh in the first cluster
-        changes: list[StepChange] = [self.configure("2. Enable Cluster Mesh", first.name, [], None).result()]
+        self.gather([self.configure("2. Enable Cluster Mesh", first.name, [], None)])
         # 3. Retrieve the first cluster's mesh data (its CA key only where a shared CA is used)
         step3 = self.retrieve("3. Retrieve Cluster Mesh data", first.name, want_ca_key=self.shared, expected_ca=None)
-        first_endpoint: MeshEndpoint = step3.result()
+        (first_endpoint,) = self.gather([step3])
         shared_ca = first_endpoint.shared_ca() if self.shared else None
         # 4. Enable Cluster Mesh in every other cluster, pointing at the first
         peer = [first_endpoint.peer_entry()]
-        step4 = [self.configure("4. Enable Cluster Mesh", c.name, peer, shared_ca) for c in others]
-        changes.extend(f.result() for f in step4)
+        self.gather([self.configure("4. Enable Cluster Mesh", c.name, peer, shared_ca) for c in others])
         # 5. Retrieve every other cluster's data; with a shared CA, wait until certgen re-issued with it
         expected_ca = first_endpoint.ca_cert if self.shared else None
         step5 = [
             self.retrieve("5. Retrieve Cluster Mesh data", c.name, want_ca_key=False, expected_ca=expected_ca)
             for c in others
         ]
-        endpoints = [first_endpoint, *(f.result() for f in step5)]
+        endpoints: list[MeshEndpoint] = [first_endpoint, *self.gather(step5)]
         by_cluster = {e.cluster: e for e in endpoints}
         # 6. Connect: every cluster gets all the others as peers
         step6 = [
@@ -217,8 +235,19 @@ class _Writes:
             )
             for c in spec.clusters
         ]
-        changes.extend(f.result() for f in step6)
-        return changes, endpoints
+        self.gather(step6)
+        return self.changes, endpoints
+
+
+def _written_note(changes: list[StepChange]) -> str:
+    """What this run wrote before a failure, per cluster, and that a rerun continues safely."""
+    written = [f"{c.cluster} ({c.step.split(' in ')[0]})" for c in changes if c.written]
+    if not written:
+        return "Nothing was written in this run before the failure; a rerun starts from the same place."
+    return (
+        f"Written in this run before the failure: {', '.join(written)}. "
+        "A rerun continues safely from there: it writes only what still differs."
+    )
 
 
 def _check_reachability_and_health(

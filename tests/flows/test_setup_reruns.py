@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import pickle
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -354,3 +355,22 @@ def test_cached_endpoints_are_encrypted_and_owner_only(
             plain = base64.b64decode(Fernet(result_key).decrypt(record["result"].encode()))  # pickle's base64
             assert any(s.encode() in plain for s in secrets), "the sealed record should hold the keys"
     assert len(sealed) == 2, f"one sealed record per endpoint (steps 3 and 5), got {len(sealed)} of {len(files)}"
+
+
+def test_a_partial_write_says_which_clusters_were_written_before_the_failure(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    """Step 4 fails in cluster-2 (no LoadBalancer address) while cluster-3's step 4 succeeds: the error says so."""
+    sb = sandbox_factory(clusters=3, cilium_version="1.16")
+    sb.fault("lb-never", cluster="cluster-2", on=True)
+    spec = mesh_spec(sb, load_balancer=1.0)
+
+    with pytest.raises(InstallFailedError) as info:
+        cluster_mesh_setup(spec)
+
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "Written in this run before the failure: cluster-1 (2. Enable Cluster Mesh)" in notes, notes
+    assert "cluster-3 (4. Enable Cluster Mesh)" in notes and "cluster-2 (" not in notes, notes
+    assert "A rerun continues safely" in notes
+    restored = pickle.loads(pickle.dumps(info.value))
+    assert restored.__notes__ == info.value.__notes__  # the note survives the trip through Prefect's results
