@@ -43,6 +43,7 @@ __all__ = [
     "SlackConfigError",
     "SpecError",
     "SpecProblem",
+    "StopRequested",
     "TLSVerificationError",
     "TransientKubeError",
     "UnauthorizedError",
@@ -461,6 +462,19 @@ class ResultKeyError(ClusterMeshError):
 
 class ReportedFailure(ClusterMeshError):
     """The flow failed after its own summary already told Slack why: hooks do not alert twice."""
+
+
+class StopRequested(ClusterMeshError):
+    """The run was asked to stop (Ctrl-C, SIGTERM) before ``what``, which was therefore not done.
+
+    Writes check for it right before they are sent (``clustermesh.stopping``): a rerun continues from
+    what the clusters hold, so nothing is retried and nothing half-written is left behind.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"stopped ({reason or 'stop requested'}) before {what}: not done; a rerun continues safely")
 
 
 class RegistrationError(ClusterMeshError):

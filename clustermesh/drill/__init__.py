@@ -12,9 +12,12 @@ Which cluster a backend lives in is judged by the pod CIDRs of the clusters, nev
 
 The room, bottom to top: ``text`` and ``client`` (what the drill needs of a cluster client);
 ``manifests`` (the workloads and their names); ``agents`` (what the Cilium agents list); ``expectations``
-(what they should list); ``results``; ``workloads`` (readiness and the undo record); ``prober``;
-``failover`` and ``phases`` (:class:`Drill`); ``run`` (:func:`run_drill`, the order); ``gate`` (whether
-to start at all).
+(what they should list); ``results``; ``workloads`` (readiness, the undo record, whose count it is);
+``undo`` (scaling back only what still shows the drill's hand); ``prober``; ``failover`` and ``phases``
+(:class:`Drill`); ``run`` (:func:`run_drill`, the order); ``gate`` (whether to start at all).
+
+A count someone else set is never overwritten: an undo scales back only a backend still at the count
+the failover set (0), and the workloads keep a backend count someone changed.
 """
 
 from clustermesh.drill.agents import (
@@ -31,10 +34,12 @@ from clustermesh.drill.client import DrillClient
 from clustermesh.drill.expectations import failover_problems, steady_problems
 from clustermesh.drill.gate import drill_gate
 from clustermesh.drill.manifests import (
+    APPLIED_REPLICAS_ANNOTATION,
     BACKEND,
     CLIENT,
     CLIENT_CONTAINER,
     CLIENT_IMAGE,
+    FAILOVER_REPLICAS,
     ORIGINAL_REPLICAS_ANNOTATION,
     PART_OF,
     SERVICE,
@@ -48,10 +53,12 @@ __all__ = [
     "AGENT_CONTAINER",
     "AGENT_LABEL",
     "AGENT_NAMESPACE",
+    "APPLIED_REPLICAS_ANNOTATION",
     "BACKEND",
     "CLIENT",
     "CLIENT_CONTAINER",
     "CLIENT_IMAGE",
+    "FAILOVER_REPLICAS",
     "ORIGINAL_REPLICAS_ANNOTATION",
     "PART_OF",
     "SERVICE",

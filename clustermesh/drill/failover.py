@@ -10,11 +10,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from clustermesh.drill.expectations import AGENT_CHECK, Look, failover_problems
-from clustermesh.drill.manifests import BACKEND, ORIGINAL_REPLICAS_ANNOTATION
+from clustermesh.drill.manifests import BACKEND, FAILOVER_REPLICAS, ORIGINAL_REPLICAS_ANNOTATION
 from clustermesh.drill.prober import Prober
 from clustermesh.drill.results import DrillPhase, PhaseStatus
 from clustermesh.drill.workloads import recorded
-from clustermesh.errors import ClusterMeshError, ConflictError, WaitTimeoutError
+from clustermesh.errors import ClusterMeshError, ConflictError, StopRequested, WaitTimeoutError
+from clustermesh.stopping import note_written, raise_if_stopping
 
 if TYPE_CHECKING:
     from clustermesh.drill.phases import Drill
@@ -52,8 +53,11 @@ class FailoverRun:
             remote = self._remote_backends()
             frontend = self.drill.frontend(self.cluster)
             pod = self.drill.client_pod(self.cluster)
+            raise_if_stopping(f"scaling {self.cluster}/{self.ns}/{BACKEND} to {FAILOVER_REPLICAS}")  # nothing disrupted
             self._record(original, version)
             self._scale_and_watch(frontend, pod, remote)
+        except StopRequested:
+            raise  # the run ends here; the rollback undoes what was done
         except _Refused as exc:
             return self._result("failed", exc.detail)
         except WaitTimeoutError as exc:
@@ -106,7 +110,8 @@ class FailoverRun:
         with Prober(lambda: drill.probe(cluster, pod)[0], drill.probe_interval) as prober:
             self.prober = prober
             scaled_at = drill.clock()
-            self.client.scale_deployment(self.ns, BACKEND, 0)
+            self.client.scale_deployment(self.ns, BACKEND, FAILOVER_REPLICAS)
+            note_written(f"{cluster}: scaled {self.ns}/{BACKEND} to {FAILOVER_REPLICAS} (failover drill)")
             drill.wait(
                 cluster,
                 lambda: self._read_agents(frontend, remote),

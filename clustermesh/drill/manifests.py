@@ -19,28 +19,44 @@ CLIENT_IMAGE = "curlimages/curl:8.10.1"
 CLIENT_CONTAINER = "client"
 ORIGINAL_REPLICAS_ANNOTATION = "clustermesh.io/drill-original-replicas"
 """Written before a drill scales a backend Deployment, removed once the count is back: the undo record."""
+APPLIED_REPLICAS_ANNOTATION = "clustermesh.io/drill-replicas"
+"""The replica count the drill itself last gave its backend: another count there is a person's, and kept."""
+FAILOVER_REPLICAS = 0
+"""What a failover scales the backend to: a recorded backend still at this count shows the drill's hand."""
 
 
-def drill_manifests(settings: DrillSettings, profile: CiliumProfile) -> list[dict[str, Any]]:
-    """Namespace, backend and client Deployments, and the global Service of the guide's example."""
+def drill_manifests(
+    settings: DrillSettings, profile: CiliumProfile, *, backend_replicas: int | None = None, applied: int | None = None
+) -> list[dict[str, Any]]:
+    """Namespace, backend and client Deployments, and the global Service of the guide's example.
+
+    The backend gets ``backend_replicas`` (default ``settings.replicas``); ``applied`` is the count the
+    drill itself gave it last (:data:`APPLIED_REPLICAS_ANNOTATION`, default the count given now).
+    """
     ns = settings.namespace
+    replicas = settings.replicas if backend_replicas is None else backend_replicas
     return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict(PART_OF)}},
-        _backend_deployment(settings),
+        _backend_deployment(settings, replicas, replicas if applied is None else applied),
         _client_deployment(ns),
         _global_service(settings, profile),
     ]
 
 
-def _backend_deployment(settings: DrillSettings) -> dict[str, Any]:
-    """``settings.replicas`` web servers on ``settings.port``, Ready once they answer ``/``."""
+def _backend_deployment(settings: DrillSettings, replicas: int, applied: int) -> dict[str, Any]:
+    """``replicas`` web servers on ``settings.port``, Ready once they answer ``/``."""
     backend_labels = {"app": BACKEND, **PART_OF}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": BACKEND, "namespace": settings.namespace, "labels": backend_labels},
+        "metadata": {
+            "name": BACKEND,
+            "namespace": settings.namespace,
+            "labels": backend_labels,
+            "annotations": {APPLIED_REPLICAS_ANNOTATION: str(applied)},
+        },
         "spec": {
-            "replicas": settings.replicas,
+            "replicas": replicas,
             "selector": {"matchLabels": {"app": BACKEND}},
             "template": {
                 "metadata": {"labels": backend_labels},

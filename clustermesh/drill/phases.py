@@ -19,6 +19,7 @@ from clustermesh.drill.manifests import (
     BACKEND,
     CLIENT,
     CLIENT_IMAGE,
+    FAILOVER_REPLICAS,
     ORIGINAL_REPLICAS_ANNOTATION,
     SERVICE,
     drill_manifests,
@@ -26,11 +27,21 @@ from clustermesh.drill.manifests import (
 from clustermesh.drill.prober import PROBE_INTERVAL, curl
 from clustermesh.drill.results import DrillPhase, PhaseName, PhaseStatus
 from clustermesh.drill.text import cut
-from clustermesh.drill.workloads import deployment_ready, describe_deployment, parse_count, pod_ready, recorded
-from clustermesh.errors import ClusterMeshError, DrillError, WaitTimeoutError
+from clustermesh.drill.undo import Undone, undo_recorded
+from clustermesh.drill.workloads import (
+    backend_count,
+    deployment_ready,
+    describe_deployment,
+    parse_count,
+    pod_ready,
+    recorded,
+    replicas_of,
+)
+from clustermesh.errors import ClusterMeshError, DrillError, StopRequested, WaitTimeoutError
 from clustermesh.kube import wait_for
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
+from clustermesh.stopping import raise_if_stopping
 
 
 class Drill:
@@ -67,6 +78,12 @@ class Drill:
         self.probe_interval = probe_interval
         self.recovered: list[str] = []
         """What :meth:`recover` restored, for the result."""
+        self._dropped: list[str] = []
+        self.left_alone: list[str] = []
+        """Records :meth:`recover` dropped without restoring: someone had set another count since."""
+        self.backend_replicas: dict[str, int] = {}
+        """Each cluster's backend count as :meth:`ensure_workloads` left it (``drill.replicas`` unless a
+        person set another)."""
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -193,36 +210,37 @@ class Drill:
     # -- phases ------------------------------------------------------------------------------------
 
     def recover(self) -> DrillPhase:
-        """:meth:`recover_unfinished` as a phase; the lines go to ``self.recovered`` and the detail."""
+        """:meth:`recover_unfinished` as a phase; its lines go to ``self.recovered``, ``self.left_alone``
+        and the detail."""
         start = self.clock()
         try:
             self.recovered = self.recover_unfinished()
         except DrillError as exc:
             return self.phase_result("recover", None, "failed", str(exc), start)
-        if not self.recovered:
+        lines = self.recovered + self.left_alone + self._dropped
+        if not lines:
             return self.phase_result("recover", None, "skipped", "nothing left by an earlier drill", start)
-        return self.phase_result("recover", None, "passed", "; ".join(self.recovered), start)
+        return self.phase_result("recover", None, "passed", "; ".join(lines), start)
 
     def recover_unfinished(self) -> list[str]:
         """Undo what an earlier drill left behind (a Deployment still carrying the replica record).
 
-        Raises :class:`DrillError` when a recovery fails: the drill must not start on a cluster that
-        is still scaled down.
+        Returns what was restored. A backend someone scaled since that drill keeps its count (the line
+        goes to ``self.left_alone``). Raises :class:`DrillError` when a recovery fails: the drill must
+        not start on a cluster that is still scaled down.
         """
-        ns = self.settings.namespace
         restored: list[str] = []
         errors: list[str] = []
+        self.left_alone, self._dropped = [], []
         for cluster in self.clusters:
             try:
-                undone = self._undo_recorded(cluster, wait_ready=True)
-                if undone is None:
-                    continue
-                left, target, note = undone
-                restored.append(
-                    f"restored {cluster}/{ns}/{BACKEND} to {target} replicas left at {left} by an earlier drill{note}"
-                )
+                undone = self._undo(cluster, wait_ready=True)
             except ClusterMeshError as exc:
                 errors.append(f"{cluster}: {exc}")
+                continue
+            if undone is not None:
+                line = undone.describe(self.settings.namespace, since="an earlier drill")
+                (restored if undone.restored else self.left_alone if undone.kept else self._dropped).append(line)
         if errors:
             done = f"; restored: {'; '.join(restored)}" if restored else ""
             raise DrillError(
@@ -241,12 +259,8 @@ class Drill:
         try:
             for cluster in self.clusters:
                 client = self.clients[cluster]
-                actions = []
-                for manifest in drill_manifests(self.settings, self.profile(cluster)):
-                    action = getattr(client.create_or_replace(manifest), "action", "applied")
-                    if action != "unchanged":
-                        actions.append(f"{action} {manifest['kind']} {manifest['metadata']['name']}")
-                for name, count in ((BACKEND, self.settings.replicas), (CLIENT, 1)):
+                actions = self._apply_workloads(cluster)
+                for name, count in ((BACKEND, self.backend_replicas[cluster]), (CLIENT, 1)):
                     self.wait(
                         cluster,
                         lambda c=client, n=name: c.get_deployment(ns, n),  # type: ignore[misc]
@@ -257,17 +271,39 @@ class Drill:
                     )
                 self.frontend(cluster)
                 done.append(f"{cluster}: " + (", ".join(actions) or "unchanged"))
+        except StopRequested:
+            raise
         except ClusterMeshError as exc:
             return self.phase_result("workloads", None, "failed", str(exc), start)
         return self.phase_result("workloads", None, "passed", "Ready; " + "; ".join(done), start)
+
+    def _apply_workloads(self, cluster: str) -> list[str]:
+        """Create or update the drill's objects in ``cluster``; what changed, in words.
+
+        The backend keeps a replica count someone else set (``drill.replicas`` applies to a new backend, and
+        to one still at the count the drill gave it).
+        """
+        ns = self.settings.namespace
+        client = self.clients[cluster]
+        count, applied = backend_count(client.get_deployment(ns, BACKEND), self.settings.replicas)
+        self.backend_replicas[cluster] = count
+        actions = [] if applied is None else [f"kept {BACKEND} at the {count} replicas someone set"]
+        manifests = drill_manifests(self.settings, self.profile(cluster), backend_replicas=count, applied=applied)
+        for manifest in manifests:
+            raise_if_stopping(f"applying {manifest['kind']} {ns}/{manifest['metadata']['name']} in {cluster}")
+            action = getattr(client.create_or_replace(manifest), "action", "applied")
+            if action != "unchanged":
+                actions.append(f"{action} {manifest['kind']} {manifest['metadata']['name']}")
+        return actions
 
     def _observe_steady(self, frontends: Mapping[str, str]) -> tuple[Look, int, int]:
         look = Look()
         probes = failed = 0
         expected = {c: self.ready_backends(c) for c in self.clusters}
         for cluster in self.clusters:
-            if len(expected[cluster]) < self.settings.replicas:
-                look.problems.append(f"{cluster}: {len(expected[cluster])}/{self.settings.replicas} backend pods Ready")
+            want = max(1, self.backend_replicas.get(cluster, self.settings.replicas))
+            if len(expected[cluster]) < want:
+                look.problems.append(f"{cluster}: {len(expected[cluster])}/{want} backend pods Ready")
         for cluster in self.clusters:
             views = self.agent_views(cluster, frontends[cluster])
             look.views[cluster] = views
@@ -373,6 +409,11 @@ class Drill:
             target = parse_count(record)
             if target is None:
                 target = self.settings.replicas
+            found = replicas_of(deployment)
+            if found not in (FAILOVER_REPLICAS, target):  # someone scaled it meanwhile: theirs, not restored
+                client.patch_deployment_annotations(ns, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
+                kept = Undone(cluster=cluster, found=found, target=target, record=record)
+                return self.phase_result("restore", cluster, "skipped", kept.describe(ns, since="the failover"), start)
             client.scale_deployment(ns, BACKEND, target)
             self._wait_backend_ready(cluster, target)
             frontend = self.frontend(cluster)
@@ -414,48 +455,34 @@ class Drill:
             problems.insert(0, f"{cluster}: {len(expected[cluster])}/{target} backend pods Ready")
         return Look({cluster: views}, problems)
 
-    def _undo_recorded(self, cluster: str, *, wait_ready: bool) -> tuple[int, int, str] | None:
-        """Scale the backend back to the count its annotation records, then drop the annotation.
-
-        Returns ``(replicas found, replicas restored, note)``, or None when nothing is recorded. An
-        unreadable record falls back to ``drill.replicas`` (the note says so). With ``wait_ready`` the
-        annotation is dropped only once every replica is Ready again, so a failure leaves the record.
-        """
-        ns = self.settings.namespace
-        client = self.clients[cluster]
-        deployment = client.get_deployment(ns, BACKEND)
-        record = None if deployment is None else recorded(deployment)
-        if deployment is None or record is None:
-            return None
-        target = parse_count(record)
-        note = ""
-        if target is None:
-            target = self.settings.replicas
-            note = f" (record {record!r} unreadable: used drill.replicas)"
-        found = int((deployment.get("spec") or {}).get("replicas", 0))
-        if found != target:
-            client.scale_deployment(ns, BACKEND, target)
-        if wait_ready:
-            self._wait_backend_ready(cluster, target)
-        client.patch_deployment_annotations(ns, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
-        return found, target, note
+    def _undo(self, cluster: str, *, wait_ready: bool) -> Undone | None:
+        """:func:`undo_recorded` on ``cluster``'s backend; with ``wait_ready`` until its replicas are Ready."""
+        return undo_recorded(
+            self.clients[cluster],
+            cluster,
+            self.settings.namespace,
+            default=self.settings.replicas,
+            wait_ready=(lambda target: self._wait_backend_ready(cluster, target)) if wait_ready else None,
+        )
 
     def restore_all(self) -> DrillPhase:
-        """The rollback that always runs: every recorded count is put back; one cluster's failure stops nothing."""
+        """The rollback that always runs: every recorded count still at the drill's 0 is put back (a count someone
+        set since is kept); one cluster's failure stops nothing. Runs after a stop too: it undoes, never disrupts."""
         start = self.clock()
         ns = self.settings.namespace
         restored: list[str] = []
         errors: list[str] = []
         for cluster in self.clusters:
             try:
-                undone = self._undo_recorded(cluster, wait_ready=False)
-                if undone is not None:
-                    current, target, _ = undone
-                    restored.append(f"{cluster}: {current} → {target} replicas")
+                undone = self._undo(cluster, wait_ready=False)
+                if undone is not None and undone.kept:
+                    restored.append(f"{cluster}: left at {undone.found} replicas someone set since; record dropped")
+                elif undone is not None:
+                    restored.append(f"{cluster}: {undone.found} → {undone.target} replicas")
             except Exception as exc:  # never let one cluster stop the others' rollback
                 errors.append(f"{cluster}: failed to scale {ns}/{BACKEND} back: {cut(str(exc), 400)}")
         if errors:
             return self.phase_result("rollback", None, "failed", "; ".join(errors + restored), start)
         if restored:
-            return self.phase_result("rollback", None, "passed", "scaled back " + "; ".join(restored), start)
+            return self.phase_result("rollback", None, "passed", "undone: " + "; ".join(restored), start)
         return self.phase_result("rollback", None, "passed", "no replica count left changed", start)

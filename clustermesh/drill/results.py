@@ -54,6 +54,8 @@ class DrillResult(BaseModel):
     failover_seconds: dict[str, float]
     failed_probes: int
     probes: int = 0
+    left_alone: list[str] = []
+    """Records of an earlier drill dropped without restoring: someone had set another count since."""
 
     @classmethod
     def not_run(cls, reason: str) -> DrillResult:
@@ -74,4 +76,9 @@ class DrillResult(BaseModel):
             text = f"failover drill passed: failed over {times}; {self.failed_probes}/{self.probes} probes failed"
         if self.recovered:
             text += f" (first restored {len(self.recovered)} deployment(s) left by an earlier drill)"
+        if self.left_alone:
+            text += (
+                f" (left {len(self.left_alone)} deployment(s) at the count someone set after an earlier drill; "
+                "its record dropped)"
+            )
         return text

@@ -61,6 +61,7 @@ class _Run:
         self.run_phase = run_phase
         self.phases: list[DrillPhase] = []
         self.recovered: list[str] = []
+        self.left_alone: list[str] = []
 
     def record(self, name: str, call: Callable[[], DrillPhase]) -> DrillPhase:
         phase = call() if self.run_phase is None else self.run_phase(name, call)
@@ -78,6 +79,7 @@ class _Run:
         if self.record("recover", drill.recover).status == "failed":
             return "not run", f"leftovers of an earlier drill could not be undone: {self.phases[-1].detail}"
         self.recovered.extend(drill.recovered)
+        self.left_alone.extend(drill.left_alone)
         if not enabled:
             return "not run", "the drill is disabled (drill.enabled: false)"
         if self.record("workloads", drill.ensure_workloads).status != "passed":
@@ -108,6 +110,7 @@ class _Run:
             reason=reason,
             phases=self.phases,
             recovered=self.recovered,
+            left_alone=self.left_alone,
             failover_seconds={
                 p.cluster: p.failover_seconds
                 for p in failovers

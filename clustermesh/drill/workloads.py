@@ -1,11 +1,11 @@
-"""What the drill reads of its own workloads: pods and Deployments Ready, and the undo record."""
+"""What the drill reads of its own workloads: pods and Deployments Ready, the undo record, and whose count it is."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from clustermesh.drill.manifests import ORIGINAL_REPLICAS_ANNOTATION
+from clustermesh.drill.manifests import APPLIED_REPLICAS_ANNOTATION, ORIGINAL_REPLICAS_ANNOTATION
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -58,3 +58,25 @@ def parse_count(text: str) -> int | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def replicas_of(deployment: Mapping[str, Any]) -> int:
+    return int((deployment.get("spec") or {}).get("replicas", 0))
+
+
+def backend_count(deployment: Mapping[str, Any] | None, wanted: int) -> tuple[int, int | None]:
+    """The replica count to give the drill's backend, and the count to record as the drill's own.
+
+    ``wanted`` (``drill.replicas``) when there is no backend yet or its count is still the one the drill
+    gave it; a count someone else set since is theirs and is kept (recorded as the drill's: ``wanted``,
+    so that later runs keep it too). Returns ``(count, None)`` when the count is the drill's.
+    """
+    if deployment is None:
+        return wanted, None
+    current = replicas_of(deployment)
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(APPLIED_REPLICAS_ANNOTATION)
+    applied = parse_count(str(text)) if text is not None else None
+    if current in (wanted, applied):
+        return wanted, None
+    return current, wanted if applied is None else applied

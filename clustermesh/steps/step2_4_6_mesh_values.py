@@ -26,6 +26,7 @@ from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts, StepChange
+from clustermesh.stopping import note_written, raise_if_stopping
 from clustermesh.values import (
     CaMaterial,
     PeerEntry,
@@ -81,6 +82,7 @@ def configure_mesh(
         if not write or not (change.changed or retry):
             written = False
             break
+        raise_if_stopping(f"writing the mesh values of {cluster.name} ({step})")  # Ctrl-C: no further write
         try:
             ai = client.replace_application_installation(_with_values(ai, change.new_values, field, retry=retry))
         except ConflictError:
@@ -88,6 +90,7 @@ def configure_mesh(
             if conflicts > MAX_CONFLICT_RETRIES:
                 raise
             continue
+        note_written(step if cluster.name in step else f"{step} in {cluster.name}")
         written = True
         break
     if write:
@@ -174,8 +177,13 @@ def install_state(ai: dict[str, Any]) -> tuple[str, str]:
 
 def wait_applied(client: ClusterClient, spec: MeshSpec, cluster: str) -> dict[str, Any]:
     """Wait until KKP applied the current generation; a KKP failure ends the wait with its message."""
+
+    def read() -> dict[str, Any]:
+        raise_if_stopping(f"waiting for KKP to apply the mesh values of {cluster}")  # a stopped run waits no longer
+        return client.get_application_installation()
+
     ai = client.wait_for(
-        client.get_application_installation,
+        read,
         lambda obj: install_state(obj)[0] != "pending",
         timeout=spec.timeouts.install,
         expected="KKP to apply the cilium ApplicationInstallation (Ready=True for the new generation)",
