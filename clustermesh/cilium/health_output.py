@@ -170,7 +170,7 @@ class _HealthTextReader:
         elif _NODES.fullmatch(line):
             if self.layout is None:
                 self.layout = "probe-time"
-            elif self.detail:
+            elif self.layout == "summary" or self.detail:
                 raise self.fail(line_no, line, "`Nodes:` out of place", "node blocks after `Probe time:`")
             self.in_table = False
         elif m := _SUMMARY.fullmatch(line):
@@ -226,6 +226,13 @@ class _HealthTextReader:
     def detail_line(self, line_no: int, line: str) -> None:
         if m := _NODE_LINE.fullmatch(line):
             name = m["name"]
+            if self.layout == "summary" and (self.table_header is None or self.table):
+                raise self.fail(
+                    line_no,
+                    line,
+                    "node block in the summary layout " + ("after table rows" if self.table else "without header"),
+                    "either rows or (with --verbose) blocks, after the `Name IP Node Endpoints` header",
+                )
             if name in self.detail:
                 raise self.fail(line_no, line, f"node {name!r} has two blocks", "one block per node")
             self.node = _NodeDraft(name=name, local=bool(m["local"]), line_no=line_no, paths=[])
@@ -275,9 +282,11 @@ class _HealthTextReader:
         line_no, line = first_line(text)
         if self.layout is None:
             raise self.fail(line_no, line, "empty output", "`cilium-health status` text or JSON")
-        if self.table_header is not None and not self.table:
+        if self.table_header is not None and not self.table and not self.detail:
             raise self.fail(*self.table_header, "table header without rows (truncated?)", "one row per node")
-        drafts = self.merge()
+        drafts = list(self.table.values()) or list(self.detail.values())
+        if self.layout == "summary" and self.detail:
+            self.check_verbose_blocks(drafts, line_no, line)
         if self.layout == "probe-time" and not drafts:
             raise self.fail(line_no, line, "no node blocks (truncated?)", "`  <node>:` blocks after `Nodes:`")
         if self.summary is not None:
@@ -299,19 +308,45 @@ class _HealthTextReader:
             probe_interval=self.probe_interval,
         )
 
-    def merge(self) -> list[_NodeDraft]:
-        """1.17+ verbose prints a row and a block per node: one node with both sets of failures."""
-        drafts = list(self.table.values())
-        for name, block in self.detail.items():
-            row = self.table.get(name)
-            if row is None:
-                drafts.append(block)
-                continue
-            row.local = row.local or block.local
-            row.paths = block.paths
-            row.endpoint_ip = block.endpoint_ip
-            row.host_ip = row.host_ip or block.host_ip
-        return drafts
+    def check_verbose_blocks(self, drafts: list[_NodeDraft], line_no: int, line: str) -> None:
+        """1.17+ `--verbose`: the summary, the header, then a block per node (no rows) — all of them.
+
+        Verbose prints every node, and in every block a `Host` and an `Endpoint` line (`… nil` when
+        there is none), so a capture cut between or inside blocks shows as missing nodes or lines
+        instead of passing for a smaller healthy mesh. The summary is Cilium's own count: a node
+        without any failure must be among its reachable ones, one with a failing primary probe
+        among the others.
+        """
+        assert self.summary is not None
+        reachable, total = self.summary
+        for draft in drafts:
+            assert draft.paths is not None
+            for kind, word in (("host", "Host"), ("endpoint", "Endpoint")):
+                if not any(p.kind == kind and not p.secondary for p in draft.paths):
+                    raise self.fail(
+                        draft.line_no,
+                        draft.name,
+                        f"node block without its {kind} line (truncated?)",
+                        f"`{word} connectivity to <ip>:` or `{word} connectivity: nil` in every verbose block",
+                    )
+        if len(drafts) != total:
+            raise self.fail(
+                line_no, line, f"{len(drafts)} node blocks but {total} nodes known (truncated?)", "a block per node"
+            )
+        clean = sum(1 for d in drafts if not d.failures())
+        failing = sum(1 for d in drafts if any(_explicit_failure(p) for p in d.paths or () if not p.secondary))
+        if clean > reachable or failing > total - reachable:
+            raise self.fail(
+                line_no,
+                line,
+                f"blocks show {clean} nodes without and {failing} with failed probes, summary {reachable}/{total}",
+                "blocks that agree with `Cluster health:`",
+            )
+
+
+def _explicit_failure(path: _Path) -> bool:
+    """A probe that ran and failed (not one without a result): Cilium counts the node unreachable."""
+    return any(result is not None and result != "OK" for result in path.results.values())
 
 
 # -------------------------------------------------------------------------------------- health: JSON

@@ -213,33 +213,216 @@ def test_verbose_116_reads_secondary_addresses_and_nil_endpoint() -> None:
     assert status.nodes[0].endpoint_ip is None
 
 
-def test_verbose_118_strips_last_probed_from_results() -> None:
-    text = (
-        "Cluster health:   1/2 reachable   (2025-07-01T08:00:00Z)   (Probe interval: 30s)\n"
-        "Name   IP   Node   Endpoints\n"
-        "  cluster-1/node-a (localhost)   10.0.0.2   1/1   1/1\n"
-        "  cluster-2/node-b   10.0.0.3   1/1   0/1\n"
-        "  cluster-1/node-a (localhost):\n"
-        "    Host connectivity to 10.0.0.2:\n"
-        "      ICMP to stack:   OK, RTT=90µs   (Last probed: 2025-07-01T07:59:58Z)\n"
-        "      HTTP to agent:   OK, RTT=120µs   (Last probed: 2025-07-01T07:59:58Z)\n"
-        "  cluster-2/node-b:\n"
-        "    Host connectivity to 10.0.0.3:\n"
-        "      ICMP to stack:   OK, RTT=1ms   (Last probed: 2025-07-01T07:59:40Z)\n"
-        "      HTTP to agent:   OK, RTT=2ms   (Last probed: 2025-07-01T07:59:40Z)\n"
-        "    Endpoint connectivity to 172.26.0.240:\n"
-        "      ICMP to stack:   Connection timed out   (Last probed: 2025-07-01T07:59:40Z)\n"
-        "      HTTP to agent:   OK, RTT=3ms   (Last probed: 2025-07-01T07:59:40Z)\n"
-    )
-    status = parse_health(text)
+# ------------------------------------------------------------------ health: 1.17+ `--verbose` layout
+# One agent (cluster-1/node-a) of a 2-cluster mesh, answered by the sandbox's port of Cilium's
+# `FormatHealthStatusResponse` (sandbox/cilium_cli.py) without and with `--verbose`: node-b has no
+# health endpoint yet, node-c's endpoint probes fail, node-d's host HTTP probe has no result.
 
-    assert [n.name for n in status.nodes] == ["cluster-1/node-a", "cluster-2/node-b"]
-    assert by_name(status)["cluster-2/node-b"] == (
+TABLE_117 = """\
+Cluster health:                  3/4 reachable   (2025-07-01T08:00:00Z)
+Name                             IP              Node              Endpoints
+  cluster-1/node-a (localhost)   10.0.0.2        1/1               1/1
+  cluster-1/node-b               10.0.0.4        1/1               0/0
+  cluster-2/node-c               10.0.0.3        1/1               0/1
+  cluster-2/node-d               10.0.0.5        0/1 (1 unknown)   1/1
+"""
+
+
+VERBOSE_117 = """\
+Cluster health:   3/4 reachable   (2025-07-01T08:00:00Z)
+Name              IP              Node   Endpoints
+  cluster-1/node-a (localhost):
+    Host connectivity to 10.0.0.2:
+      ICMP to stack:   OK, RTT=585.908µs
+      HTTP to agent:   OK, RTT=386.343µs
+    Endpoint connectivity to 172.25.0.235:
+      ICMP to stack:   OK, RTT=563.934µs
+      HTTP to agent:   OK, RTT=684.559µs
+  cluster-1/node-b:
+    Host connectivity to 10.0.0.4:
+      ICMP to stack:         OK, RTT=785.908µs
+      HTTP to agent:         OK, RTT=486.343µs
+    Endpoint connectivity:   nil
+  cluster-2/node-c:
+    Host connectivity to 10.0.0.3:
+      ICMP to stack:   OK, RTT=1.585908ms
+      HTTP to agent:   OK, RTT=2.386343ms
+    Endpoint connectivity to 172.26.0.240:
+      ICMP to stack:   Connection timed out
+      HTTP to agent:   Get "http://172.26.0.240:4240/hello": context deadline exceeded
+  cluster-2/node-d:
+    Host connectivity to 10.0.0.5:
+      ICMP to stack:   OK, RTT=1.585908ms
+    Endpoint connectivity to 172.26.1.240:
+      ICMP to stack:   OK, RTT=1.563934ms
+      HTTP to agent:   OK, RTT=1.684559ms
+"""
+
+
+TABLE_118 = """\
+Cluster health:                  3/4 reachable   (2025-07-01T08:00:00Z)   (Probe interval: 1m47.5s)
+Name                             IP              Node                     Endpoints
+  cluster-1/node-a (localhost)   10.0.0.2        1/1                      1/1
+  cluster-1/node-b               10.0.0.4        1/1                      0/0
+  cluster-2/node-c               10.0.0.3        1/1                      0/1
+  cluster-2/node-d               10.0.0.5        0/1 (1 unknown)          1/1
+"""
+
+
+VERBOSE_118 = """\
+Cluster health:   3/4 reachable   (2025-07-01T08:00:00Z)   (Probe interval: 1m47.5s)
+Name              IP              Node                     Endpoints
+  cluster-1/node-a (localhost):
+    Host connectivity to 10.0.0.2:
+      ICMP to stack:   OK, RTT=585.908µs   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:   OK, RTT=386.343µs   (Last probed: 2025-07-01T07:59:58Z)
+    Endpoint connectivity to 172.25.0.235:
+      ICMP to stack:   OK, RTT=563.934µs   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:   OK, RTT=684.559µs   (Last probed: 2025-07-01T07:59:58Z)
+  cluster-1/node-b:
+    Host connectivity to 10.0.0.4:
+      ICMP to stack:         OK, RTT=785.908µs   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:         OK, RTT=486.343µs   (Last probed: 2025-07-01T07:59:58Z)
+    Endpoint connectivity:   nil
+  cluster-2/node-c:
+    Host connectivity to 10.0.0.3:
+      ICMP to stack:   OK, RTT=1.585908ms   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:   OK, RTT=2.386343ms   (Last probed: 2025-07-01T07:59:58Z)
+    Endpoint connectivity to 172.26.0.240:
+      ICMP to stack:   Connection timed out   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:   OK, RTT=3.386343ms     (Last probed: 2025-07-01T07:59:58Z)
+  cluster-2/node-d:
+    Host connectivity to 10.0.0.5:
+      ICMP to stack:   OK, RTT=1.585908ms   (Last probed: 2025-07-01T07:59:58Z)
+    Endpoint connectivity to 172.26.1.240:
+      ICMP to stack:   OK, RTT=1.563934ms   (Last probed: 2025-07-01T07:59:58Z)
+      HTTP to agent:   OK, RTT=1.684559ms   (Last probed: 2025-07-01T07:59:58Z)
+"""
+
+
+def summary_of(status: HealthStatus) -> list[tuple[str, bool, bool, str | None]]:
+    """What both layouts of one agent state about each node: name, reachable, local, host IP."""
+    return [(n.name, n.reachable, n.local, n.host_ip) for n in status.nodes]
+
+
+VERBOSE_NODES = [
+    ("cluster-1/node-a", True, True, "10.0.0.2"),
+    ("cluster-1/node-b", True, False, "10.0.0.4"),
+    ("cluster-2/node-c", False, False, "10.0.0.3"),
+    ("cluster-2/node-d", False, False, "10.0.0.5"),
+]
+
+
+@pytest.mark.parametrize(
+    ("table", "verbose"), [(TABLE_117, VERBOSE_117), (TABLE_118, VERBOSE_118)], ids=["1.17", "1.18"]
+)
+def test_verbose_117_layout_reads_like_the_table_of_the_same_agent(table: str, verbose: str) -> None:
+    from_table, from_verbose = parse_health(table), parse_health(verbose)
+
+    assert summary_of(from_verbose) == summary_of(from_table) == VERBOSE_NODES
+    for status in (from_table, from_verbose):
+        assert (status.summary_reachable, status.summary_total) == (3, 4)
+        assert status.local == "cluster-1/node-a" and status.lists_every_node
+        assert status.timestamp == datetime(2025, 7, 1, 8, tzinfo=UTC)
+    assert from_verbose.probe_interval == from_table.probe_interval
+    # only the blocks name the health endpoints and say which probe failed how
+    assert [n.endpoint_ip for n in from_table.nodes] == [None] * 4
+    assert [n.endpoint_ip for n in from_verbose.nodes] == ["172.25.0.235", None, "172.26.0.240", "172.26.1.240"]
+
+
+def test_verbose_117_names_each_failing_probe() -> None:
+    status = by_name(parse_health(VERBOSE_117))
+
+    assert status["cluster-2/node-c"] == (
         False,
-        ["endpoint: 0/1 paths reachable", "endpoint ICMP: Connection timed out"],
+        [
+            "endpoint ICMP: Connection timed out",
+            'endpoint HTTP: Get "http://172.26.0.240:4240/hello": context deadline exceeded',
+        ],
     )
-    assert status.nodes[1].endpoint_ip == "172.26.0.240"
-    assert status.nodes[0].reachable and status.nodes[0].local
+    assert status["cluster-2/node-d"] == (False, ["host HTTP: no result (unknown)"])
+    assert status["cluster-1/node-b"] == (True, [])
+
+
+def test_verbose_118_strips_last_probed_and_reads_probe_interval() -> None:
+    status = parse_health(VERBOSE_118)
+
+    assert status.probe_interval == "1m47.5s"
+    assert by_name(status)["cluster-2/node-c"] == (False, ["endpoint ICMP: Connection timed out"])
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("verbose", [VERBOSE_117, VERBOSE_118], ids=["1.17", "1.18"])
+def test_every_truncation_of_the_verbose_layout_is_refused_or_reports_no_false_reachable(verbose: str) -> None:
+    """Cut after any line: an error, or (cut inside a node's last path) that node is not reachable."""
+    lines = _lines(verbose)
+    whole = parse_health(verbose)
+    for cut in range(1, len(lines)):
+        text = "".join(lines[:cut])
+        try:
+            status = parse_health(text)
+        except CiliumOutputError:
+            continue
+        assert len(status.nodes) == len(whole.nodes), cut
+        assert [n.reachable for n in status.nodes] <= [n.reachable for n in whole.nodes], cut
+        assert not status.nodes[-1].reachable, cut  # the last node's results are missing
+
+
+@pytest.mark.parametrize(
+    ("cut_after", "problem"),
+    [
+        ("Node   Endpoints\n", "table header without rows"),
+        ("      HTTP to agent:   OK, RTT=684.559µs\n", "1 node blocks but 4 nodes known"),
+        ("    Host connectivity to 10.0.0.4:\n      ICMP to stack:         OK, RTT=785.908µs\n", "endpoint line"),
+    ],
+)
+def test_truncated_verbose_layout_is_refused(cut_after: str, problem: str) -> None:
+    head = VERBOSE_117[: VERBOSE_117.index(cut_after) + len(cut_after)]
+
+    assert problem in str(raises(parse_health, head))
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # blocks without the header: no layout of any version
+        ("Cluster health:   1/1 reachable   (2024-01-01T00:00:00Z)\n  a (localhost):\n", "without header"),
+        # rows and blocks together: no layout of any version
+        (
+            "Cluster health:   1/1 reachable   (2024-01-01T00:00:00Z)\nName IP Node Endpoints\n"
+            "  a (localhost)   10.0.0.2   1/1   1/1\n  a (localhost):\n",
+            "after table rows",
+        ),
+        (
+            "Cluster health:   1/1 reachable   (2024-01-01T00:00:00Z)\nName IP Node Endpoints\nNodes:\n",
+            "`Nodes:` out of place",
+        ),
+        # the summary says node-a is unreachable, the block shows every probe OK
+        (
+            "Cluster health:   0/1 reachable   (2024-01-01T00:00:00Z)\nName IP Node Endpoints\n"
+            "  a (localhost):\n    Host connectivity to 10.0.0.2:\n      ICMP to stack:   OK, RTT=1ms\n"
+            "      HTTP to agent:   OK, RTT=1ms\n    Endpoint connectivity:   nil\n",
+            "summary 0/1",
+        ),
+        # the summary says node-a is reachable, its block shows a failed probe
+        (
+            "Cluster health:   1/1 reachable   (2024-01-01T00:00:00Z)\nName IP Node Endpoints\n"
+            "  a (localhost):\n    Host connectivity to 10.0.0.2:\n      ICMP to stack:   Connection refused\n"
+            "      HTTP to agent:   OK, RTT=1ms\n    Endpoint connectivity:   nil\n",
+            "summary 1/1",
+        ),
+        (
+            "Cluster health:   1/1 reachable   (2024-01-01T00:00:00Z)\nName IP Node Endpoints\n"
+            "  a (localhost):\n    Host connectivity to 10.0.0.2:\n      Route to stack:   OK\n",
+            "unknown line",
+        ),
+    ],
+)
+def test_unknown_verbose_layouts_are_refused(text: str, problem: str) -> None:
+    assert problem in str(raises(parse_health, text))
 
 
 def test_missing_probe_result_counts_as_unreachable() -> None:
