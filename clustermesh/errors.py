@@ -11,6 +11,7 @@ from typing import Any, Self
 __all__ = [
     "AlreadyExistsError",
     "CertificateError",
+    "ChartRenderError",
     "CiliumOutputError",
     "ClusterMeshError",
     "ClusterStateError",
@@ -82,6 +83,20 @@ def _rebuild(
     for note in notes:
         error.add_note(note)
     return error
+
+
+class ChartRenderError(ClusterMeshError):
+    """A Cilium Helm chart that Helm's own engine would not render with these values (or cannot be found).
+
+    ``problem`` is Helm's message verbatim (a failed template, the schema check naming the key), so the
+    reader sees what `helm install` would have said; never the values themselves.
+    """
+
+    def __init__(self, chart: str, problem: str, *, fix: str) -> None:
+        self.chart = chart
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"chart {chart}: {problem} — {fix}")
 
 
 class CiliumOutputError(ClusterMeshError):
