@@ -13,7 +13,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-LINES = ("1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19")
+from sandbox.versions import line_names
+from sandbox.versions import parse as parse_version
+
+LINES = line_names()  # "1.13" … "1.19" (sandbox.versions.LINES)
 NAME_RE = re.compile(r"^([a-z0-9][-a-z0-9]*)?[a-z0-9]$")
 DEFAULT_NODE_PORT = 32379
 DEFAULT_PORT = 2379
@@ -71,18 +74,6 @@ class Rendered:
     @property
     def line(self) -> str:
         return ".".join(self.version.split(".")[:2])
-
-
-def parse_version(version: str) -> tuple[int, int, int]:
-    """``"1.16.9"`` / ``"v1.16.9"`` / ``"1.16"`` → (1, 16, 9) / (1, 16, 0)."""
-    parts = version.strip().lstrip("v").split("-")[0].split(".")
-    try:
-        nums = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"not a Cilium version: {version!r}") from None
-    while len(nums) < 3:
-        nums.append(0)
-    return nums[0], nums[1], nums[2]
 
 
 def _get(values: dict[str, Any], path: str, default: Any = None) -> Any:

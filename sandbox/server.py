@@ -47,19 +47,12 @@ from sandbox.kubeapi import ApiFaults, ExecResult, create_app
 from sandbox.mesh import ClusterState, MeshFaults, exec_command
 from sandbox.resources import builtin_types
 from sandbox.store import Store
+from sandbox.versions import default_kkp_for_line, line_names
 from sandbox.world import World
 
-CILIUM_LINES = ("1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19")
+CILIUM_LINES = line_names()  # "1.13" … "1.19" (sandbox.versions.LINES)
 # The oldest KKP release that ships each Cilium line as its default (reference/kkp.md §2).
-DEFAULT_KKP_FOR_LINE = {
-    "1.13": "2.22",
-    "1.14": "2.25",
-    "1.15": "2.26",
-    "1.16": "2.27",
-    "1.17": "2.30",
-    "1.18": "2.29",
-    "1.19": "2.31",
-}
+DEFAULT_KKP_FOR_LINE = default_kkp_for_line()
 FAULT_KINDS = (
     "block-port",
     "unblock-port",

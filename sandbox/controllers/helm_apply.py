@@ -1,0 +1,166 @@
+"""Helm applying a rendered release: ``cilium-config``, the agents' DaemonSet, the clustermesh-apiserver
+Deployment and Service (or their removal)."""
+
+from __future__ import annotations
+
+from sandbox.chart import Rendered
+from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
+from sandbox.store import Obj
+from sandbox.versions import facts as version_facts
+
+
+class HelmApply:
+    """Helm applying a rendered release to the cluster."""
+
+    def _apply(self, c: SimCluster, r: Rendered, *, certgen: bool = True) -> None:
+        """Write what the chart renders; certgen follows later (or after the wait, as a hook)."""
+        c.current = r
+        s = c.store
+        self._put_configmap(c, "cilium-config", self._cilium_config(r))
+        aliases = [{"ip": ip, "hostnames": [f"{e.name}.mesh.cilium.io"]} for e in r.clusters for ip in e.ips]
+
+        def ds(obj: Obj) -> None:
+            tspec = obj["spec"]["template"]["spec"]
+            if aliases:
+                tspec["hostAliases"] = aliases
+            else:
+                tspec.pop("hostAliases", None)
+            tspec["containers"][0]["image"] = f"quay.io/cilium/cilium:v{r.version}"
+
+        s.mutate(DSS, NS, "cilium", ds)
+        if r.mesh_enabled:
+            self._apply_apiserver(
+                c, r, aliases if (r.kvstoremesh and version_facts(r.version).kvstoremesh_host_aliases) else []
+            )
+            if certgen and r.tls_auto_enabled and r.tls_method in ("helm", "cronJob") and not r.certgen_is_hook:
+                self._schedule_certgen(c)
+        else:
+            for key, name in ((DEPLOYS, APISERVER), (SVCS, APISERVER)):
+                cur = s.try_get(key, NS, name)
+                if cur is not None:
+                    self._delete(c, key, cur)
+
+    def _cilium_config(self, r: Rendered) -> dict[str, str]:
+        data = {
+            "cluster-name": r.cluster_name,
+            "cluster-id": str(r.cluster_id),
+            "max-connected-clusters": str(r.max_connected_clusters),
+            "kube-proxy-replacement": r.kube_proxy_replacement,
+            "ipam": "cluster-pool",
+            "cluster-pool-ipv4-cidr": " ".join(r.pod_cidrs),
+            "cluster-pool-ipv4-mask-size": str(r.pod_mask_size),
+            "identity-allocation-mode": "crd",
+            "enable-ipv4": "true",
+            "enable-ipv6": "false",
+            "enable-health-checking": "true",
+            "enable-endpoint-health-checking": "true",
+            "enable-hubble": "true",
+        }
+        if version_facts(r.version).legacy_tunnel_key:
+            data["tunnel"] = "vxlan"
+        else:
+            data["routing-mode"] = "tunnel"
+            data["tunnel-protocol"] = "vxlan"
+        if r.config_enabled:
+            data["clustermesh-config"] = "/var/lib/cilium/clustermesh/"
+        return data
+
+    def _apply_apiserver(self, c: SimCluster, r: Rendered, aliases: list[Obj]) -> None:
+        image = f"quay.io/cilium/clustermesh-apiserver:v{r.version}"
+        containers: list[Obj] = [
+            {
+                "name": "etcd",
+                "image": image,
+                "ports": [{"name": "etcd", "containerPort": 2379, "protocol": "TCP"}],
+            },
+            {"name": "apiserver", "image": image},
+        ]
+        if r.kvstoremesh:
+            containers.append({"name": "kvstoremesh", "image": image})
+        dep = _deployment(
+            APISERVER,
+            NS,
+            {"k8s-app": APISERVER, "app.kubernetes.io/part-of": "cilium"},
+            containers,
+            r.apiserver_replicas,
+        )
+        tspec = dep["spec"]["template"]["spec"]
+        tspec["volumes"] = [
+            {"name": "etcd-server-secrets", "secret": {"secretName": "clustermesh-apiserver-server-cert"}},
+            {"name": "etcd-admin-client", "secret": {"secretName": "clustermesh-apiserver-admin-cert"}},
+        ]
+        if aliases:
+            tspec["hostAliases"] = aliases
+        cur = c.store.try_get(DEPLOYS, NS, APISERVER)
+        if cur is None:
+            c.store.create(DEPLOYS, dep)
+        else:
+
+            def fn(obj: Obj) -> None:
+                obj["spec"]["replicas"] = dep["spec"]["replicas"]
+                obj["spec"]["template"]["spec"] = tspec
+
+            c.store.mutate(DEPLOYS, NS, APISERVER, fn)
+        port: Obj = {"name": "apiserver-port", "port": 2379, "protocol": "TCP", "targetPort": 2379}
+        if r.service_type in ("NodePort", "LoadBalancer"):
+            port["nodePort"] = r.node_port
+        svc = c.store.try_get(SVCS, NS, APISERVER)
+        if svc is None:
+            c.store.create(
+                SVCS,
+                {
+                    "metadata": {
+                        "name": APISERVER,
+                        "namespace": NS,
+                        "labels": {"k8s-app": APISERVER, "app.kubernetes.io/part-of": "cilium"},
+                        "annotations": dict(r.service_annotations),
+                    },
+                    "spec": {
+                        "type": r.service_type,
+                        "selector": {"k8s-app": APISERVER},
+                        "ports": [port],
+                        "sessionAffinity": "None",
+                        "ipFamilies": ["IPv4"],
+                        "ipFamilyPolicy": "SingleStack",
+                    },
+                    "status": {"loadBalancer": {}},
+                },
+            )
+        else:
+
+            def fn_svc(obj: Obj) -> None:
+                obj["spec"]["type"] = r.service_type
+                obj["spec"]["ports"] = [port]
+                obj["metadata"]["annotations"] = dict(r.service_annotations)
+                if r.service_type != "LoadBalancer":
+                    obj["status"] = {"loadBalancer": {}}
+
+            c.store.mutate(SVCS, NS, APISERVER, fn_svc)
+
+    def _put_configmap(self, c: SimCluster, name: str, data: dict[str, str]) -> None:
+        if c.store.try_get(CMS, NS, name) is None:
+            c.store.create(CMS, {"metadata": {"name": name, "namespace": NS}, "data": data})
+        else:
+            c.store.mutate(CMS, NS, name, lambda o: o.__setitem__("data", data))
+
+    def _put_secret(self, c: SimCluster, name: str, data: dict[str, str], type_: str) -> None:
+        if c.store.try_get(SECRETS, NS, name) is None:
+            c.store.create(
+                SECRETS,
+                {
+                    "metadata": {
+                        "name": name,
+                        "namespace": NS,
+                        "labels": {"app.kubernetes.io/part-of": "cilium"},
+                    },
+                    "type": type_,
+                    "data": data,
+                },
+            )
+        else:
+
+            def fn(o: Obj) -> None:
+                o["data"] = data
+                o["type"] = type_
+
+            c.store.mutate(SECRETS, NS, name, fn)
