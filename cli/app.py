@@ -7,14 +7,17 @@ of ``clustermesh/`` allowed to reach the flows and the sandbox (import-linter kn
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 if TYPE_CHECKING:
+    from cli.server import TemporaryServer
     from clustermesh.spec import MeshSpec
 
 # Import time: this module imports typer only; the domain, Prefect and the sandbox are imported inside the
@@ -69,6 +72,7 @@ def _exit_now(code: object) -> NoReturn:
 
 
 _ran_prefect = False  # this process chose a Prefect API (and so imports Prefect)
+_temporary: TemporaryServer | None = None  # the temporary server this process started (stopped on exit)
 _main_program = False  # the command line runs through `app()` (the script, `python -m cli.app`, a warm child)
 _in_runner = False  # this process is a child of the warm runner (cli/runner.py): it runs the command itself
 
@@ -100,21 +104,39 @@ def _warm() -> None:
 
 def _prefect_api() -> None:
     """Choose the Prefect API before Prefect is imported: PREFECT_API_URL (environment or profile), else a
-    running `clustermesh server`, else Prefect's temporary server (and say how to avoid it next time)."""
-    global _ran_prefect
+    running `clustermesh server`, else a temporary server for this command (and say how to avoid it next
+    time). The temporary server runs in a session of its own (Ctrl-C is the command's, not the server's) and
+    is stopped when the command ends (cli/server.py)."""
+    global _ran_prefect, _temporary
     if _ran_prefect:
         return  # chosen already (the demo runs two flows)
-    from cli.server import TEMPORARY_SERVER_HINT, use_prefect_api
+    import atexit
+
+    from cli.server import TEMPORARY_SERVER_HINT, ServerError, start_temporary_server, use_prefect_api
 
     _ran_prefect = True
     if use_prefect_api().source == "temporary":
         typer.echo(TEMPORARY_SERVER_HINT, err=True)
+        try:
+            _temporary = start_temporary_server()
+        except ServerError as exc:
+            _fail(str(exc), 1)
+            raise  # unreachable: _fail exits
+        atexit.register(_stop_temporary)  # after Prefect's own exit handlers, which still send logs to it
+        os.environ["PREFECT_API_URL"] = _temporary.url
     if _in_runner:  # Prefect was imported by the warm runner: read its settings again, from this environment
         import prefect.context
         import prefect.logging.configuration
 
         prefect.context.refresh_global_settings_context()
         prefect.logging.configuration.setup_logging(incremental=False)
+
+
+def _stop_temporary() -> None:
+    global _temporary
+    server, _temporary = _temporary, None
+    if server is not None:
+        server.stop()
 
 
 app = _App(
@@ -357,22 +379,97 @@ def setup(
             _fail(str(exc), 1)
         typer.echo(result.render_text())
         return
-    raise typer.Exit(_run_setup(spec))
+    rerun = f"a rerun continues safely from there: `clustermesh setup --config {config}` writes only what is missing"
+    raise typer.Exit(_flow_command(spec, "setup", lambda: _run_setup(spec), what="setup", rerun=rerun))
 
 
 def _run_setup(spec: MeshSpec) -> int:
     _prefect_api()
     from clustermesh.errors import ClusterMeshError
+    from clustermesh.stopping import stop_requested
     from flows.mesh_setup import cluster_mesh_setup
 
+    _quiet_setup_summary(spec)
     try:
         result = cluster_mesh_setup(spec)
     except ClusterMeshError as exc:
-        typer.echo(f"setup failed: {exc}", err=True)
+        if not stop_requested():  # a stop is reported by _flow_command
+            typer.echo(f"setup failed: {exc}", err=True)
         return 1
     typer.echo(result.describe())
     typer.echo(result.health.render_text())
     return 0 if result.health.healthy else 1
+
+
+def _flow_command(spec: MeshSpec, command: str, body: Callable[[], int], *, what: str, rerun: str) -> int:
+    """Run ``body`` (a flow of mesh ``spec``) the way every flow command does, and return its exit status.
+
+    It holds the mesh on this machine for the whole command (cli/meshlock.py: a second command of the
+    mesh waits, saying so) and makes sure the mesh's Prefect limit exists on the chosen server. Ctrl-C,
+    SIGTERM or SIGHUP stop it before the next write (cli/interrupt.py); it then says what was written and
+    that a rerun is safe (``rerun``), and exits with 128 + the signal.
+    """
+    from cli.interrupt import Interrupts, stopped_lines
+
+    with Interrupts(lambda: stopped_lines(what, rerun), _stop_temporary) as interrupts:
+        code = 1
+        try:
+            _prefect_api()
+            with _holding_mesh(spec, command):
+                code = body()
+        except KeyboardInterrupt:
+            pass
+        except SystemExit:
+            raise
+        except BaseException:
+            if not interrupts.interrupted:
+                raise  # Prefect's TerminationSignal, or an error the stop caused: the stop is what to report
+        if interrupts.interrupted:
+            for line in stopped_lines(what, rerun):
+                typer.echo(line, err=True)
+            return interrupts.exit_code
+        return code
+
+
+@contextlib.contextmanager
+def _holding_mesh(spec: MeshSpec, command: str) -> Iterator[None]:
+    """The mesh's lock on this machine, and its Prefect limit on the chosen server (created if missing)."""
+    from cli.meshlock import MeshBusy, ensure_limit, hold_mesh
+    from cli.server import state_dir
+    from flows.locking import LOCK_WAIT_SECONDS, mesh_lock_name
+
+    try:
+        with hold_mesh(
+            state_dir(), spec.name, command, wait_seconds=LOCK_WAIT_SECONDS, say=lambda line: typer.echo(line, err=True)
+        ):
+            try:
+                ensure_limit(mesh_lock_name(spec))
+            except Exception as exc:  # noqa: BLE001 - the API is unreachable or refuses: nothing was touched
+                url = os.environ.get("PREFECT_API_URL", "the Prefect API")
+                _fail(f"{url} could not be asked for limit {mesh_lock_name(spec)}: {exc}", 1)
+            yield
+    except MeshBusy as exc:
+        _fail(str(exc), 1)
+
+
+def _quiet_setup_summary(spec: MeshSpec) -> None:
+    """The setup flow logs its summary (every values change) for the UI; this command prints the same text
+    on stdout next, so the terminal's copy of that log line is left out (the API still gets it)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    prefix = f"mesh {spec.name}: "
+
+    def not_the_summary(record: logging.LogRecord) -> bool:
+        if record.name != "prefect.flow_runs" or record.levelno != logging.INFO:
+            return True
+        message = record.getMessage()
+        return not (message.startswith(prefix) and "\n  " in message and " clusters, health: " in message)
+
+    for handler in logging.getLogger("prefect").handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not_the_summary not in handler.filters:
+            handler.addFilter(not_the_summary)
 
 
 clusters_app = typer.Typer(help="KKP user clusters of the mesh, through the KKP REST API.", no_args_is_help=True)
@@ -413,17 +510,29 @@ def verify(
 ) -> None:
     """The nightly verification, now: exit 0 when it passes (warnings allowed), 1 when it fails."""
     _warm()
-    raise typer.Exit(_run_verify(_load(config), drill))
+    spec = _load(config)
+    raise typer.Exit(
+        _flow_command(spec, "verify", lambda: _run_verify(spec, drill), what="verification", rerun=_VERIFY_RERUN)
+    )
+
+
+_VERIFY_RERUN = (
+    "the verification writes nothing but the drill's scaling, undone by its rollback (the next drill restores "
+    "anything left); a rerun is safe"
+)
 
 
 def _run_verify(spec: MeshSpec, drill: bool) -> int:
     _prefect_api()
-    from flows.mesh_verify import nightly_mesh_verification
+    from flows.mesh_verify import nightly_mesh_verification, verification_result
 
     state: Any = nightly_mesh_verification(spec, run_drill=drill, return_state=True)
-    result: Any = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        typer.echo(f"verification could not run: {result}", err=True)
+    result = verification_result(state)
+    if result is None:
+        error = state.result(raise_on_failure=False)
+        typer.echo(
+            f"verification could not run: {error if isinstance(error, BaseException) else state.message}", err=True
+        )
         return 1
     typer.echo(result.describe())
     return 1 if result.status == "FAIL" else 0
@@ -434,6 +543,13 @@ def drill_command(config: ConfigOption) -> None:
     """The failover drill alone: exit 0 only when it passed."""
     _warm()
     spec = _load(config)
+    raise typer.Exit(_flow_command(spec, "drill", lambda: _run_drill(spec), what="drill", rerun=_DRILL_RERUN))
+
+
+_DRILL_RERUN = "the drill's rollback undid its scaling (the next drill restores anything left); a rerun is safe"
+
+
+def _run_drill(spec: MeshSpec) -> int:
     _prefect_api()
     from flows.failover_drill import failover_drill
 
@@ -441,7 +557,7 @@ def drill_command(config: ConfigOption) -> None:
     typer.echo(result.summary())
     for row in result.table_rows():
         typer.echo("  " + " | ".join(f"{k}: {v}" for k, v in row.items() if v))
-    raise typer.Exit(0 if result.status == "passed" else 1)
+    return 0 if result.status == "passed" else 1
 
 
 @app.command("demo")
@@ -456,6 +572,10 @@ def demo(
     from clustermesh.spec import load_spec
     from sandbox.server import Sandbox, SandboxError
 
+    # a demo phones nobody: no client telemetry, no server analytics (a machine without internet printed
+    # "Failed to send telemetry")
+    os.environ["DO_NOT_TRACK"] = "1"
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with tempfile.TemporaryDirectory(prefix="clustermesh-demo-") as tmp:
         try:
             sb = Sandbox(Path(tmp), clusters=clusters, cilium_version=cilium_version, time_scale=time_scale)
@@ -464,10 +584,16 @@ def demo(
         with sb:
             typer.echo(f"sandbox: {clusters} clusters, Cilium {cilium_version}, KKP {sb.kkp_version}, in {tmp}")
             spec = load_spec(Path(tmp) / "mesh.yaml")
-            code = _run_setup(spec)
-            if code == 0:
-                typer.echo("\nnightly verification with the failover drill:")
-                code = _run_verify(spec, drill=True)
+
+            def setup_and_verify() -> int:
+                code = _run_setup(spec)
+                if code == 0:
+                    typer.echo("\nnightly verification with the failover drill:")
+                    code = _run_verify(spec, drill=True)
+                return code
+
+            rerun = "the sandbox goes with the demo: nothing is left to continue"
+            code = _flow_command(spec, "demo", setup_and_verify, what="demo", rerun=rerun)
     raise typer.Exit(code)
 
 
@@ -488,15 +614,25 @@ def blocks_register(
         str,
         typer.Option(help="NAME of the env var holding a Slack incoming-webhook URL for the failure automation."),
     ] = "CLUSTERMESH_ALERT_WEBHOOK_URL",
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="text: what was registered and the spec as YAML (for the UI's form); json: only "
+            '{"spec": ...} on stdout, what `prefect deployment run --params` takes (the rest goes to stderr).',
+        ),
+    ] = "text",
 ) -> None:
     """Store kubeconfigs and tokens as Secret blocks, create the mesh's concurrency limit and failure alert.
 
     Idempotent: re-running updates. Prints a spec that references the blocks by name (for deployment runs).
     """
+    if output_format not in ("text", "json"):
+        _fail(f"--format {output_format!r}: use text or json")
     _warm()
     spec = _load(config)
     _prefect_api()
-    from deployments.blocks import RegistrationError, register
+    from deployments.blocks import RegistrationError, register, snippet_json
 
     try:
         result = register(
@@ -508,7 +644,13 @@ def blocks_register(
     except RegistrationError as exc:
         _fail(str(exc))
         raise  # unreachable: _fail exits
+    if output_format == "json":
+        summary, _, _ = result.render().partition("\n\n# Spec for deployment parameters")
+        typer.echo(summary, err=True)
+        typer.echo(snippet_json(result))
+        return
     typer.echo(result.render())
+    typer.echo("(for `prefect deployment run --params`: `clustermesh blocks register --format json` prints it as JSON)")
 
 
 def main() -> None:

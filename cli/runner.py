@@ -66,25 +66,7 @@ def delegate(argv: list[str], directory: Path) -> int | None:
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(str(path))
-        request = {
-            "protocol": PROTOCOL,
-            "argv": list(argv),
-            "env": dict(os.environ),
-            "cwd": os.getcwd(),
-            "umask": _umask(),
-            **_identity(),
-        }
-        payload = json.dumps(request).encode()
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        message = _LENGTH.pack(len(payload)) + payload
-        sent = socket.send_fds(sock, [message], [0, 1, 2])
-        sock.sendall(message[sent:])
-        sock.settimeout(FORK_TIMEOUT)
-        replies = sock.makefile("rb")
-        first = json.loads(replies.readline() or b"{}")
+        replies, first = _send_request(sock, path, argv)
     except (OSError, ValueError):
         sock.close()
         return None
@@ -93,7 +75,43 @@ def delegate(argv: list[str], directory: Path) -> int | None:
         if first.get("note"):
             print(f"note: {first['note']}", file=sys.stderr)
         return None
-    child = int(first["pid"])
+    try:
+        result = _await_child(sock, replies, int(first["pid"]))
+    finally:
+        sock.close()
+    if "exit" in result:
+        return int(result["exit"])
+    if "signal" in result:
+        return 128 + int(result["signal"])
+    print("error: the warm runner ended while running this command (see `clustermesh server status`)", file=sys.stderr)
+    return 1
+
+
+def _send_request(sock: socket.socket, path: Path, argv: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Send argv, environment, directory, umask and stdin/stdout/stderr; the replies and the first one."""
+    sock.settimeout(CONNECT_TIMEOUT)
+    sock.connect(str(path))
+    request = {
+        "protocol": PROTOCOL,
+        "argv": list(argv),
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "umask": _umask(),
+        **_identity(),
+    }
+    payload = json.dumps(request).encode()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    message = _LENGTH.pack(len(payload)) + payload
+    sent = socket.send_fds(sock, [message], [0, 1, 2])
+    sock.sendall(message[sent:])
+    sock.settimeout(FORK_TIMEOUT)
+    replies = sock.makefile("rb")
+    return replies, json.loads(replies.readline() or b"{}")
+
+
+def _await_child(sock: socket.socket, replies: Any, child: int) -> dict[str, Any]:
+    """Pass this process's signals on to the child's group until the runner reports how the child ended."""
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(OSError):
@@ -108,17 +126,10 @@ def delegate(argv: list[str], directory: Path) -> int | None:
                 break
             except InterruptedError:  # a forwarded signal; keep waiting for the child's end
                 continue
-        result = json.loads(line) if line else {}
+        return dict(json.loads(line)) if line else {}
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
-    if "exit" in result:
-        return int(result["exit"])
-    if "signal" in result:
-        return 128 + int(result["signal"])
-    print("error: the warm runner ended while running this command (see `clustermesh server status`)", file=sys.stderr)
-    return 1
 
 
 def _umask() -> int:

@@ -13,7 +13,15 @@ because Prefect reads its settings once, at import):
 
 1. ``PREFECT_API_URL`` in the environment, or in the active Prefect profile: a server someone configured;
 2. the URL of a live ``clustermesh server`` record (the pid is alive and ``/api/health`` answers);
-3. Prefect's temporary server, as before, with one line on stderr suggesting ``clustermesh server start``.
+3. a temporary server for this command alone (:func:`start_temporary_server`), with one line on stderr
+   suggesting ``clustermesh server start``.
+
+The temporary server is not Prefect's own: that one runs in the terminal's process group, so the Ctrl-C
+meant for the command killed it too, and the interrupted run could then never be marked (the run stayed
+"Running", and every log line after it was a traceback). This one runs in a session of its own, in a
+private PREFECT_HOME under the state folder, and ends with the command (also when the command is killed:
+the kernel sends it SIGTERM, PR_SET_PDEATHSIG). Every server started here makes its files owner-only
+(umask 077: the SQLite database holds flow parameters and logs).
 
 This module imports nothing heavy (no Prefect, no httpx): it runs before every flow command. The state
 folder is ``$CLUSTERMESH_STATE_DIR``, else ``$XDG_STATE_HOME/clustermesh``, else ``~/.local/state/clustermesh``.
@@ -26,12 +34,14 @@ import fcntl
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,11 +57,26 @@ START_TIMEOUT = 180.0  # a cold start on a busy 2-core machine takes 10-25 s; th
 STOP_GRACE = 15.0  # SIGTERM, then SIGKILL after this long
 HEALTH_TIMEOUT = 2.0  # one /api/health request
 LOCK_TIMEOUT = START_TIMEOUT + 30.0  # another `server start|stop` holding the state folder
+TEMPORARY_NAME = "temporary"  # <state>/temporary/<pid>-<n>: one command's server, removed when it ends
+OWNER_ONLY_UMASK = 0o077
 
 TEMPORARY_SERVER_HINT = (
-    "note: no Prefect server configured (PREFECT_API_URL) or running, so Prefect starts a temporary one for this "
+    "note: no Prefect server configured (PREFECT_API_URL) or running, so a temporary one is started for this "
     "run (10-25 s); `clustermesh server start` keeps one running and makes the next runs start in seconds"
 )
+
+# Runs ``argv[2:]`` (the server) so that the kernel sends it SIGTERM when the process that started it ends,
+# even by SIGKILL: a temporary server never outlives its command (Linux; elsewhere the guard just execs).
+_ORPHAN_GUARD = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)  # the command ended before the guard was armed
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class ServerError(Exception):
@@ -276,7 +301,7 @@ def start_server(
     """Start the session server unless a live one is recorded, and (``warm``) its warm runner unless one runs;
     returns (record, whether this call started the Prefect server)."""
     directory = state_dir() if directory is None else directory
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_folder(directory)
     with _locked(directory):
         record = read_record(directory)
         started = False
@@ -285,7 +310,8 @@ def start_server(
             record = None
         if record is None:
             home = directory / "prefect"
-            home.mkdir(exist_ok=True, mode=0o700)
+            _private_folder(home)
+            _owner_only(home)  # a database an earlier version left readable by others
             record = _launch(home, directory / LOG_NAME, timeout)
             _write_record(directory, record)
             started = True
@@ -305,22 +331,57 @@ def start_server(
         return record, started
 
 
-def _launch(home: Path, log_path: Path, timeout: float, attempts: int = 3) -> ServerRecord:
-    """``prefect server start`` detached on a free port, once it answers; another port if this one was taken
-    between choosing it and the server binding it (``attempts`` at most)."""
+def _private_folder(path: Path) -> None:
+    """``path`` exists and only its owner may enter it (0700), also when an earlier version made it 0755."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)
+
+
+def _owner_only(home: Path) -> None:
+    """Files under ``home`` 0600 and folders 0700 (what the server's umask gives new ones)."""
+    for root, folders, files in os.walk(home):
+        for name in folders:
+            with contextlib.suppress(OSError):
+                Path(root, name).chmod(0o700)
+        for name in files:
+            path = Path(root, name)
+            with contextlib.suppress(OSError):
+                if not path.is_symlink():
+                    path.chmod(0o600)
+
+
+Command = Callable[[int], tuple[list[str], dict[str, str]]]
+"""The server's argv and environment for a port."""
+
+
+def _session_command(home: Path) -> Command:
+    return lambda port: (server_argv(port), server_environment(os.environ, home, port))
+
+
+def _launch(
+    home: Path, log_path: Path, timeout: float, attempts: int = 3, *, command: Command | None = None
+) -> ServerRecord:
+    """A Prefect server detached on a free port, once it answers; another port if this one was taken
+    between choosing it and the server binding it (``attempts`` at most). ``command`` gives its argv and
+    environment (default: ``prefect server start`` with :func:`server_environment`)."""
+    command = command or _session_command(home)
     for attempt in range(1, attempts + 1):
         port = _free_port()
+        argv, env = command(port)
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             proc = subprocess.Popen(
-                server_argv(port),
+                argv,
                 cwd=home,  # no prefect.toml or .env of the caller's folder
-                env=server_environment(os.environ, home, port),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives this command, away from its terminal's signals
+                start_new_session=True,  # away from the terminal's signals (Ctrl-C is for the command)
                 close_fds=True,
+                umask=OWNER_ONLY_UMASK,  # its SQLite database and files: the owner's alone
             )
         finally:
             os.close(log_fd)
@@ -334,7 +395,7 @@ def _launch(home: Path, log_path: Path, timeout: float, attempts: int = 3) -> Se
                 if "in use" in log and attempt < attempts:
                     break  # the port was taken meanwhile: try another
                 raise ServerError(
-                    f"`prefect server start` exited with {code} before answering; its log ({log_path}):\n{log}"
+                    f"the Prefect server exited with {code} before answering; its log ({log_path}):\n{log}"
                 )
             if time.monotonic() > deadline:
                 _end(proc.pid, started, STOP_GRACE)
@@ -364,6 +425,71 @@ def stop_server(directory: Path | None = None, *, grace: float = STOP_GRACE) -> 
         _end(record.pid, record.started, grace)
         _remove_record(directory)
         return record
+
+
+# ------------------------------------------------------------------------------ the temporary server
+
+
+@dataclass(frozen=True)
+class TemporaryServer:
+    """A Prefect server for one command: :func:`start_temporary_server` starts it, :meth:`stop` ends it and
+    removes its folder (database and log included)."""
+
+    url: str
+    pid: int
+    started: int | None
+    home: Path
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        _end(self.pid, self.started, grace)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def temporary_argv(port: int, guarded_by: int) -> list[str]:
+    """What Prefect runs for its own temporary server (uvicorn on the API app, no UI), behind the orphan guard."""
+    server = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+    server += ["--host", HOST, "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(guarded_by), *server]
+
+
+def temporary_environment(environ: Mapping[str, str], home: Path, port: int) -> dict[str, str]:
+    """:func:`server_environment`, as a temporary server: the services of one, and no UI."""
+    env = server_environment(environ, home, port)
+    env.update(PREFECT__SERVER_EPHEMERAL="1", PREFECT_SERVER_UI_ENABLED="false")
+    return env
+
+
+def start_temporary_server(directory: Path | None = None, *, timeout: float = START_TIMEOUT) -> TemporaryServer:
+    """A server for this command alone, in ``<state>/temporary/<pid>-<n>`` (0700), once it answers.
+
+    Call it from the main thread: the server gets SIGTERM when the thread that started it ends (and so
+    when this process dies, however it dies). Folders of temporary servers whose command is gone are
+    removed first.
+    """
+    parent = (state_dir() if directory is None else directory) / TEMPORARY_NAME
+    _private_folder(parent.parent)
+    _private_folder(parent)
+    _remove_abandoned(parent)
+    home = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))  # 0700
+    me = os.getpid()
+
+    def command(port: int) -> tuple[list[str], dict[str, str]]:
+        return temporary_argv(port, me), temporary_environment(os.environ, home, port)
+
+    try:
+        record = _launch(home, home / LOG_NAME, timeout, command=command)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    return TemporaryServer(url=record.url, pid=record.pid, started=record.started, home=home)
+
+
+def _remove_abandoned(parent: Path) -> None:
+    """Folders of temporary servers whose command no longer runs (it was killed: its server went with it)."""
+    for folder in parent.iterdir():
+        pid_text = folder.name.partition("-")[0]
+        if folder.is_dir() and pid_text.isdigit() and not _alive(int(pid_text), None):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 ServerState = Literal["running", "not answering", "not running"]
@@ -429,10 +555,12 @@ __all__ = [
     "ServerError",
     "ServerRecord",
     "TEMPORARY_SERVER_HINT",
+    "TemporaryServer",
     "healthy",
     "live_record",
     "server_state",
     "start_server",
+    "start_temporary_server",
     "state_dir",
     "stop_server",
     "use_prefect_api",
