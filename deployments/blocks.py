@@ -7,7 +7,8 @@
   variables (never from command-line values, which end up in shell history and ``ps``);
 - the strict global concurrency limit ``mesh-<name>`` (limit 1) held by setup and nightly;
 - the spec with block references as the Prefect Variables ``clustermesh-spec`` (what prefect.yaml's
-  nightly and drill deployments use) and ``clustermesh-spec-<mesh>``;
+  nightly and drill deployments read at the start of each run: registering again changes what the next
+  run checks, no redeploy) and ``clustermesh-spec-<mesh>``;
 - with a webhook URL in the environment: a ``Webhook`` block and an Automation that calls it when a
   run of these deployments (tag ``clustermesh``) fails or crashes — crash-safe, unlike flow hooks. It
   matches the state *names* ``Failed`` and ``Crashed``: a nightly whose FAIL summary reached Slack ends
@@ -38,13 +39,13 @@ from clustermesh.errors import KubeconfigError, RegistrationError, SlackConfigEr
 from clustermesh.kube import KubeconfigSource, decode_kubeconfig
 from clustermesh.notify import SlackCheck, check_target, resolve_target
 from clustermesh.spec import MeshSpec
+from flows.spec_source import SPEC_VARIABLE  # what prefect.yaml's nightly and drill read at run time
 
 DEPLOYMENT_TAG = "clustermesh"
 RESULT_KEY_BLOCK = "clustermesh-result-key"
 SLACK_TOKEN_BLOCK = "clustermesh-slack-bot-token"
 WEBHOOK_BLOCK = "clustermesh-alert-webhook"
 AUTOMATION_NAME = "clustermesh-run-failed-or-crashed"
-SPEC_VARIABLE = "clustermesh-spec"  # what prefect.yaml's nightly and drill deployments take as their spec
 # State names, not types: a reported FAIL (state name ReportedFailure, type FAILED) is not matched.
 FAILURE_EVENTS = ("prefect.flow-run.Failed", "prefect.flow-run.Crashed")
 
@@ -88,7 +89,7 @@ class Registration:
                 " without having reported to Slack → webhook"
             )
         for variable in self.spec_variables:
-            lines.append(f"  variable {variable}: the spec below (deployment parameters)")
+            lines.append(f"  variable {variable}: the spec below (the nightly and the drill read it when they start)")
         lines.extend(f"  note: {n}" for n in self.notes)
         lines.append("")
         lines.append("# Spec for deployment parameters (kubeconfigs referenced by Secret block name only):")
@@ -374,4 +375,4 @@ def snippet_json(reg: Registration) -> str:
     return json.dumps({"spec": reg.snippet})
 
 
-__all__ = ["Registration", "RegistrationError", "kubeconfig_block_name", "register", "snippet_json"]
+__all__ = ["SPEC_VARIABLE", "Registration", "RegistrationError", "kubeconfig_block_name", "register", "snippet_json"]

@@ -5,39 +5,31 @@
     uv run python -m deployments.serve
 
 Same deployments as ``prefect.yaml`` (names, tags, nightly at 02:00 in CLUSTERMESH_TIMEZONE, default
-Europe/Berlin; one nightly at a time, an overlapping one is cancelled). The nightly and the drill take
-their spec from the Prefect Variable ``clustermesh-spec`` (written by ``clustermesh blocks register``)
-or, when CLUSTERMESH_SPEC names a YAML file, from that file. Ctrl-C pauses the schedules.
+Europe/Berlin; one nightly at a time, an overlapping one is cancelled). The nightly and the drill carry no
+spec: each run reads the Prefect Variable ``clustermesh-spec`` (written by ``clustermesh blocks register``;
+CLUSTERMESH_SPEC_VARIABLE names another) when it starts, so a new registration needs no restart. Ctrl-C
+pauses the schedules.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
+
+from flows.spec_source import SPEC_VARIABLE
 
 NIGHTLY_CRON = "0 2 * * *"
 DEFAULT_TIMEZONE = "Europe/Berlin"
 TAG = "clustermesh"
 
 
-def default_spec() -> dict[str, Any] | None:
-    """The spec for scheduled runs: CLUSTERMESH_SPEC (a YAML file), else the ``clustermesh-spec`` variable."""
-    path = os.environ.get("CLUSTERMESH_SPEC")
-    if path:
-        from clustermesh.spec import load_spec
-
-        return load_spec(Path(path)).model_dump(mode="json", exclude_defaults=True)
-    from prefect.variables import Variable
-
-    from deployments.blocks import SPEC_VARIABLE
-
-    value = Variable.get(SPEC_VARIABLE, default=None)
-    return value if isinstance(value, dict) else None
+def spec_variable() -> str:
+    """The Variable the nightly and the drill read: CLUSTERMESH_SPEC_VARIABLE, else ``clustermesh-spec``."""
+    return os.environ.get("CLUSTERMESH_SPEC_VARIABLE", "").strip() or SPEC_VARIABLE
 
 
-def build_deployments(timezone: str | None = None, spec: dict[str, Any] | None = None) -> list[Any]:
-    """The RunnerDeployments (``spec`` None: the nightly and the drill need it in each run)."""
+def build_deployments(timezone: str | None = None, variable: str | None = None) -> list[Any]:
+    """The RunnerDeployments; the nightly and the drill name the spec's Variable, read by each run."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.schedules import Cron
 
@@ -47,7 +39,7 @@ def build_deployments(timezone: str | None = None, spec: dict[str, Any] | None =
     from flows.mesh_verify import nightly_mesh_verification
 
     tz = timezone or os.environ.get("CLUSTERMESH_TIMEZONE") or DEFAULT_TIMEZONE
-    with_spec: dict[str, Any] = {"spec": spec} if spec is not None else {}
+    with_spec: dict[str, Any] = {"spec_variable": variable or spec_variable()}
     setup = cluster_mesh_setup.to_deployment(name="mesh-setup", tags=[TAG, "mesh-setup"])
     nightly = nightly_mesh_verification.to_deployment(
         name="mesh-nightly-verification",
@@ -56,7 +48,6 @@ def build_deployments(timezone: str | None = None, spec: dict[str, Any] | None =
         parameters={**with_spec, "run_drill": True},
         # what Flow.serve calls global_limit: one nightly at a time, an overlapping one is cancelled
         concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-        paused=spec is None,  # no spec yet: a scheduled run could only fail
     )
     drill = failover_drill.to_deployment(name="mesh-failover-drill", tags=[TAG, "mesh-drill"], parameters=with_spec)
     create = create_user_clusters.to_deployment(name="mesh-create-clusters", tags=[TAG, "mesh-create-clusters"])
@@ -65,15 +56,16 @@ def build_deployments(timezone: str | None = None, spec: dict[str, Any] | None =
 
 def main() -> None:
     from prefect import serve
+    from prefect.variables import Variable
 
-    spec = default_spec()
-    if spec is None:
+    variable = spec_variable()
+    if Variable.get(variable, default=None) is None:
         print(
-            "no spec for the nightly yet: the schedule is paused. Run `clustermesh blocks register --config "
-            "mesh.yaml` (or set CLUSTERMESH_SPEC=mesh.yaml) and restart.",
+            f"note: the Prefect Variable {variable} does not exist yet: the nightly and the drill fail until "
+            "`clustermesh blocks register --config mesh.yaml` writes it (no restart needed).",
             flush=True,
         )
-    serve(*build_deployments(spec=spec))
+    serve(*build_deployments(variable=variable))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ from clustermesh.drill import DrillPhase, DrillResult, drill_gate, run_drill
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from flows.locking import mesh_lock
+from flows.spec_source import SPEC_VARIABLE, alert_with_spec, resolve_spec
 from tasks.common import cluster_sessions
-from tasks.notify import alert_on_failure
 from tasks.verify_steps import all_clients, check_reachability_and_versions
 
 
@@ -44,16 +44,27 @@ def _started_on_its_own() -> bool:
     return ctx is None or ctx.flow_run is None or ctx.flow_run.parent_task_run_id is None
 
 
-@flow(name="failover-drill", on_failure=[alert_on_failure], on_crashed=[alert_on_failure])
-def failover_drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None = None) -> DrillResult:
+@flow(name="failover-drill", on_failure=[alert_with_spec], on_crashed=[alert_with_spec])
+def failover_drill(
+    spec: MeshSpec | None = None,
+    facts: dict[str, ClusterFacts] | None = None,
+    spec_variable: str | None = SPEC_VARIABLE,
+) -> DrillResult:
     """Rehearse failover one cluster at a time; the result says passed, failed or "not run" and why.
 
     Started on its own it holds the mesh's lock (``mesh-<name>``) like setup and nightly, so a drill
     never scales backends down in the middle of a setup; as the nightly's subflow it runs under the
     nightly's hold (taking the limit of 1 again would wait for itself).
+
+    Args:
+        spec: The mesh. Empty: the spec in the Prefect Variable ``spec_variable``, read when the run starts
+            (the deployment's way: ``clustermesh blocks register`` writes it).
+        facts: What the nightly already read of the clusters (empty: read them first).
+        spec_variable: The Prefect Variable holding the spec when ``spec`` is empty.
     """
-    with mesh_lock(spec) if _started_on_its_own() else nullcontext(), cluster_sessions(spec):
-        return _drill(spec, facts)
+    mesh = resolve_spec(spec, spec_variable)
+    with mesh_lock(mesh) if _started_on_its_own() else nullcontext(), cluster_sessions(mesh):
+        return _drill(mesh, facts)
 
 
 def _drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None) -> DrillResult:

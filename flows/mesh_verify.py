@@ -44,9 +44,10 @@ from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix, HealthProgress
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
+from flows.spec_source import SPEC_VARIABLE, alert_with_spec, resolve_spec
 from tasks import verify_steps
 from tasks.common import cluster_sessions
-from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.notify import RunSlack, quiet_reported_ends, run_url
 
 quiet_reported_ends()  # in the flow's process: a reported FAIL does not end with Prefect's traceback
 
@@ -138,23 +139,32 @@ def _drill_fix(result: DrillResult) -> str:
 
 @flow(
     name="nightly-mesh-verification",
-    on_failure=[alert_on_failure],
-    on_crashed=[alert_on_failure],
+    on_failure=[alert_with_spec],
+    on_crashed=[alert_with_spec],
     validate_parameters=True,
 )
-def nightly_mesh_verification(spec: MeshSpec, run_drill: bool = True) -> State[Any]:
+def nightly_mesh_verification(
+    spec: MeshSpec | None = None, run_drill: bool = True, spec_variable: str | None = SPEC_VARIABLE
+) -> State[Any]:
     """Verify the mesh (read-only), rehearse failover, and report PASS / WARN / FAIL to Slack.
 
     Never runs beside a setup of the same mesh (both hold ``mesh-<name>``). Emits
     ``clustermesh.mesh.verified`` every run, and ``clustermesh.mesh.degraded`` / ``.healthy`` when the
     verdict changed since the last run (kept in the Prefect Variable ``clustermesh-last-verdict-<mesh>``).
     Ends as the module docstring says; :func:`verification_result` reads the verdict from that state.
+
+    Args:
+        spec: The mesh to verify. Empty: the spec in the Prefect Variable ``spec_variable``, read when the
+            run starts (the deployment's way: ``clustermesh blocks register`` writes it).
+        run_drill: Rehearse failover after the checks (only on a healthy mesh).
+        spec_variable: The Prefect Variable holding the spec when ``spec`` is empty.
     """
-    with mesh_lock(spec), cluster_sessions(spec):
-        state = _verify(spec, run_drill)
+    mesh = resolve_spec(spec, spec_variable)
+    with mesh_lock(mesh), cluster_sessions(mesh):
+        state = _verify(mesh, run_drill)
     result = state.data.result if isinstance(state.data, VerificationFailed) else state.data
     if isinstance(result, VerificationResult):
-        emit_verdict_events(spec, result)
+        emit_verdict_events(mesh, result)
     return state
 
 
