@@ -37,12 +37,12 @@ def create_user_clusters(spec: MeshSpec) -> CreateResult:
 
 def _create(spec: MeshSpec) -> CreateResult:
     logger = get_run_logger()
-    plan = kkp_steps.plan_user_clusters(spec)
+    plan = kkp_steps.plan_user_clusters.with_options(task_run_name="1. Plan KKP user clusters")(spec)
     logger.info("%s", plan.describe())
     created: dict[str, ClusterPlan] = {}
     futures = {
         entry.name: kkp_steps.create_user_cluster.with_options(
-            task_run_name=f"Create KKP user cluster {entry.name}"
+            task_run_name=f"2. Create KKP user cluster {entry.name}"
         ).submit(spec, entry.name, entry.pod_cidr or "")
         for entry in plan.to_create
     }
@@ -50,7 +50,7 @@ def _create(spec: MeshSpec) -> CreateResult:
         created[name] = future.result()
         logger.info("%s: KKP cluster %s created", name, created[name].cluster_id)
     waits = [
-        kkp_steps.wait_user_cluster_healthy.with_options(task_run_name=f"Wait until {entry.name} is healthy").submit(
+        kkp_steps.wait_user_cluster_healthy.with_options(task_run_name=f"3. Wait until {entry.name} is healthy").submit(
             spec, entry.name, entry.cluster_id or ""
         )
         for entry in (created.get(c.name, c) for c in plan.clusters)

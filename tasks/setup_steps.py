@@ -54,7 +54,11 @@ def check_prerequisites(spec: MeshSpec, cluster: str) -> ClusterFacts:
         return prerequisites.check_prerequisites(client, spec.cluster(cluster), spec, load_secret=load_secret_block)
 
 
-@task(name="1. Check pod CIDRs and versions across clusters", cache_policy=NO_CACHE)
+@task(
+    name="1. Check pod CIDRs and versions across clusters",
+    task_run_name="1. Check pod CIDRs and versions across clusters",
+    cache_policy=NO_CACHE,
+)
 def check_mesh_prerequisites(facts: list[ClusterFacts]) -> list[str]:
     return prerequisites.check_mesh_prerequisites(facts)
 
@@ -87,7 +91,13 @@ def collect_mesh_endpoint(
         return endpoints.collect_mesh_endpoint(client, facts, spec, want_ca_key=want_ca_key, expected_ca=expected_ca)
 
 
-@task(name="7. Check node reachability", cache_policy=RUN_CACHE, persist_result=True, **COMMON)
+@task(
+    name="7. Check node reachability",
+    task_run_name="7. Check node reachability",
+    cache_policy=RUN_CACHE,
+    persist_result=True,
+    **COMMON,
+)
 def check_node_reachability(spec: MeshSpec, endpoints_: list[MeshEndpoint]) -> reachability.FirewallReport:
     """The firewall report; it keeps the health matrix its probe measured (``measured``) for step 8."""
     apiservers = {e.cluster: (e.ips[0], e.port) for e in endpoints_}
@@ -95,7 +105,13 @@ def check_node_reachability(spec: MeshSpec, endpoints_: list[MeshEndpoint]) -> r
         return reachability.check_reachability(clients, apiservers, exec_timeout=spec.timeouts.api)
 
 
-@task(name="8. Check mesh health", cache_policy=RUN_CACHE, persist_result=True, **COMMON)
+@task(
+    name="8. Check mesh health",
+    task_run_name="8. Check mesh health",
+    cache_policy=RUN_CACHE,
+    persist_result=True,
+    **COMMON,
+)
 def check_mesh_health(spec: MeshSpec, measured: health.HealthMatrix | None = None) -> health.HealthMatrix:
     """Wait until the mesh is healthy, starting from step 7's matrix: a healthy one is not probed again.
 

@@ -17,6 +17,8 @@ from clustermesh.steps.models import ClusterFacts
 from tasks.common import COMMON, cluster_clients
 
 READ_ONLY = {**COMMON, "cache_policy": NO_CACHE}
+# Each task is named like its run (no "-a83" suffix) and numbered in the nightly's order; the drill flow,
+# started on its own, runs "1. Check reachability and versions" first too.
 
 
 @contextmanager
@@ -33,25 +35,25 @@ def all_clients(spec: MeshSpec) -> AbstractContextManager[dict[str, ClusterClien
     return cluster_clients(spec)
 
 
-@task(name="Check reachability and versions", **READ_ONLY)
+@task(name="1. Check reachability and versions", task_run_name="1. Check reachability and versions", **READ_ONLY)
 def check_reachability_and_versions(spec: MeshSpec) -> tuple[dict[str, ClusterFacts], list[Finding]]:
     with all_clients(spec) as clients, retry_transient_errors():
         return checks.check_reachability_and_versions(clients, spec)
 
 
-@task(name="Check drift", **READ_ONLY)
+@task(name="2. Check drift", task_run_name="2. Check drift", **READ_ONLY)
 def check_drift(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> list[Finding]:
     with all_clients(spec) as clients, retry_transient_errors():
         return checks.check_drift(clients, facts, spec)
 
 
-@task(name="Check certificates", **READ_ONLY)
+@task(name="3. Check certificates", task_run_name="3. Check certificates", **READ_ONLY)
 def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> checks.CertificateReport:
     with all_clients(spec) as clients, retry_transient_errors():
         return checks.certificate_report(clients, facts)
 
 
-@task(name="Check mesh health", **READ_ONLY)
+@task(name="4. Check mesh health", task_run_name="4. Check mesh health", **READ_ONLY)
 def check_mesh_health(
     spec: MeshSpec,
     found: list[Finding] | None = None,
