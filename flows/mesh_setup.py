@@ -27,7 +27,7 @@ from clustermesh.values import CaMaterial, PeerEntry
 from flows.locking import mesh_lock
 from tasks import setup_steps
 from tasks.common import cluster_sessions
-from tasks.notify import alert_on_failure, quiet_reported_ends
+from tasks.notify import alert_on_failure, quiet_reported_ends, ui_url
 from tasks.results import RESULT_KEY_ENV, caching_enabled, owner_only_files
 
 quiet_reported_ends()  # a rejected plan ends Cancelled with its reason, not with Prefect's CancelledRun traceback
@@ -79,23 +79,49 @@ class SetupApproval(RunInput):
 def _approved(spec: MeshSpec) -> bool:
     """Show the plan (key material as fingerprints) and wait for a human's answer in the UI.
 
-    A rejection is logged at WARNING with the comment: the Logs tab's last word on the run is the reason.
+    A plan with nothing to write (the mesh has converged already) does not pause: there is nothing to
+    approve. The resume dialog links the plan artifact. A rejection is logged at WARNING with the comment:
+    the Logs tab's last word on the run is the reason.
     """
     logger = get_run_logger()
     plan = plan_setup(spec, lambda c: setup_steps.connect(spec, c.name))
-    create_markdown_artifact(
-        key=_artifact_key(f"{spec.name}-setup-plan"),
-        markdown=plan.render_markdown(),
-        description="What the setup would write; the run is paused until someone approves or rejects it",
+    key = _artifact_key(f"{spec.name}-setup-plan")
+    changing = [c.cluster for c in plan.clusters if c.changed or c.pending_peers]
+    markdown = plan.render_markdown()
+    if not changing:
+        body = markdown.partition("\n")[2]  # the heading says "approve to write"
+        markdown = f"# Plan for mesh `{spec.name}`: nothing to write (not paused for approval)\n{body}"
+    artifact_id = create_markdown_artifact(
+        key=key,
+        markdown=markdown,
+        description="What the setup would write; the run is paused until someone approves or rejects it"
+        if changing
+        else "Nothing to write: every cluster has the mesh values already; the run did not pause",
     )
-    logger.info("Plan ready (artifact %s-setup-plan); waiting for approval", spec.name)
-    answer = pause_flow_run(wait_for_input=SetupApproval, timeout=APPROVAL_TIMEOUT_SECONDS, poll_interval=2)
+    if not changing:
+        logger.info("Plan: nothing to write, every cluster has the mesh values already (artifact %s); not pausing", key)
+        return True
+    logger.info("Plan ready (artifact %s): changes in %s; waiting for approval", key, ", ".join(changing))
+    form = SetupApproval.with_initial_data(description=_resume_text(spec, key, artifact_id, changing))
+    answer = pause_flow_run(wait_for_input=form, timeout=APPROVAL_TIMEOUT_SECONDS, poll_interval=2)
     comment = f" ({answer.comment})" if answer.comment else ""
     if answer.approve:
         logger.info("Approval answer: approved%s", comment)
     else:
         logger.warning("Plan not approved%s: nothing written to mesh %s; the run ends Cancelled", comment, spec.name)
     return bool(answer.approve)
+
+
+def _resume_text(spec: MeshSpec, key: str, artifact_id: Any, changing: list[str]) -> str:
+    """The resume dialog's text (Markdown, above the form): a link to the plan artifact and what Submit does."""
+    from prefect.settings import PREFECT_UI_URL
+
+    base = (ui_url(spec) or PREFECT_UI_URL.value() or "").rstrip("/")
+    return (
+        f"**Plan for mesh `{spec.name}`:** [{key}]({base}/artifacts/artifact/{artifact_id}) — the values changes "
+        f"in {', '.join(changing)}, key material as fingerprints.\n\n"
+        "Submit with the Approve switch on to write them; with it off the run is cancelled and nothing is written."
+    )
 
 
 def _endpoint_task(spec: MeshSpec) -> Any:

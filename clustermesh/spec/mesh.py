@@ -51,16 +51,22 @@ class ClusterSpec(SpecModel):
             le=511,
         ),
     ]
+    # The form marks both "(Optional)": each is, on its own; the titles say that one of them is needed.
     kubeconfig: Annotated[
         KubeconfigRef | None,
-        Field(title="Kubeconfig", description="Where the admin kubeconfig of this user cluster is found."),
+        Field(
+            title="Kubeconfig — one of this or KKP reference",
+            description="Give exactly one of Kubeconfig or KKP reference. Where the admin kubeconfig of this "
+            "user cluster is found: a Prefect Secret block name, a file path or an env var on the worker "
+            "(never the kubeconfig itself).",
+        ),
     ] = None
     kkp: Annotated[
         KkpRef | None,
         Field(
-            title="KKP reference",
-            description="Instead of a kubeconfig: the cluster in KKP; the admin kubeconfig is fetched "
-            "through the KKP API at run time and never stored.",
+            title="KKP reference — one of this or Kubeconfig",
+            description="Give exactly one of Kubeconfig or KKP reference. The cluster in KKP: its admin "
+            "kubeconfig is fetched through the KKP API at run time and never stored.",
         ),
     ] = None
     pod_cidrs: Annotated[
