@@ -162,9 +162,10 @@ def test_deploy_all_creates_the_deployments_and_the_nightly_schedule_in_its_time
         assert nightly.concurrency_options is not None
         assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert deployments["mesh-setup"].schedules == []
-        # the nightly's spec is the registered one: kubeconfigs by Secret block name only
-        spec = nightly.parameters["spec"]
-        assert [c["kubeconfig"] for c in spec["clusters"]] == [
+        # the nightly and the drill carry no spec, only the Variable each run reads (blocks register writes it)
+        assert nightly.parameters == {"spec_variable": "clustermesh-spec", "run_drill": True}
+        assert deployments["mesh-failover-drill"].parameters == {"spec_variable": "clustermesh-spec"}
+        assert [c["kubeconfig"] for c in deployed.spec["clusters"]] == [
             {"secret_block": f"kubeconfig-{MESH}-cluster-{i}"} for i in (1, 2)
         ]
         # the setup form: the MeshSpec with titles and enums
@@ -252,6 +253,26 @@ def test_setup_approved_through_the_worker_meshes_the_clusters(deployed: Deploye
     assert {f"{MESH}-values-changes", f"{MESH}-health-matrix", f"{MESH}-firewall-rules"} <= set(artifacts)
 
 
+def test_setup_of_a_converged_mesh_does_not_pause_for_approval(deployed: Deployed) -> None:
+    """Nothing to write, nothing to approve: the plan is shown (artifact) and the run goes on."""
+    before = {n: i["metadata"]["generation"] for n, i in _cilium_installs(deployed).items()}
+    run = deployed.run("mesh-setup", {"spec": deployed.spec, "require_approval": True})
+    deployed.wait_state(run.id, {"Completed"}, timeout=300)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        states = [s.name for s in prefect.read_flow_run_states(run.id)]
+    assert "Paused" not in states, states
+    plan = _artifacts(run.id)[f"{MESH}-setup-plan"]
+    assert "nothing to write" in plan.data and "no change" in plan.data
+    wait_for(
+        lambda: any("Plan: nothing to write" in log.message for log in _run_logs(run.id)),
+        30,
+        "the run's log line saying the plan had nothing to write",
+    )
+    assert {n: i["metadata"]["generation"] for n, i in _cilium_installs(deployed).items()} == before
+
+
 def test_nightly_passes_reports_to_slack_and_emits_events(deployed: Deployed) -> None:
     from prefect.variables import Variable
 
@@ -274,6 +295,48 @@ def test_nightly_passes_reports_to_slack_and_emits_events(deployed: Deployed) ->
         "the clustermesh.mesh.verified event",
     )
     assert verified[0]["payload"]["verdict"] == "PASS"
+
+
+def test_blocks_register_alone_changes_what_the_next_nightly_checks(deployed: Deployed) -> None:
+    """The deployment names the Variable; each run reads it: a new registration needs no redeploy."""
+    from tests.e2e.conftest import BIN, run
+
+    def drill_figure(flow_run_id: Any) -> str:
+        summary = _artifacts(flow_run_id)[f"{MESH}-nightly-summary"].data
+        [row] = [line for line in summary.splitlines() if line.startswith("| Failover drill |")]
+        return row
+
+    before = deployed.run("mesh-nightly-verification", wait=0)
+    deployed.wait_state(before.id, {"Completed"}, timeout=300)
+    assert drill_figure(before.id) == "| Failover drill | passed |"
+
+    original = deployed.sandbox.directory / "operator-mesh.yaml"
+    changed = deployed.sandbox.directory / "operator-mesh-no-drill.yaml"
+    data = yaml.safe_load(original.read_text())
+    data["drill"] = {**data.get("drill", {}), "enabled": False}
+    changed.write_text(yaml.safe_dump(data, sort_keys=False))
+    bin_clustermesh = str(BIN / "clustermesh")
+    run([bin_clustermesh, "blocks", "register", "--config", str(changed)], deployed.worker_env)
+    try:
+        after = deployed.run("mesh-nightly-verification", wait=0)  # the same deployment, not redeployed
+        final = deployed.wait_state(after.id, {"Completed"}, timeout=300)
+    finally:
+        run([bin_clustermesh, "blocks", "register", "--config", str(original)], deployed.worker_env)
+    assert final.parameters == {"spec_variable": "clustermesh-spec", "run_drill": True}
+    assert drill_figure(after.id) == "| Failover drill | skipped |"
+    assert any(
+        log.message.startswith(f"Spec: mesh {MESH} (2 clusters) from the Prefect Variable clustermesh-spec")
+        for log in _run_logs(after.id)
+    )
+
+
+def test_a_deployed_run_without_its_spec_variable_says_what_is_missing(deployed: Deployed) -> None:
+    """A deploy before ``blocks register`` works; its runs fail naming the Variable and the command."""
+    run = deployed.run("mesh-failover-drill", {"spec_variable": "clustermesh-spec-not-registered"})
+    final = deployed.wait_state(run.id, {"Failed"}, timeout=240)
+    message = final.state.message or ""
+    assert "the Prefect Variable 'clustermesh-spec-not-registered' (parameter spec_variable) does not exist" in message
+    assert "clustermesh blocks register --config mesh.yaml" in message
 
 
 def test_failing_nightly_reports_once_to_slack_logs_its_findings_and_emits_degraded(deployed: Deployed) -> None:

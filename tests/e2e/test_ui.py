@@ -28,7 +28,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from clustermesh.spec import ClusterSpec
+from tests.conftest import kube_client
 from tests.e2e.conftest import MESH, REPO, Deployed
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,6 +66,8 @@ PAUSE_TIMEOUT_S = 180.0
 SCREENSHOTS = REPO / "docs" / "screenshots"
 RETRIES = 5  # clicks on Submit while the SQLite server answers 503 (see click_until_accepted)
 BAD_STATES = {"Failed", "Crashed", "Cancelled", "Cancelling"}
+KUBECONFIG_TITLE = str(ClusterSpec.model_fields["kubeconfig"].title)  # "Kubeconfig — one of this or KKP reference"
+AI = ("apps.kubermatic.k8c.io", "v1", "kube-system", "applicationinstallations", "cilium")
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -171,7 +176,7 @@ def fill_mesh_spec(ui: UI, spec: dict[str, Any]) -> None:
         item = items.nth(i)
         field_of(item, "Cilium cluster name").locator("textarea").first.fill(cluster["name"])
         field_of(item, "Cilium cluster id").locator("input").first.fill(str(cluster["id"]))
-        kubeconfig = field_of(item, "Kubeconfig")
+        kubeconfig = field_of(item, KUBECONFIG_TITLE)
         kubeconfig.get_by_role("button", name="KubeconfigRef", exact=True).click()
         secret = field_of(kubeconfig, "Prefect Secret block")
         secret.get_by_role("button", name="str", exact=True).click()
@@ -270,6 +275,41 @@ def flow_run_logs(flow_run_id: str) -> list[str]:
     return [log.message for log in logs]
 
 
+def drop_peers(deployed: Deployed, cluster: str) -> None:
+    """Someone removed ``cluster``'s mesh peers by hand (official client): the next setup has something to write."""
+    from kubernetes import client
+
+    api = kube_client(deployed.sandbox.kubeconfigs[cluster])
+    try:
+        objects = client.CustomObjectsApi(api)
+        install = objects.get_namespaced_custom_object(*AI)
+        spec = install["spec"]
+        values = yaml.safe_load(spec["valuesBlock"]) if spec.get("valuesBlock") else spec.get("values") or {}
+        peers = ((values.get("clustermesh") or {}).get("config") or {}).get("clusters")
+        if not peers:
+            return  # not meshed yet: the plan has changes anyway
+        values["clustermesh"]["config"]["clusters"] = []
+        if spec.get("valuesBlock"):
+            spec["valuesBlock"] = yaml.safe_dump(values, sort_keys=False)
+        else:
+            spec["values"] = values
+        objects.replace_namespaced_custom_object(*AI, install)
+    finally:
+        api.close()
+
+
+def plan_artifact_id(flow_run_id: str) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    [plan] = [a for a in found if a.key == f"{MESH}-setup-plan"]
+    return str(plan.id)
+
+
 def form_spec(deployed: Deployed) -> dict[str, Any]:
     """What an operator types: the registered spec's name and clusters (Secret block names only)."""
     spec = deployed.spec
@@ -337,6 +377,8 @@ def test_approval_gate_pauses_and_resumes_from_the_ui_form(ui: UI, tmp_path: Pat
     spec = form_spec(ui.deployed)
     page = ui.page
     comment = "approved in the UI test"
+    # the test before meshed the clusters, and a converged mesh has nothing to approve (no pause): drift first
+    drop_peers(ui.deployed, "cluster-2")
     with evidence(ui, tmp_path):
         open_custom_run(ui)
         fill_mesh_spec(ui, spec)
@@ -354,6 +396,9 @@ def test_approval_gate_pauses_and_resumes_from_the_ui_form(ui: UI, tmp_path: Pat
         page.get_by_role("button", name="Resume", exact=True).click()
         dialog = page.get_by_role("dialog")
         expect(dialog.get_by_text("Resume Flow Run")).to_be_visible()
+        # the dialog links the plan artifact of this run
+        link = dialog.get_by_role("link", name=f"{MESH}-setup-plan", exact=True)
+        expect(link).to_have_attribute("href", f"{ui.base}/artifacts/artifact/{plan_artifact_id(run_id)}")
         approve = field_of(dialog, "Approve").get_by_role("switch")
         expect(approve).not_to_be_checked()  # the default is "reject": nothing is written unless ticked
         approve.click()
