@@ -1,12 +1,14 @@
 """``failover_drill`` as a flow, on a sandbox mesh built by the real setup flow.
 
 The drill's own logic is covered in tests/integration/test_drill_on_sandbox.py; here: the flow's phases as
-Prefect task runs, its table artifact, and that a drill which died mid-way is undone by the next flow run.
-Replica counts are read with the official ``kubernetes`` client.
+Prefect task runs, its table artifact, that a drill which died mid-way is undone by the next flow run, and
+that a count a person set since is left alone. Replica counts are read and set with the official
+``kubernetes`` client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -16,9 +18,11 @@ from kubernetes import client as k8s
 
 from clustermesh.drill import Drill, DrillResult
 from clustermesh.kube.credentials import open_cluster
+from clustermesh.spec import MeshSpec
 from clustermesh.steps import step1_prerequisites as prerequisites
 from flows.failover_drill import failover_drill
 from tests.flows.conftest import Kube, mesh_spec, task_runs_of
+from tests.helpers import wait_until
 
 DRILL_NS = "clustermesh-drill"
 DRILL_BACKEND = "clustermesh-drill-backend"
@@ -109,12 +113,8 @@ def test_the_drill_flow_passes_on_two_clusters_and_reports_every_phase_as_a_task
     assert all(float(r["failover s"]) >= 0 for r in failover_rows)
 
 
-def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_flow_run(
-    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
-) -> None:
-    sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
-    k = kubes(sb)
-    spec = mesh_spec(sb)
+def kill_a_drill_after_scaling_cluster_1_down(spec: MeshSpec) -> None:
+    """A drill that fails cluster-1 over and "dies" there: no restore, no rollback."""
     clients = {c.name: open_cluster(c, request_timeout=spec.timeouts.api) for c in spec.clusters}
     try:
         facts = {c.name: prerequisites.check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
@@ -122,10 +122,18 @@ def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_fl
         assert killed.ensure_workloads().status == "passed"
         assert killed.baseline().status == "passed"
         assert killed.failover("cluster-1").status == "passed"
-        # the process "dies" here: no restore, no rollback
     finally:
         for c in clients.values():
             c.close()
+
+
+def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_flow_run(
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
+) -> None:
+    sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
+    k = kubes(sb)
+    spec = mesh_spec(sb)
+    kill_a_drill_after_scaling_cluster_1_down(spec)
     left = backends(k)
     assert left["cluster-1"] == (0, 0, "2"), left
     assert left["cluster-2"] == (2, 2, None), left
@@ -140,12 +148,44 @@ def test_a_drill_that_died_after_the_scale_down_is_restored_first_by_the_next_fl
     assert backends(k) == {"cluster-1": (2, 2, None), "cluster-2": (2, 2, None)}
 
 
+def test_a_count_a_person_set_after_a_drill_died_is_left_alone_by_the_next_drill(
+    meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
+) -> None:
+    """Killed at 0 replicas; a person then brought the service back by hand, with 3 replicas instead of 2."""
+    sb = meshed(clusters=2, cilium_version="1.16", nodes=1)
+    k = kubes(sb)
+    spec = mesh_spec(sb)
+    kill_a_drill_after_scaling_cluster_1_down(spec)
+    apps = k8s.AppsV1Api(k["cluster-1"].api)
+    apps.patch_namespaced_deployment_scale(DRILL_BACKEND, DRILL_NS, {"spec": {"replicas": 3}})  # kubectl scale
+    wait_until("3 Ready replicas in cluster-1", lambda: backends(k)["cluster-1"] == (3, 3, "2"), timeout=60)
+
+    _, result = run_drill_flow(spec)
+
+    assert result.recovered == [], result.recovered  # nothing "restored", nobody blamed
+    [kept] = result.left_alone
+    assert kept.startswith("left cluster-1/clustermesh-drill/clustermesh-drill-backend at 3 replicas: someone"), kept
+    assert "not restored, record dropped" in kept
+    assert result.phases[0].name == "recover" and result.phases[0].detail == kept
+    workloads = result.phases[1]
+    assert workloads.name == "workloads" and "kept clustermesh-drill-backend at the 3 replicas someone set" in (
+        workloads.detail
+    ), workloads.detail
+    assert result.status == "passed", result.reason
+    assert "left 1 deployment(s) at the count someone set" in result.summary()
+    # the drill failed cluster-1 over from the person's 3 and brought back 3; the record is gone
+    assert backends(k) == {"cluster-1": (3, 3, None), "cluster-2": (2, 2, None)}
+    failover = next(p for p in result.phases if p.name == "failover" and p.cluster == "cluster-1")
+    assert "scaled clustermesh-drill/clustermesh-drill-backend from 3 to 0" in failover.detail, failover.detail
+
+
 def test_a_drill_started_on_its_own_waits_for_the_mesh_lock_and_the_nightly_drill_does_not_wait_for_itself(
     meshed: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists
 
     from flows.locking import mesh_lock_name
     from flows.mesh_verify import VerificationResult, nightly_mesh_verification
@@ -154,7 +194,8 @@ def test_a_drill_started_on_its_own_waits_for_the_mesh_lock_and_the_nightly_dril
     k = kubes(sb)
     spec = mesh_spec(sb)
     limit = mesh_lock_name(spec)
-    with get_client(sync_client=True) as prefect:
+    with get_client(sync_client=True) as prefect, contextlib.suppress(ObjectAlreadyExists):
+        # a CLI command of this session may have created it already (it does for every mesh it runs)
         prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=limit, limit=1))
     try:
         drills: list[Any] = []
