@@ -467,8 +467,8 @@ def _quiet_setup_summary(spec: MeshSpec) -> None:
         message = record.getMessage()
         return not (message.startswith(prefix) and "\n  " in message and " clusters, health: " in message)
 
-    for handler in logging.getLogger("prefect").handlers:
-        if isinstance(handler, PrefectConsoleHandler) and not_the_summary not in handler.filters:
+    for handler in logging.getLogger().handlers:  # Prefect's console handler sits on the root logger
+        if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(not_the_summary)
 
 
