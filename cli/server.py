@@ -445,11 +445,16 @@ class TemporaryServer:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+def guarded_argv(argv: list[str], guarded_by: int) -> list[str]:
+    """``argv`` run so that it gets SIGTERM when the thread of process ``guarded_by`` that starts it ends."""
+    return [sys.executable, "-c", _ORPHAN_GUARD, str(guarded_by), *argv]
+
+
 def temporary_argv(port: int, guarded_by: int) -> list[str]:
     """What Prefect runs for its own temporary server (uvicorn on the API app, no UI), behind the orphan guard."""
     server = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
     server += ["--host", HOST, "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    return [sys.executable, "-c", _ORPHAN_GUARD, str(guarded_by), *server]
+    return guarded_argv(server, guarded_by)
 
 
 def temporary_environment(environ: Mapping[str, str], home: Path, port: int) -> dict[str, str]:

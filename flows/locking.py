@@ -42,10 +42,10 @@ def mesh_lock(spec: MeshSpec, *, wait_seconds: float = LOCK_WAIT_SECONDS) -> Ite
 
     Strict when the run comes from a deployment: there a missing limit is a configuration error
     (``clustermesh blocks register`` creates it), and running unlimited would let the nightly drill
-    scale down backends in the middle of a setup. Ad-hoc runs (the demo, tests) have no registered
-    limits, so a missing limit only skips the lock (Prefect logs it); ``clustermesh setup|verify|drill``
-    create it first, and also hold a lock of their own on this machine. Ctrl-C and SIGTERM stop writes
-    while it is held (:func:`stop_writes_on_signals`).
+    scale down backends in the middle of a setup. Elsewhere a missing limit only skips the lock (Prefect
+    logs it): a flow called from Python, a test. The CLI's commands (``setup``, ``verify``, ``drill``,
+    ``demo``) create the limit first, and also hold a lock of their own on this machine (cli/meshlock.py).
+    Ctrl-C and SIGTERM stop writes while it is held (:func:`stop_writes_on_signals`).
     """
     name = mesh_lock_name(spec)
     strict = deployment.id is not None

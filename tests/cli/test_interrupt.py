@@ -293,14 +293,19 @@ def test_ctrl_c_without_a_server_also_ends_the_temporary_one_and_leaves_no_files
     sandbox: Path, generations: Generations, commands: list[Command], tmp_path: Path
 ) -> None:
     state = tmp_path / "no-server-state"
-    env = environment(tmp_path, state)
+    env = environment(tmp_path, state, PREFECT_SERVER_ANALYTICS_ENABLED="true")  # asked for: not given
     setup = Command(env, "setup", "--config", str(sandbox / "mesh.yaml"))
     commands.append(setup)
     setup.wait_until_written(generations)
     [home] = list((state / server.TEMPORARY_NAME).iterdir())
     assert home.stat().st_mode & 0o777 == 0o700
     assert (home / "prefect.db").stat().st_mode & 0o777 == 0o600
-    assert processes_with(f"PREFECT_HOME={home}"), "no temporary server runs with that folder"
+    [pid] = processes_with(f"PREFECT_HOME={home}")
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert os.getpgid(pid) == pid != os.getpgid(setup.proc.pid)  # its own group: the terminal's Ctrl-C misses it
+    url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}/api"
+    settings = httpx.get(f"{url}/admin/settings", timeout=30).raise_for_status().json()
+    assert settings["server"]["analytics_enabled"] is False
 
     signalled = setup.signal(signal.SIGINT)
     code, _ = setup.finish(within=EXIT_BOUND)
@@ -312,4 +317,5 @@ def test_ctrl_c_without_a_server_also_ends_the_temporary_one_and_leaves_no_files
     assert "Error logging to API" not in out and "Traceback" not in out, out[-4000:]
     assert_no_write_after(generations, signalled, generations.now())
     wait_until("the temporary server to end", lambda: not processes_with(f"PREFECT_HOME={home}"), 30)
+    assert not home.exists()
     assert list((state / server.TEMPORARY_NAME).iterdir()) == []

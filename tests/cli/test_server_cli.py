@@ -7,6 +7,7 @@ stops the server whatever happens, and checks that no process of it is left.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +113,39 @@ def test_prefect_api_url_in_the_environment_wins_over_the_session_server(
     assert flow_runs(record.url) == before
 
 
+def test_the_session_servers_folder_and_database_are_the_owners_alone(
+    session_server: tuple[Path, server.ServerRecord],
+) -> None:
+    """The SQLite database holds flow parameters and logs: 0600 files in 0700 folders, whatever the umask."""
+    state, record = session_server
+    home = Path(record.home)
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert home.stat().st_mode & 0o777 == 0o700
+    files = [p for p in home.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "prefect.db" for p in files), files
+    assert {p.name: p.stat().st_mode & 0o777 for p in files if p.stat().st_mode & 0o077} == {}
+    assert {p.name for p in home.rglob("*") if p.is_dir() and p.stat().st_mode & 0o077} == set()
+
+
+def test_blocks_register_prints_the_spec_as_json_for_deployment_run_params(
+    session_server: tuple[Path, server.ServerRecord], sandbox: Path, tmp_path: Path
+) -> None:
+    state, _ = session_server
+    env = environment(tmp_path, state)
+    args = ["--slack-token-env", "", "--result-key-env", "", "--webhook-env", ""]
+
+    done = run_cli(env, "blocks", "register", "--config", str(sandbox), *args, "--format", "json", timeout=CLI_TIMEOUT)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    params = json.loads(done.stdout)  # stdout is the JSON alone: `prefect deployment run --params "$(...)"`
+    assert list(params) == ["spec"] and params["spec"]["name"] == "sandbox", params
+    blocks = [c["kubeconfig"] for c in params["spec"]["clusters"]]
+    assert blocks == [{"secret_block": f"kubeconfig-sandbox-cluster-{i}"} for i in (1, 2)], blocks
+    assert "mesh sandbox: registered on the Prefect server" in done.stderr, done.stderr
+    text = run_cli(env, "blocks", "register", "--config", str(sandbox), *args, timeout=CLI_TIMEOUT)
+    assert text.returncode == 0 and "--format json" in text.stdout, text.stdout + text.stderr
+
+
 def test_setup_runs_on_the_session_server_and_stop_ends_it(
     session_server: tuple[Path, server.ServerRecord], sandbox: Path, tmp_path: Path
 ) -> None:
@@ -130,8 +164,8 @@ def test_setup_runs_on_the_session_server_and_stop_ends_it(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "\nhealthy" in done.stdout, done.stdout
     assert "temporary" not in done.stderr, done.stderr
-    runs = flow_runs(record.url)
-    assert [(r["flow_name"], r["state_type"]) for r in runs] == [("cluster-mesh-setup", "COMPLETED")], runs
+    runs = [r for r in flow_runs(record.url) if r["flow_name"] == "cluster-mesh-setup"]
+    assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
     # the process that ran the flow has ended, and it started no Prefect server of its own
     assert processes_with(f"PREFECT_HOME={tmp_path / 'prefect-home'}") == []
     settings = httpx.get(f"{record.url}/admin/settings", timeout=30).raise_for_status().json()
@@ -162,5 +196,7 @@ def test_without_a_server_setup_uses_a_temporary_one_says_how_to_avoid_it_and_le
     assert "\nhealthy" in done.stdout, done.stdout
     hints = [line for line in done.stderr.splitlines() if "clustermesh server start" in line]
     assert hints == [server.TEMPORARY_SERVER_HINT], done.stderr
-    # the temporary server was stopped by the CLI process on its way out (its exit handlers ran)
-    assert processes_with(f"PREFECT_HOME={tmp_path / 'prefect-home'}") == []
+    assert "skipping acquisition" not in done.stderr, done.stderr  # the CLI created the mesh's limit there
+    # the temporary server was stopped by the CLI process on its way out, and its folder removed
+    assert processes_with(f"PREFECT_HOME={tmp_path / 'no-server-state'}") == []
+    assert list((tmp_path / "no-server-state" / server.TEMPORARY_NAME).iterdir()) == []

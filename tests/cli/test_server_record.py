@@ -21,6 +21,7 @@ import pytest
 
 from cli import server
 from cli.server import ServerRecord
+from tests.helpers import ROOT, wait_until
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -157,6 +158,47 @@ def test_the_server_environment_has_its_own_settings_and_no_analytics(tmp_path: 
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].endswith(str(tmp_path / "home" / "prefect.db"))
     assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
     assert "--analytics-off" in server.server_argv(4321) and "127.0.0.1" in server.server_argv(4321)
+
+
+def test_a_temporary_server_never_asks_for_analytics_and_serves_no_ui(tmp_path: Path) -> None:
+    caller = {"PATH": "/usr/bin", "PREFECT_SERVER_ANALYTICS_ENABLED": "true", "DO_NOT_TRACK": "0"}
+
+    env = server.temporary_environment(caller, tmp_path / "home", 4321)
+
+    assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1"
+    assert env["PREFECT_SERVER_UI_ENABLED"] == "false" and env["PREFECT__SERVER_EPHEMERAL"] == "1"
+    assert env["PREFECT_HOME"] == str(tmp_path / "home")
+
+
+def test_the_orphan_guard_ends_a_temporary_server_with_the_command_that_started_it_even_killed() -> None:
+    """The command is SIGKILLed (no exit handler runs): the kernel still sends its server SIGTERM."""
+    starter = (
+        "import os, subprocess, sys, time\n"
+        "from cli import server\n"
+        "argv = server.guarded_argv([sys.executable, '-c', 'import time; time.sleep(300)'], os.getpid())\n"
+        "child = subprocess.Popen(argv, start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    command = subprocess.Popen([sys.executable, "-c", starter], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert command.stdout is not None
+        child = int(command.stdout.readline())
+        wait_until("the guarded child to run its own program", lambda: b"sleep(300)" in cmdline(child), 30)
+        assert os.getpgid(child) == child  # its own session: a Ctrl-C in the terminal does not reach it
+        command.kill()
+        command.wait(timeout=30)
+        wait_until("the guarded child to end", lambda: not server._alive(child, None), 30)
+    finally:
+        command.kill()
+        command.wait(timeout=30)
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def test_stop_ends_a_server_that_ignores_sigterm_with_sigkill_and_forgets_it(tmp_path: Path) -> None:

@@ -505,3 +505,6 @@ def test_cli_verify_exits_0_on_a_healthy_mesh_and_1_once_vxlan_is_blocked(
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "FAIL: mesh sandbox" in broken.stdout
     assert "UDP 8472" in broken.stdout
+    # a FAIL is a verdict, printed with its findings: not a crash of the command or of Prefect's engine
+    assert "Traceback" not in broken.stdout + broken.stderr, broken.stderr
+    assert "could not run" not in broken.stderr, broken.stderr

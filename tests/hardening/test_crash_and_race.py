@@ -17,8 +17,14 @@ once. The pipeline is never patched: kill points are found from the outside.
   step 6 PUT. The sandbox drops a PUT whose client died before it was read; a real API server may apply
   it. The rerun must converge either way; which one happened is printed.
 
-Concurrency: two setups of one mesh under its global concurrency limit run one after the other; a setup
-racing ``kubectl edit`` of the same installation re-reads on 409 and keeps the human's unrelated change.
+Concurrency: two ``clustermesh setup`` of one mesh on one machine never overlap (the second waits for the
+CLI's lock on the mesh, saying so); from two machines (two CLI state folders) they run one after the other
+under the mesh's global concurrency limit, which the CLI creates; a setup racing ``kubectl edit`` of the
+same installation re-reads on 409 and keeps the human's unrelated change.
+
+Every CLI process creates the limit ``mesh-sandbox`` on the module's server if it is missing; a process
+killed while holding its slot keeps it until the lease expires (minutes, and never on a test server, which
+runs no lease service), so the crash tests delete the limit after each kill (the next setup creates it).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,20 +79,22 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, prefect_api: str) -> dict[str, str]:
-    """Environment of the CLI subprocesses: the module's Prefect server, a PREFECT_HOME of their own."""
-    return cli_environment(tmp_path / "prefect-home-cli", prefect_api)
+    """Environment of the CLI subprocesses: the module's Prefect server, a PREFECT_HOME and a CLI state folder
+    (the mesh locks) of the test's own."""
+    return cli_environment(tmp_path / "prefect-home-cli", prefect_api, CLUSTERMESH_STATE_DIR=str(tmp_path / "state"))
 
 
 @pytest.fixture
-def setups(cli_env: dict[str, str]) -> Iterator[Callable[[Any], subprocess.Popen[str]]]:
-    """``setups(sb)`` starts ``clustermesh setup --config <sandbox>/mesh.yaml``; leftovers are killed."""
+def setups(cli_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``setups(sb, **env)`` starts ``clustermesh setup --config <sandbox>/mesh.yaml`` (``env`` added to the
+    CLI's environment); leftovers are killed."""
     started: list[subprocess.Popen[str]] = []
 
-    def start(sb: Any) -> subprocess.Popen[str]:
+    def start(sb: Any, **env: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.app", "setup", "--config", str(Path(sb.directory) / "mesh.yaml")],
             cwd=ROOT,
-            env=cli_env,
+            env={**cli_env, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -108,6 +117,7 @@ class Write:
     generation: int
     peers: tuple[str, ...]
     at: float  # time.monotonic() when the watch event arrived
+    wall: datetime  # the same moment, to compare with the flow runs' times
 
 
 class ValuesWrites:
@@ -156,7 +166,7 @@ class ValuesWrites:
                             self._generation[cluster] = missed
                             entries = ((obj["spec"].get("values") or {}).get("clustermesh") or {}).get("config") or {}
                             peers = tuple(str(e.get("name")) for e in entries.get("clusters") or [])
-                            self.writes.append(Write(cluster, missed, peers, time.monotonic()))
+                            self.writes.append(Write(cluster, missed, peers, time.monotonic(), datetime.now(UTC)))
                         self._changed.notify_all()
                     if self._stop.is_set():
                         break
@@ -252,11 +262,20 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 def kill(proc: subprocess.Popen[str]) -> float:
-    """SIGKILL: no finally blocks, no Prefect state hooks, no lease release. Returns when it is dead."""
+    """SIGKILL: no finally blocks, no Prefect state hooks, no lease release. Returns when it is dead.
+
+    The slot it held of ``mesh-sandbox`` is dropped with the limit (see the module docstring).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, proc.returncode
-    return time.monotonic()
+    killed_at = time.monotonic()
+    with get_client(sync_client=True) as prefect, suppress(ObjectNotFound):
+        prefect.delete_global_concurrency_limit_by_name(MESH_LIMIT)
+    return killed_at
 
 
 def assert_no_duplicate_or_lost_peers(kubes: dict[str, Kube], before: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -423,69 +442,109 @@ def test_setup_killed_with_a_values_write_in_flight_converges_when_run_again(
 # -------------------------------------------------------------------------------------- concurrency
 
 
-@pytest.fixture
-def mesh_limit(prefect_api: str) -> Iterator[str]:
-    """The mesh's global concurrency limit (limit 1), as ``clustermesh blocks register`` would create it.
-
-    Deleted afterwards: a setup killed while holding it would keep a slot until its lease expires.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-
-    with get_client(sync_client=True) as prefect:
-        prefect.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=MESH_LIMIT, limit=1))
-    yield MESH_LIMIT
-    with get_client(sync_client=True) as prefect:
-        prefect.delete_global_concurrency_limit_by_name(MESH_LIMIT)
+def run_span(run: Any) -> tuple[datetime, datetime]:
+    """From the flow run's start to its end, as the Prefect server recorded them."""
+    assert run.start_time is not None and run.end_time is not None, run
+    return run.start_time, run.end_time
 
 
-def test_two_setups_of_one_mesh_run_one_after_the_other_under_the_mesh_limit(
+def test_two_cli_setups_of_one_mesh_on_one_machine_never_overlap_the_second_waits_and_says_so(
     sandbox_factory: Callable[..., Any],
     kubes: Callable[[Any], dict[str, Kube]],
     values_writes: Callable[[dict[str, Kube]], ValuesWrites],
-    setups: Callable[[Any], subprocess.Popen[str]],
-    mesh_limit: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
 ) -> None:
-    from prefect.client.schemas.objects import StateType
-    from prefect.concurrency.sync import concurrency
+    """Both start while the test holds the mesh's lock (as a third command would), so both certainly wait."""
+    from cli.meshlock import hold_mesh
 
     sb = sandbox_factory(clusters=3, nodes=2)
     k = kubes(sb)
     writes = values_writes(k)
     since = datetime.now(UTC)
+    outputs = [tmp_path / "setup-1.out", tmp_path / "setup-2.out"]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with hold_mesh(Path(cli_env["CLUSTERMESH_STATE_DIR"]), "sandbox", "test", wait_seconds=0, say=print):
+            for out in outputs:
+                with out.open("w") as sink:
+                    argv = [sys.executable, "-m", "cli.app", "setup", "--config", str(Path(sb.directory) / "mesh.yaml")]
+                    procs.append(subprocess.Popen(argv, cwd=ROOT, env=cli_env, stdout=sink, stderr=subprocess.STDOUT))
 
-    # The test holds the mesh while both start, so both are certainly waiting for it at the same time.
-    with concurrency(mesh_limit, occupy=1, timeout_seconds=30, strict=True):
-        procs = [setups(sb), setups(sb)]
+            def both_waiting() -> bool:
+                assert all(p.poll() is None for p in procs), [o.read_text()[-2000:] for o in outputs]
+                return all("mesh sandbox is busy: `clustermesh test`" in o.read_text() for o in outputs)
 
-        def both_running() -> bool:
-            for p in procs:
-                assert p.poll() is None, f"a setup ended while the mesh was held:\n{finish(p)[1][-3000:]}"
-            return len([r for r in setup_runs_since(since) if r.state_type == StateType.RUNNING]) == 2
+            wait_until("both setups to wait for the mesh", both_waiting, timeout=WAIT, interval=0.1)
+            assert writes.count() == 0, f"a setup wrote while the mesh was held: {writes.writes}"
+        codes = [p.wait(timeout=WAIT * 2) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=30)
 
-        wait_until("both setup flow runs RUNNING", both_running, timeout=WAIT, interval=0.2)
-        assert writes.count() == 0, f"a setup wrote while another holder had the mesh: {writes.writes}"
+    texts = [o.read_text() for o in outputs]
+    assert codes == [0, 0], [t[-3000:] for t in texts]
+    runs = sorted(setup_runs_since(since), key=lambda r: r.start_time)
+    assert len(runs) == 2, runs
+    (first_start, first_end), (second_start, _) = run_span(runs[0]), run_span(runs[1])
+    # one after the other: the second run began after the first had ended, and every write fell in the first
+    assert first_end <= second_start, f"overlap: {runs[0].name} until {first_end}, {runs[1].name} from {second_start}"
+    assert writes.count() == WRITES_OF_A_FRESH_SETUP, writes.writes
+    assert all(first_start <= w.wall <= first_end for w in writes.writes), (first_start, first_end, writes.writes)
+    assert sum("nothing written" in t for t in texts) == 1, [t[-1500:] for t in texts]
+    assert_peers_exactly_once(k)
 
-    results = [finish(p) for p in procs]
+
+def test_setups_from_two_machines_run_one_after_the_other_under_the_limit_the_cli_creates(
+    sandbox_factory: Callable[..., Any],
+    kubes: Callable[[Any], dict[str, Kube]],
+    values_writes: Callable[[dict[str, Kube]], ValuesWrites],
+    setups: Callable[..., subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """Two CLI state folders play two machines: their lock files do not meet, the server's limit does.
+
+    Nobody created ``mesh-sandbox`` on the server: the first command does. The sandbox is slowed down so that
+    the first setup is still running when the second one's flow run starts.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    sb = sandbox_factory(clusters=3, nodes=2, time_scale=0.3)
+    k = kubes(sb)
+    writes = values_writes(k)
+    since = datetime.now(UTC)
+    with get_client(sync_client=True) as prefect, suppress(Exception):
+        prefect.delete_global_concurrency_limit_by_name(MESH_LIMIT)
+    first = setups(sb, CLUSTERMESH_STATE_DIR=str(tmp_path / "machine-1"))
+    assert writes.wait_for(1, first), f"the first setup ended before writing:\n{finish(first)[1][-3000:]}"
+    second = setups(sb, CLUSTERMESH_STATE_DIR=str(tmp_path / "machine-2"))
+
+    def both_running() -> bool:
+        assert second.poll() is None, f"the second setup ended early:\n{finish(second)[1][-3000:]}"
+        return len([r for r in setup_runs_since(since) if r.state_type == StateType.RUNNING]) == 2
+
+    wait_until("the second setup's flow run RUNNING beside the first", both_running, timeout=WAIT, interval=0.1)
+    results = [finish(first), finish(second)]
 
     for code, out in results:
         assert code == 0, out[-3000:]
-    runs = setup_runs_since(since)
+        assert "is busy" not in out, out[-3000:]  # no lock file in common
+    with get_client(sync_client=True) as prefect:
+        assert prefect.read_global_concurrency_limit_by_name(MESH_LIMIT).limit == 1  # the CLI created it
+    runs = sorted(setup_runs_since(since), key=lambda r: r.start_time)
     assert len(runs) == 2 and all(r.state_type == StateType.COMPLETED for r in runs), runs
-    spans = []
-    for run in runs:
-        tasks = task_runs(run.id)
-        assert len(tasks) >= 14, [t.name for t in tasks]  # the whole setup ran in both
-        spans.append((min(t.start_time for t in tasks), max(t.end_time for t in tasks), run))
-    first, second = sorted(spans, key=lambda span: span[0])
-    # one after the other: the second's first task started after the first's last task had ended ...
-    assert first[1] <= second[0], (
-        f"the setups overlapped: {first[2].name} until {first[1]}, {second[2].name} from {second[0]}"
+    tasks = [task_runs(run.id) for run in runs]
+    assert all(len(t) >= 14 for t in tasks), [[x.name for x in t] for t in tasks]  # the whole setup ran in both
+    first_end = max(t.end_time for t in tasks[0])
+    second_begin = min(t.start_time for t in tasks[1])
+    assert first_end <= second_begin, (
+        f"the setups overlapped: the first until {first_end}, the second from {second_begin}"
     )
-    # ... although the second flow run was already running (waiting for the limit) before the first began
-    assert second[2].start_time < first[0], (second[2].start_time, first[0])
-    assert writes.count() == WRITES_OF_A_FRESH_SETUP, writes.writes  # the second found everything done
-    assert sum("nothing written" in out for _, out in results) == 1, [out[-1500:] for _, out in results]
+    assert writes.count() == WRITES_OF_A_FRESH_SETUP, writes.writes
+    assert results[1][1].count("nothing written") == 1, results[1][1][-1500:]
     assert_peers_exactly_once(k)
     assert health_problems(k) == []
 
@@ -553,6 +612,22 @@ class KubectlEditLoop:
 RACE_LATENCY = 0.5  # the setup's PUT waits this long in the sandbox: the human saves meanwhile
 
 
+def open_gate_at_the_setups_put(
+    sb: Any, requests: queue.Queue[Request], control: Path, opened: threading.Event
+) -> None:
+    """When the setup's PUT of cluster-1's installation arrives, lift the latency and let the editor save."""
+    target = sb.endpoints[0]
+    while not opened.is_set():
+        try:
+            r = requests.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if r.cluster == target.name and r.method == "PUT" and r.path == AI_PATH and not r.kubectl:
+            sb.fault("api-latency", cluster=target.name, seconds=0)
+            (control / "go").touch()
+            opened.set()
+
+
 def test_setup_racing_kubectl_edit_rereads_on_409_and_keeps_the_human_change(
     sandbox_factory: Callable[..., Any],
     kubes: Callable[[Any], dict[str, Kube]],
@@ -577,18 +652,6 @@ def test_setup_racing_kubectl_edit_rereads_on_409_and_keeps_the_human_change(
     home.mkdir()
     human = KubectlEditLoop(Path(target.kubeconfig), home, control)
     gate_opened = threading.Event()
-
-    def open_gate_at_the_setups_put() -> None:
-        while not gate_opened.is_set():
-            try:
-                r = requests.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if r.cluster == target.name and r.method == "PUT" and r.path == AI_PATH and not r.kubectl:
-                sb.fault("api-latency", cluster=target.name, seconds=0)
-                (control / "go").touch()
-                gate_opened.set()
-
     try:
 
         def editor_open() -> bool:
@@ -597,7 +660,8 @@ def test_setup_racing_kubectl_edit_rereads_on_409_and_keeps_the_human_change(
 
         wait_until("kubectl edit to open the editor", editor_open, timeout=WAIT, interval=0.02)
         sb.fault("api-latency", cluster=target.name, seconds=RACE_LATENCY)
-        gate = threading.Thread(target=open_gate_at_the_setups_put, daemon=True)
+        gate = threading.Thread(target=open_gate_at_the_setups_put, args=(sb, requests, control, gate_opened))
+        gate.daemon = True
         gate.start()
 
         state = cluster_mesh_setup(mesh_spec(sb), return_state=True)
