@@ -410,6 +410,7 @@ def _flow_command(spec: MeshSpec, command: str, body: Callable[[], int], *, what
     that a rerun is safe (``rerun``), and exits with 128 + the signal.
     """
     from cli.interrupt import Interrupts, stopped_lines
+    from clustermesh import stopping
 
     with Interrupts(lambda: stopped_lines(what, rerun), _stop_temporary) as interrupts:
         code = 1
@@ -418,15 +419,16 @@ def _flow_command(spec: MeshSpec, command: str, body: Callable[[], int], *, what
             with _holding_mesh(spec, command):
                 code = body()
         except KeyboardInterrupt:
-            pass
+            stopping.request_stop("SIGINT")  # already, unless Python's own handler raised it
         except SystemExit:
             raise
         except BaseException:
             if not interrupts.interrupted:
                 raise  # Prefect's TerminationSignal, or an error the stop caused: the stop is what to report
         if interrupts.interrupted:
-            for line in stopped_lines(what, rerun):
-                typer.echo(line, err=True)
+            with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+                for line in stopped_lines(what, rerun):
+                    typer.echo(line, err=True)
             return interrupts.exit_code
         return code
 
