@@ -41,7 +41,7 @@ from clustermesh.errors import ClusterMeshError, DrillError, StopRequested, Wait
 from clustermesh.kube import wait_for
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
-from clustermesh.stopping import raise_if_stopping
+from clustermesh.stopping import note_written, raise_if_stopping
 
 
 class Drill:
@@ -415,6 +415,7 @@ class Drill:
                 kept = Undone(cluster=cluster, found=found, target=target, record=record)
                 return self.phase_result("restore", cluster, "skipped", kept.describe(ns, since="the failover"), start)
             client.scale_deployment(ns, BACKEND, target)
+            note_written(f"{cluster}: scaled {ns}/{BACKEND} back to {target} replicas")
             self._wait_backend_ready(cluster, target)
             frontend = self.frontend(cluster)
 

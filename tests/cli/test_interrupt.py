@@ -319,3 +319,50 @@ def test_ctrl_c_without_a_server_also_ends_the_temporary_one_and_leaves_no_files
     wait_until("the temporary server to end", lambda: not processes_with(f"PREFECT_HOME={home}"), 30)
     assert not home.exists()
     assert list((state / server.TEMPORARY_NAME).iterdir()) == []
+
+
+def backend(kube: Kube) -> tuple[int, str | None]:
+    """The drill backend's replica count and undo record, read with the official client."""
+    from kubernetes import client
+
+    d = client.AppsV1Api(kube.api).read_namespaced_deployment("clustermesh-drill-backend", "clustermesh-drill")
+    return int(d.spec.replicas), (d.metadata.annotations or {}).get("clustermesh.io/drill-original-replicas")
+
+
+def test_ctrl_c_during_a_failover_rolls_it_back_and_disrupts_nothing_more(
+    session: tuple[Path, server.ServerRecord],
+    sandbox: Path,
+    generations: Generations,
+    commands: list[Command],
+    tmp_path: Path,
+) -> None:
+    state, _ = session
+    env = environment(tmp_path, state)
+    mesh = str(sandbox / "mesh.yaml")
+    done = run_cli(env, "setup", "--config", mesh, timeout=CLI_TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    drill = Command(env, "drill", "--config", mesh)
+    commands.append(drill)
+
+    def cluster_1_failed_over() -> bool:
+        assert drill.proc.poll() is None, f"the drill ended before its failover:\n{drill.output[-3000:]}"
+        try:
+            return backend(generations.kubes["cluster-1"]) == (0, "2")
+        except Exception:  # noqa: BLE001 - the drill has not created its workloads yet
+            return False
+
+    wait_until("the drill to scale cluster-1's backend to 0", cluster_1_failed_over, timeout=120, interval=0.02)
+
+    drill.signal(signal.SIGINT)
+    code, waited = drill.finish(within=EXIT_BOUND)
+
+    out = drill.output
+    assert code == 128 + signal.SIGINT, out[-4000:]
+    assert "drill interrupted (SIGINT)" in out and "Traceback" not in out, out[-4000:]
+    assert "cluster-1: scaled clustermesh-drill/clustermesh-drill-backend to 0 (failover drill)" in out, out[-4000:]
+    # the rollback undid the failover; cluster-2 was never disrupted
+    assert backend(generations.kubes["cluster-1"]) == (2, None), out[-4000:]
+    assert backend(generations.kubes["cluster-2"]) == (2, None), out[-4000:]
+    assert "cluster-2: scaled" not in out, out[-4000:]
+    assert "cluster-1: scaled clustermesh-drill/clustermesh-drill-backend back to 2 replicas" in out, out[-4000:]
+    print(f"\nexit {waited:.1f} s after SIGINT in the failover:\n{out[-2500:]}")
