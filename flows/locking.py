@@ -112,6 +112,7 @@ def _remember_run() -> None:
     if run_id is not None:
         with _runs_lock:
             _runs.append(UUID(str(run_id)))
+            del _runs[:-100]  # a long-lived process (a served deployment) keeps only its latest runs
 
 
 def runs_in_this_process() -> list[UUID]:
