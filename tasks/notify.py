@@ -36,7 +36,6 @@ from clustermesh.notify.slack import CHANNEL_ERRORS, SCOPE_ERRORS, TOKEN_ERRORS,
 from clustermesh.spec import MeshSpec
 
 REGISTER = "`clustermesh blocks register --config mesh.yaml`"
-REDEPLOY = "`prefect --no-prompt deploy --all` (the nightly reads its spec when deployed)"
 
 # ------------------------------------------------------------------------------------ settings
 
@@ -72,8 +71,8 @@ def _token_fix_for_env(env: str) -> str:
 def _channel_fix(channel_from: str | None) -> str:
     if channel_from and channel_from.startswith("notify.slack"):
         return (
-            "put an existing channel (#name or its ID) in mesh.yaml's notify.slack.channel, "
-            f"run {REGISTER} and {REDEPLOY}"
+            "put an existing channel (#name or its ID) in mesh.yaml's notify.slack.channel and run "
+            f"{REGISTER} (the next run reads the spec it registers)"
         )
     return "set SLACK_CHANNEL (#name or its ID) in the worker's environment and restart the worker"
 
@@ -122,7 +121,7 @@ def _setup_from_env() -> SlackSetup:
         return SlackSetup(
             problem="Slack is off for this run: SLACK_BOT_TOKEN is set on the worker but no channel is set "
             "anywhere. Fix: add `notify: {slack: {channel: '#your-channel', token_env: SLACK_BOT_TOKEN}}` to "
-            f"mesh.yaml, run {REGISTER} and {REDEPLOY}; or set SLACK_CHANNEL=#your-channel in the worker's "
+            f"mesh.yaml and run {REGISTER}; or set SLACK_CHANNEL=#your-channel in the worker's "
             "environment"
         )
     return _resolved(
