@@ -66,6 +66,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_clustermesh_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CLI processes started by tests keep their state (session server record, mesh lock files) in the test
+    session's own folder: a developer's running `clustermesh server` or lock never reaches a test, nor the reverse.
+    Tests that need a folder of their own still pass CLUSTERMESH_STATE_DIR explicitly."""
+    previous = os.environ.get("CLUSTERMESH_STATE_DIR")
+    os.environ["CLUSTERMESH_STATE_DIR"] = str(tmp_path_factory.mktemp("clustermesh-state"))
+    yield
+    if previous is None:
+        os.environ.pop("CLUSTERMESH_STATE_DIR", None)
+    else:
+        os.environ["CLUSTERMESH_STATE_DIR"] = previous
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _forget_prefect_concurrency_services() -> Iterator[None]:
     """Each module starts without Prefect's per-process concurrency-slot services from an earlier module.

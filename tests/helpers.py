@@ -102,6 +102,7 @@ def cli_environment(
         PREFECT_API_URL=prefect_api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(ROOT),
+        CLUSTERMESH_STATE_DIR=str(home.with_name(home.name + "-clustermesh-state")),  # its own locks and records
     )
     env.update(extra)
     return env

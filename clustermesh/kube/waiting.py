@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from clustermesh.errors import NotFoundError, TransientKubeError, WaitTimeoutError
 from clustermesh.kube.api_errors import cut
+from clustermesh.stopping import raise_if_stopping
 
 __all__ = ["describe_object", "wait_for"]
 
@@ -41,6 +42,7 @@ def wait_for(
     deadline = clock() + timeout
     last_seen = "nothing: no read finished"
     while True:
+        raise_if_stopping(f"waiting for {expected} in {cluster}")
         try:
             value = read()
         except NotFoundError as exc:
