@@ -1,8 +1,9 @@
 """The ``clustermesh`` command line.
 
 Typer, because Prefect already depends on it (no new dependency) and its type-annotated options give
-``--help`` texts and value checking for free. The CLI is the composition root: it is the one module
-of ``clustermesh/`` allowed to reach the flows and the sandbox (import-linter knows this exception).
+``--help`` texts and value checking for free. The CLI is the composition root: the one package that reaches
+the flows, the deployments and the sandbox together (``cli.sandbox_commands``, ``cli.server_commands`` hold
+two groups of commands).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+from cli.common import fail as _fail
+from cli.sandbox_commands import sandbox_app
+from cli.server_commands import server_app
 
 if TYPE_CHECKING:
     from cli.server import TemporaryServer
@@ -144,205 +149,8 @@ app = _App(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-sandbox_app = typer.Typer(help="Simulated KKP clusters with Cilium, on this machine.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
-
-DirOption = Annotated[Path, typer.Option("--dir", help="Folder for kubeconfigs, mesh.yaml and sandbox.json.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-@sandbox_app.command("up")
-def sandbox_up(
-    directory: DirOption = Path("sandbox-run"),
-    clusters: Annotated[int, typer.Option(help="How many user clusters (1 to 64).")] = 2,
-    cilium_version: Annotated[str, typer.Option(help="Cilium line 1.13 to 1.19, optionally with a patch.")] = "1.13",
-    nodes: Annotated[int, typer.Option(help="Worker nodes per cluster.")] = 2,
-    time_scale: Annotated[
-        float,
-        typer.Option(help="Scale of simulated delays: 0 = instant, 1 = realistic (LB ~10 s, certgen ~30 s)."),
-    ] = 1.0,
-    kkp_version: Annotated[
-        str | None,
-        typer.Option(help="KKP release to imitate (values before 2.25, valuesBlock after); default fits Cilium."),
-    ] = None,
-    overlap_pod_cidrs: Annotated[
-        bool, typer.Option(help="Give cluster-2 the pod CIDR of cluster-1 (to see step 1 refuse it).")
-    ] = False,
-    kkp: Annotated[
-        bool,
-        typer.Option(
-            "--kkp",
-            help="Serve a simulated KKP API with no clusters yet (kkp.json, mesh-kkp.yaml); --clusters is "
-            "then the number of KKP references in mesh-kkp.yaml.",
-        ),
-    ] = False,
-) -> None:
-    """Serve simulated clusters in the foreground until Ctrl-C or SIGTERM."""
-    from sandbox.server import Sandbox, SandboxError, run_foreground
-
-    try:
-        sb = Sandbox(
-            directory,
-            clusters=0 if kkp else clusters,
-            cilium_version=cilium_version,
-            nodes=nodes,
-            time_scale=time_scale,
-            kkp_version=kkp_version,
-            overlap_pod_cidrs=overlap_pod_cidrs,
-            kkp=kkp,
-            kkp_spec_clusters=clusters if kkp else 2,
-        )
-        run_foreground(sb)
-    except SandboxError as exc:
-        _fail(str(exc))
-
-
-@sandbox_app.command("down")
-def sandbox_down(directory: DirOption = Path("sandbox-run")) -> None:
-    """Stop the sandbox serving from DIR."""
-    from sandbox.server import SandboxError, stop_running
-
-    try:
-        pid = stop_running(directory)
-    except SandboxError as exc:
-        _fail(str(exc))
-    typer.echo(f"sandbox (pid {pid}) stopped")
-
-
-@sandbox_app.command("fault")
-def sandbox_fault(
-    kind: Annotated[
-        str,
-        typer.Argument(
-            help="block-port | unblock-port | lb-never | certgen-delay | api-errors | api-latency | "
-            "api-down | "
-            "expire-certs | rotate-ca | pod-cidr | clear"
-        ),
-    ],
-    directory: DirOption = Path("sandbox-run"),
-    cluster: Annotated[str | None, typer.Option(help="Cluster the fault applies to (default: all, for api-*).")] = None,
-    between: Annotated[str | None, typer.Option(help="For block-port: two clusters, 'cluster-1,cluster-2'.")] = None,
-    port: Annotated[str | None, typer.Option(help="For block-port: udp/8472, tcp/4240, icmp or tcp/2379.")] = None,
-    rate: Annotated[float | None, typer.Option(help="For api-errors: share of requests that fail (0..1).")] = None,
-    seconds: Annotated[float | None, typer.Option(help="For api-latency and certgen-delay.")] = None,
-    off: Annotated[bool, typer.Option("--off", help="Turn lb-never or api-down off again.")] = False,
-    cidr: Annotated[str | None, typer.Option(help="For pod-cidr: the new pod CIDR of --cluster.")] = None,
-) -> None:
-    """Inject or clear a fault in a running sandbox."""
-    from sandbox.server import SandboxError, send_fault
-
-    args: dict[str, object] = {}
-    if cluster:
-        args["cluster"] = cluster
-    if kind in ("block-port", "unblock-port"):
-        if not between or "," not in between or not port:
-            _fail(f"{kind} needs --between A,B and --port (udp/8472, tcp/4240, icmp, tcp/2379)")
-        assert between is not None
-        a, b = between.split(",", 1)
-        args.update(a=a.strip(), b=b.strip(), port=port)
-    if rate is not None:
-        args["rate"] = rate
-    if seconds is not None:
-        args["seconds"] = seconds
-    if cidr is not None:
-        args["cidr"] = cidr
-    if kind in ("lb-never", "api-down"):
-        args["on"] = not off
-    try:
-        result = send_fault(directory, kind, **args)
-    except SandboxError as exc:
-        _fail(str(exc))
-    typer.echo(f"ok: {result}")
-
-
-server_app = typer.Typer(
-    help="One Prefect server (and a warm runner) for the session: commands that run flows use it, unless "
-    "PREFECT_API_URL is set, instead of starting a temporary server and importing Prefect each time.",
-    no_args_is_help=True,
-)
 app.add_typer(server_app, name="server")
-
-
-@server_app.command("start")
-def server_start(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 180.0,
-    warm: Annotated[
-        bool,
-        typer.Option(
-            "--warm/--no-warm",
-            help="Also start the warm runner: flow commands run in a fork of a process that has imported Prefect, "
-            "the flows and the Kubernetes client already (about 3 s less per command).",
-        ),
-    ] = True,
-) -> None:
-    """Start `prefect server start` in the background (SQLite in the state folder, 127.0.0.1, a free port,
-    analytics off) and wait until it answers; nothing to do if it runs already."""
-    import time
-
-    from cli.runner import runner_pid
-    from cli.server import ServerError, start_server, state_dir
-
-    began = time.monotonic()
-    try:
-        record, started = start_server(timeout=timeout, warm=warm)
-    except ServerError as exc:
-        _fail(str(exc), 1)
-        raise  # unreachable: _fail exits
-    if started:
-        typer.echo(f"clustermesh server started in {time.monotonic() - began:.1f} s: {record.url} (pid {record.pid})")
-    else:
-        typer.echo(f"clustermesh server already running: {record.url} (pid {record.pid})")
-    runner = runner_pid(state_dir())
-    if runner is not None:
-        typer.echo(f"warm runner: pid {runner}")
-    typer.echo(f"UI: {record.ui_url}   log: {record.log}   state: {state_dir()}")
-    if os.environ.get("PREFECT_API_URL") and os.environ["PREFECT_API_URL"] != record.url:
-        typer.echo("note: PREFECT_API_URL is set in this environment, so commands run here use that server instead")
-    typer.echo("commands that run flows use it until `clustermesh server stop`")
-
-
-@server_app.command("stop")
-def server_stop(
-    grace: Annotated[float, typer.Option(help="Seconds between SIGTERM and SIGKILL.")] = 15.0,
-) -> None:
-    """Stop the server `clustermesh server start` started and forget it."""
-    from cli.server import ServerError, stop_server
-
-    try:
-        record = stop_server(grace=grace)
-    except ServerError as exc:
-        _fail(str(exc), 1)
-        raise  # unreachable: _fail exits
-    if record is None:
-        typer.echo("no clustermesh server running")
-    else:
-        typer.echo(f"clustermesh server (pid {record.pid}, {record.url}) stopped")
-
-
-@server_app.command("status")
-def server_status() -> None:
-    """Say whether the clustermesh server runs (exit 0) or not (exit 1), and which server commands use."""
-    from cli.runner import runner_pid
-    from cli.server import server_state, state_dir
-
-    state, record = server_state()
-    configured = os.environ.get("PREFECT_API_URL")
-    runner = runner_pid(state_dir())
-    if state == "running" and record is not None:
-        typer.echo(f"running: {record.url} (pid {record.pid}), UI {record.ui_url}, log {record.log}")
-        typer.echo(f"warm runner: {f'pid {runner}' if runner is not None else 'not running'}")
-    elif state == "not answering" and record is not None:
-        typer.echo(f"not answering: pid {record.pid} runs but {record.url} does not answer (`server stop` ends it)")
-    else:
-        typer.echo(f"not running (state folder {state_dir()})")
-    if configured and (record is None or configured != record.url):
-        typer.echo(f"note: PREFECT_API_URL={configured} is set in this environment: commands run here use it")
-    raise typer.Exit(0 if state == "running" else 1)
-
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="The mesh spec (YAML), e.g. the sandbox's mesh.yaml.")]
 
