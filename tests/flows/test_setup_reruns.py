@@ -28,6 +28,7 @@ from clustermesh.errors import (
     WaitTimeoutError,
 )
 from clustermesh.kube.credentials import open_cluster
+from clustermesh.spec import MeshSpec
 from clustermesh.steps import step1_prerequisites as prerequisites
 from clustermesh.steps import step2_4_6_mesh_values as mesh_config
 from clustermesh.steps.step7_reachability import UDP_8472_PATH, FirewallReport
@@ -143,13 +144,9 @@ def test_a_loadbalancer_that_never_gets_an_address_fails_the_run_naming_the_serv
     assert k["cluster-1"].peer_names() == []
 
 
-def test_a_rerun_converges_once_the_loadbalancer_gets_its_address(
-    sandbox_factory: Callable[..., Any], kubes: Kubes
-) -> None:
-    """KKP gave up on the pipeline's own values (Helm --wait ran out on the pending LoadBalancer,
-    InstallationFailedRetriesExceeded): once the address exists, the rerun makes KKP install them again."""
-    sb = sandbox_factory(clusters=2, cilium_version="1.16")
-    k = kubes(sb)
+def kkp_gave_up_on_cluster_2_then_its_address_came(sb: Any, k: dict[str, Any]) -> MeshSpec:
+    """A setup whose step 4 in cluster-2 ran out on a LoadBalancer with no address until KKP gave up
+    (InstallationFailedRetriesExceeded); then the address fault is lifted. Returns the spec it ran with."""
     sb.fault("lb-never", cluster="cluster-2", on=True)
     spec = mesh_spec(sb, load_balancer=1.0)
     with pytest.raises(InstallFailedError):
@@ -162,6 +159,17 @@ def test_a_rerun_converges_once_the_loadbalancer_gets_its_address(
         ),
     )
     sb.fault("lb-never", cluster="cluster-2", on=False)
+    return spec
+
+
+def test_a_rerun_converges_once_the_loadbalancer_gets_its_address(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    """KKP gave up on the pipeline's own values (Helm --wait ran out on the pending LoadBalancer,
+    InstallationFailedRetriesExceeded): once the address exists, the rerun makes KKP install them again."""
+    sb = sandbox_factory(clusters=2, cilium_version="1.16")
+    k = kubes(sb)
+    spec = kkp_gave_up_on_cluster_2_then_its_address_came(sb, k)
 
     result = cluster_mesh_setup(spec)
 
@@ -178,18 +186,7 @@ def test_a_failing_installation_whose_values_a_person_changed_is_still_refused(
     """Only values the pipeline wrote are retried: after a hand edit, step 1 refuses and writes nothing."""
     sb = sandbox_factory(clusters=2, cilium_version="1.16")
     k = kubes(sb)
-    sb.fault("lb-never", cluster="cluster-2", on=True)
-    spec = mesh_spec(sb, load_balancer=1.0)
-    with pytest.raises(InstallFailedError):
-        cluster_mesh_setup(spec)
-    wait_until(
-        "KKP gives up on cluster-2's installation",
-        lambda: (
-            (k["cluster-2"].ai().get("status") or {}).get("conditions", {}).get("Ready", {}).get("reason")
-            == "InstallationFailedRetriesExceeded"
-        ),
-    )
-    sb.fault("lb-never", cluster="cluster-2", on=False)
+    spec = kkp_gave_up_on_cluster_2_then_its_address_came(sb, k)
     ai = k["cluster-2"].ai()
     ai["metadata"]["annotations"]["clustermesh.io/values-sha256"] = "sha256:" + "0" * 64  # not what is there now
     k["cluster-2"].custom.replace_namespaced_custom_object(*AI, ai)
