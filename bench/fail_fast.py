@@ -44,10 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers import sandbox_argv, wait_for_ready  # noqa: E402
+from tests.helpers import ProgressLines, sandbox_argv, wait_for_ready  # noqa: E402
 
 HEALTH = 600.0
-PROGRESS = "mesh health after "
 AI = ("apps.kubermatic.k8c.io", "v1", "kube-system", "applicationinstallations", "cilium")
 
 
@@ -137,22 +136,6 @@ def set_up(sb: Sandbox) -> float:
 
 
 # ------------------------------------------------------------------------------------------ nights
-
-
-class ProgressLines(logging.Handler):
-    """The health wait's progress lines as the task logs them; ``on_first`` runs at the first one."""
-
-    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self.on_first = on_first
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith(PROGRESS):
-            self.lines.append(message)
-            if len(self.lines) == 1 and self.on_first is not None:
-                self.on_first()
 
 
 def quiet_console() -> None:

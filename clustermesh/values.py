@@ -360,7 +360,8 @@ def _nest(path: Path, leaf: Any) -> Values:
     return node
 
 
-def _get(values: Any, path: Path) -> tuple[bool, Any]:
+def value_at(values: Any, path: Sequence[str]) -> tuple[bool, Any]:
+    """(True, the value) at ``path`` in nested mappings, or (False, None) where a key is missing."""
     node = values
     for key in path:
         if not isinstance(node, dict) or key not in node:
@@ -371,7 +372,7 @@ def _get(values: Any, path: Path) -> tuple[bool, Any]:
 
 def legacy_paths_to_remove(profile: CiliumProfile, current: Mapping[str, Any], patch: int | None) -> list[Path]:
     """Old keys the chart would ignore or refuse on this line (the guide's CA key on 1.15+)."""
-    found, _ = _get(current, profile.legacy_ca_path)
+    found, _ = value_at(current, profile.legacy_ca_path)
     if found and profile.old_ca_key_effect(patch) != "used":
         return [profile.legacy_ca_path]
     return []
@@ -515,7 +516,7 @@ def plan_change(
     new_values = deep_merge(current_values, desired_overlay)
     removed = tuple(path for path in remove if _delete(new_values, path))
     for path in KKP_OWNED_PATHS:
-        before, after = _get(current_values, path), _get(new_values, path)
+        before, after = value_at(current_values, path), value_at(new_values, path)
         if before[0] != after[0] or not _same(before[1], after[1]):
             raise KkpOwnedKeyError(  # unreachable unless the merge itself is wrong: the last line of defence
                 "values plan", f"would change {'.'.join(path)}", fix="report this as a bug"

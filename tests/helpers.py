@@ -8,6 +8,7 @@ domain steps (no Prefect).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -279,3 +280,23 @@ def build_mesh(sb: Any, drill_timeout: float) -> tuple[MeshSpec, dict[str, Clust
             client.close()
         raise
     return spec, clients, facts
+
+
+PROGRESS = "mesh health after "
+"""How the health wait's progress lines begin in a run's log."""
+
+
+class ProgressLines(logging.Handler):
+    """The health wait's progress lines as the task logs them; ``on_first`` runs at the first one."""
+
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self.on_first = on_first
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(PROGRESS):
+            self.lines.append(message)
+            if len(self.lines) == 1 and self.on_first is not None:
+                self.on_first()

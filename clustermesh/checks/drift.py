@@ -7,7 +7,7 @@ remote certificate or its replaced CA shows up as the stale copy it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import install_state
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE, service_address
-from clustermesh.values import CLUSTERS_PATH, legacy_paths_to_remove, read_values, render_mesh_values
+from clustermesh.values import CLUSTERS_PATH, legacy_paths_to_remove, read_values, render_mesh_values, value_at
 
 __all__ = ["check_drift"]
 
@@ -133,15 +133,6 @@ def _first_ca(
     return cert, problem or ""
 
 
-def _get(values: Any, path: Sequence[str]) -> tuple[bool, Any]:
-    node = values
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return False, None
-        node = node[key]
-    return True, node
-
-
 def _leaves(node: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
     for key, value in node.items():
         path = (*prefix, str(key))
@@ -203,7 +194,7 @@ def _owned_findings(
     findings: list[Finding] = []
     desired = render_mesh_values(profile, cluster, spec, shared_ca=None, peers=[])
     for path, want in _leaves(desired):
-        present, have = _get(values, path)
+        present, have = value_at(values, path)
         if present and _equal(have, want):
             continue
         shown = repr(have) if present else "not set"
@@ -269,7 +260,7 @@ def _shared_ca_finding(
     where = ".".join(profile.ca_placement)
     if expected is None:
         return fail(name, f"cannot read the shared CA of {first}: {why}", f"check {first}'s CA Secret")
-    present, ca = _get(values, profile.ca_placement)
+    present, ca = value_at(values, profile.ca_placement)
     if not present or not isinstance(ca, dict) or not ca.get("cert"):
         return fail(name, f"no shared CA in {where}", RERUN_SETUP)
     cert, problem = try_cert(ca.get("cert"), f"{where}.cert")
@@ -303,7 +294,7 @@ def _peer_findings(
     peer: Callable[[str], _PeerNow],
 ) -> list[Finding]:
     findings: list[Finding] = []
-    present, entries = _get(values, CLUSTERS_PATH)
+    present, entries = value_at(values, CLUSTERS_PATH)
     where = ".".join(CLUSTERS_PATH)
     if present and entries is not None and not isinstance(entries, list):
         return [fail(name, f"{where} is not a list", f"make it a list of peer entries; then {RERUN_SETUP}")]

@@ -25,32 +25,16 @@ from clustermesh.steps.plan import plan_setup
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import nightly_mesh_verification
 from tests.flows.conftest import AI, Kube, mesh_spec, task_runs_of
+from tests.helpers import ProgressLines
 
 HEALTH = 600.0
 SLACK_ENV = ("SLACK_BOT_TOKEN", "SLACK_CHANNEL", "SLACK_WEBHOOK_URL", "SLACK_API_URL")
-PROGRESS = "mesh health after "
 
 
 @pytest.fixture(autouse=True)
 def _no_slack(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SLACK_ENV:
         monkeypatch.delenv(name, raising=False)
-
-
-class ProgressLines(logging.Handler):
-    """The health wait's progress lines as the task logs them; ``on_first`` runs at the first one."""
-
-    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self.on_first = on_first
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if message.startswith(PROGRESS):
-            self.lines.append(message)
-            if len(self.lines) == 1 and self.on_first is not None:
-                self.on_first()
 
 
 @pytest.fixture
