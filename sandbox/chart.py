@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.versions import facts as version_facts
 from sandbox.versions import line_names
 from sandbox.versions import parse as parse_version
 
@@ -70,6 +71,11 @@ class Rendered:
     pod_cidrs: tuple[str, ...]
     pod_mask_size: int
     values: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    mesh_secrets: dict[str, dict[str, str]] | None = field(default=None, compare=False, repr=False)
+    """Real-chart mode: the rendered ``cilium-clustermesh`` / ``cilium-kvstoremesh`` Secrets' data (name →
+    key → base64), applied verbatim. ``None``: the built-in model (``mesh_secret_data``) writes them."""
+    host_aliases: tuple[tuple[str, str], ...] | None = field(default=None, compare=False, repr=False)
+    """Real-chart mode: the rendered agents' hostAliases as (ip, hostname). ``None``: built from ``clusters``."""
 
     @property
     def line(self) -> str:
@@ -304,3 +310,32 @@ def render(version: str, values: dict[str, Any]) -> Rendered:
         pod_mask_size=mask,
         values=values,
     )
+
+
+def mesh_secret_data(r: Rendered, local_ca: str, remote: dict[str, str]) -> dict[str, str]:
+    """The built-in model of the ``cilium-clustermesh`` Secret (key → base64) for ``r``'s clusters[] entries.
+
+    ``local_ca`` is the base64 CA certificate of the cluster's ``cilium-ca`` Secret, ``remote`` the data of
+    its ``clustermesh-apiserver-remote-cert`` Secret (``tls.crt`` / ``tls.key``), as the chart reads them.
+    """
+    entry_tls_only = version_facts(r.version).entry_tls_only
+    data: dict[str, str] = {}
+    for e in r.clusters:
+        host = e.address or f"{e.name}.mesh.cilium.io"
+        text = (
+            f"endpoints:\n- https://{host}:{e.port}\n"
+            f"trusted-ca-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client-ca.crt\n"
+            f"key-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client.key\n"
+            f"cert-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client.crt\n"
+        )
+        if entry_tls_only:
+            cert, key, ca = (e.cert, e.key, local_ca) if e.has_tls else ("", "", "")
+        elif e.has_tls:
+            cert, key, ca = e.cert, e.key, e.ca_cert or local_ca
+        else:
+            cert, key, ca = str(remote.get("tls.crt", "")), str(remote.get("tls.key", "")), e.ca_cert or local_ca
+        data[e.name] = base64.b64encode(text.encode()).decode()
+        data[f"{e.name}.etcd-client.crt"] = cert
+        data[f"{e.name}.etcd-client.key"] = key
+        data[f"{e.name}.etcd-client-ca.crt"] = ca
+    return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+from sandbox.chart import mesh_secret_data
 from sandbox.controllers.base import (
     AGENT_RESTART,
     CMS,
@@ -16,7 +17,6 @@ from sandbox.controllers.base import (
     PODS,
     SECRETS,
     SimCluster,
-    _b64,
     _digest,
     _get,
     _hash_name,
@@ -30,7 +30,6 @@ from sandbox.controllers.base import (
     _set_ready,
 )
 from sandbox.store import Obj, now_rfc3339
-from sandbox.versions import facts as version_facts
 
 
 class Agents:
@@ -49,29 +48,7 @@ class Agents:
         ca_sec = c.store.try_get(SECRETS, NS, "cilium-ca")
         local_ca = str(_get(ca_sec, "data", "ca.crt", default=""))
         remote = _get(c.store.try_get(SECRETS, NS, "clustermesh-apiserver-remote-cert"), "data", default={}) or {}
-        data: dict[str, str] = {}
-        for e in r.clusters:
-            host = e.address or f"{e.name}.mesh.cilium.io"
-            text = (
-                f"endpoints:\n- https://{host}:{e.port}\n"
-                f"trusted-ca-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client-ca.crt\n"
-                f"key-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client.key\n"
-                f"cert-file: /var/lib/cilium/clustermesh/{e.name}.etcd-client.crt\n"
-            )
-            if version_facts(r.version).entry_tls_only:
-                cert, key, ca = (e.cert, e.key, local_ca) if e.has_tls else ("", "", "")
-            elif e.has_tls:
-                cert, key, ca = e.cert, e.key, e.ca_cert or local_ca
-            else:
-                cert, key, ca = (
-                    str(remote.get("tls.crt", "")),
-                    str(remote.get("tls.key", "")),
-                    e.ca_cert or local_ca,
-                )
-            data[e.name] = _b64(text)
-            data[f"{e.name}.etcd-client.crt"] = cert
-            data[f"{e.name}.etcd-client.key"] = key
-            data[f"{e.name}.etcd-client-ca.crt"] = ca
+        data = mesh_secret_data(r, local_ca, remote)
         self._put_secret(c, MESH_SECRET, data, "Opaque")
         if r.kvstoremesh:
             self._put_secret(c, KVSTOREMESH_SECRET, data, "Opaque")
