@@ -42,8 +42,8 @@ def parse_lenient(version: str) -> Version:
 class LineFacts:
     """What one Cilium minor line does differently, as far as the sandbox models it."""
 
-    kkp_patch: int  # the patch KKP ships for the line ("1.16" installs 1.16.9)
-    default_kkp: str  # the oldest KKP release that ships the line as its default (reference/kkp.md §2)
+    kkp_patch: int  # the patch installed when only the line is asked for ("1.16" installs 1.16.9); in ../shared/charts
+    default_kkp: str | None  # the oldest KKP release shipping the line as default (reference/kkp.md §2); None: none
     legacy_tunnel_key: bool  # cilium-config says ``tunnel: vxlan`` (not routing-mode / tunnel-protocol)
     entry_tls_only: bool  # a clusters[] entry without tls gets empty cert/key/CA in the mesh Secret
     admin_cn_root: bool  # certgen's admin client certificate has CN ``root`` (not ``admin-<cluster>``)
@@ -51,9 +51,24 @@ class LineFacts:
     kvstoremesh_local_cert: bool  # certgen issues ``clustermesh-apiserver-local-cert`` for kvstoremesh
     service_cilium_io_annotations: bool  # ``service.cilium.io/*`` is read besides ``io.cilium/*``
     cilium_dbg: bool  # the agent image ships ``cilium-dbg``
+    global_services_in_status: bool  # ``cilium status`` prints ``N global-services`` (gone in 1.19)
+    global_namespaces: bool  # a service is global only in a global namespace too (1.20)
+    service_list_id_column: bool  # ``cilium service list`` starts with an ``ID`` column (dropped in 1.20)
+
+    @property
+    def sandbox_kkp(self) -> str:
+        """The KKP release the sandbox imitates for the line: its default, else the newest modelled release.
+
+        No KKP release ships 1.20 as its default (reference/kkp.md §2 ends at 2.31 → 1.19.4), so a 1.20
+        sandbox is the newest KKP (``NEWEST_KKP``) with 1.20 asked for explicitly.
+        """
+        return self.default_kkp or NEWEST_KKP
 
 
-def _line(minor: int, patch: int, kkp: str) -> LineFacts:
+NEWEST_KKP = "2.31"  # the newest KKP release in reference/kkp.md §2
+
+
+def _line(minor: int, patch: int, kkp: str | None) -> LineFacts:
     return LineFacts(
         kkp_patch=patch,
         default_kkp=kkp,
@@ -64,6 +79,9 @@ def _line(minor: int, patch: int, kkp: str) -> LineFacts:
         kvstoremesh_local_cert=minor >= 16,
         service_cilium_io_annotations=minor >= 14,
         cilium_dbg=minor >= 15,
+        global_services_in_status=minor <= 18,
+        global_namespaces=minor >= 20,
+        service_list_id_column=minor <= 19,
     )
 
 
@@ -75,6 +93,7 @@ LINES: dict[Line, LineFacts] = {
     (1, 17): _line(17, 12, "2.30"),
     (1, 18): _line(18, 10, "2.29"),
     (1, 19): _line(19, 4, "2.31"),
+    (1, 20): _line(20, 0, None),  # 1.20.0: the only 1.20 chart in ../shared/charts; no KKP default yet
 }
 
 # Facts that begin at a patch release: (the line, the first patch that has it).
@@ -105,10 +124,14 @@ def kkp_patches() -> dict[str, str]:
 
 
 def line_names() -> tuple[str, ...]:
-    """``("1.13", …, "1.19")``: the lines the sandbox serves."""
+    """``("1.13", …, "1.20")``: the lines the sandbox serves."""
     return tuple(f"{a}.{b}" for a, b in sorted(LINES))
 
 
 def default_kkp_for_line() -> dict[str, str]:
-    """``"1.16"`` → ``"2.27"``: the oldest KKP release that ships each line as its default."""
-    return {f"{a}.{b}": f.default_kkp for (a, b), f in sorted(LINES.items())}
+    """``"1.16"`` → ``"2.27"``: the KKP release a sandbox of each line imitates (``LineFacts.sandbox_kkp``).
+
+    That is the oldest release shipping the line as its default; ``"1.20"`` → ``"2.31"``, the newest
+    modelled release, since no KKP release ships 1.20 as its default (``LINES[(1, 20)].default_kkp`` is None).
+    """
+    return {f"{a}.{b}": f.sandbox_kkp for (a, b), f in sorted(LINES.items())}

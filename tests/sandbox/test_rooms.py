@@ -13,7 +13,7 @@ from sandbox.world import CILIUM_PATCH, World
 
 def test_the_table_keeps_each_lines_facts() -> None:
     assert CILIUM_PATCH["1.16"] == "1.16.9"
-    assert chart.LINES == ("1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19")
+    assert chart.LINES == ("1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19", "1.20")
     assert versions.facts("1.13.8").legacy_tunnel_key and not versions.facts("1.14.0").legacy_tunnel_key
     assert not versions.facts("1.14.16").kvstoremesh_host_aliases and versions.facts("1.15.0").kvstoremesh_host_aliases
     assert versions.facts("v1.19.4").kvstoremesh_local_cert and not versions.facts((1, 15, 16)).kvstoremesh_local_cert
