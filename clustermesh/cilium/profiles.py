@@ -1,4 +1,4 @@
-"""What differs between Cilium lines 1.13 … 1.19, kept as data so no code branches on a version number.
+"""What differs between Cilium lines 1.13 … 1.20, kept as data so no code branches on a version number.
 
 Facts come from the chart archives and Cilium sources summarised in ``reference/cilium.md`` §1–§4 and
 ``reference/kkp.md`` §6–§7. Where the reference marks a 1.19 fact "(unverified)" the profile assumes
@@ -24,6 +24,7 @@ __all__ = [
     "PROFILES",
     "SUPPORTED_LINES",
     "AgentCli",
+    "AuthMode",
     "CaMode",
     "CiliumProfile",
     "CiliumVersion",
@@ -39,9 +40,25 @@ CaMode = Literal["shared", "per-peer"]
 TlsMethod = Literal["helm", "cronJob", "certmanager"]
 HealthLayout = Literal["probe-time", "cluster-health-table", "cluster-health-table-probe-interval"]
 OldCaKeyEffect = Literal["used", "ignored", "rejected"]
+AuthMode = Literal["legacy", "migration", "cluster"]
 
 LEGACY_CA_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "ca")
 TOP_LEVEL_CA_PATH: tuple[str, ...] = ("tls", "ca")
+SERVER_EXTRA_NAMES_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "server")
+AUTO_SERVER_EXTRA_NAMES_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "auto", "server")
+
+# Keys the 1.20 chart no longer reads; its schema lets unknown keys through, so they are silently ignored
+# (``server``/``admin``/``remote`` certs with ``tls.auto.enabled: false`` are a render error instead).
+REMOVED_IN_1_20: tuple[tuple[str, ...], ...] = (
+    ("clustermesh", "apiserver", "tls", "server", "cert"),
+    ("clustermesh", "apiserver", "tls", "server", "key"),
+    ("clustermesh", "apiserver", "tls", "admin", "cert"),
+    ("clustermesh", "apiserver", "tls", "admin", "key"),
+    ("clustermesh", "apiserver", "tls", "remote", "cert"),
+    ("clustermesh", "apiserver", "tls", "remote", "key"),
+    ("clustermesh", "apiserver", "tls", "enableSecrets"),
+    ("clustermesh", "enableMCSAPISupport"),
+)
 
 _VERSION_RE = re.compile(r"^v?(?P<major>\d+)\.(?P<minor>\d+)(?:\.(?P<patch>\d+))?(?:[-+][0-9A-Za-z.+-]*)?$")
 
@@ -114,6 +131,27 @@ class CiliumProfile:
     """Chart refuses cluster names that break the Cilium name rule (1.16+)."""
     kvstoremesh_default: bool
     """KVStoreMesh on by default (1.16+): ``ips`` edits then restart the clustermesh-apiserver too."""
+    clusters_map_accepted: bool
+    """``clustermesh.config.clusters`` may be a map keyed by cluster name (1.19+, the form the docs recommend)."""
+    per_entry_certs_deprecated: bool
+    """``clusters[].tls.{cert,key,caCert}`` marked "(deprecated)" (1.19+): without them a peer is reached with
+    the local ``clustermesh-apiserver-remote-cert``, which works when every member shares one CA."""
+    auth_mode_default: AuthMode | None
+    """Chart default of ``clustermesh.apiserver.tls.authMode`` (``migration`` from 1.19; None: no such key)."""
+    cache_ttl_supported: bool
+    """``clustermesh.cacheTTL`` exists (1.19+; "0s", the default, keeps a lost cluster's services forever)."""
+    policy_default_local_cluster: bool
+    """Chart default of ``clustermesh.policyDefaultLocalCluster`` (True from 1.19): a network policy without
+    a cluster selector matches local endpoints only. False where the key does not exist."""
+    global_namespaces: bool
+    """1.20+: a Service is global only when annotated *and* in a global namespace
+    (``clustermesh.defaultGlobalNamespace``, namespace annotation ``clustermesh.cilium.io/global``)."""
+    removed_value_paths: tuple[tuple[str, ...], ...]
+    """Keys the chart no longer reads (silently ignored): never written, reported as drift when present."""
+    cert_validity_days: int
+    """Lifetime of the clustermesh-apiserver certificates ``tls.auto`` makes (1095; 365 from 1.20)."""
+    server_extra_names_path: tuple[str, ...]
+    """Where the server certificate's ``extraDnsNames``/``extraIpAddresses`` go (``tls.auto.server`` from 1.20)."""
     unverified: tuple[str, ...] = ()
     """Facts above taken from the previous line rather than a source."""
 
@@ -182,6 +220,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255,),
         name_format_enforced=False,
         kvstoremesh_default=False,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default=None,
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # Per-peer ``caCert``, top-level ``tls.ca``, ``cilium-ca`` first, certgen a Helm hook, new annotations.
     CiliumProfile(
@@ -205,6 +252,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255,),
         name_format_enforced=False,
         kvstoremesh_default=False,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default="legacy",
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # ``cilium-dbg``, only ``cilium-ca``, old CA key ignored then rejected from 1.15.8, 511 clusters.
     CiliumProfile(
@@ -228,6 +284,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255, 511),
         name_format_enforced=False,
         kvstoremesh_default=False,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default="legacy",
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # Old CA key rejected from 1.16.2, "remote clusters ready", name rule enforced, KVStoreMesh on.
     CiliumProfile(
@@ -251,6 +316,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255, 511),
         name_format_enforced=True,
         kvstoremesh_default=True,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default="legacy",
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # Old CA key rejected on every patch, health table layout, ``/TCP`` on service-list addresses.
     CiliumProfile(
@@ -274,6 +348,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255, 511),
         name_format_enforced=True,
         kvstoremesh_default=True,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default="legacy",
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # ``affinity: none`` drops remote backends, ``(preferred)`` on every backend, probe interval shown.
     CiliumProfile(
@@ -297,6 +380,15 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255, 511),
         name_format_enforced=True,
         kvstoremesh_default=True,
+        clusters_map_accepted=False,
+        per_entry_certs_deprecated=False,
+        auth_mode_default="legacy",
+        cache_ttl_supported=False,
+        policy_default_local_cluster=False,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
     # certgen no longer a Helm hook, so the guide's cronJob is safe again; the rest assumed as 1.18.
     CiliumProfile(
@@ -320,7 +412,50 @@ _ROWS: tuple[CiliumProfile, ...] = (
         max_connected_clusters_options=(255, 511),
         name_format_enforced=True,
         kvstoremesh_default=True,
+        clusters_map_accepted=True,
+        per_entry_certs_deprecated=True,
+        auth_mode_default="migration",
+        cache_ttl_supported=True,
+        policy_default_local_cluster=True,
+        global_namespaces=False,
+        removed_value_paths=(),
+        cert_validity_days=1095,
+        server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
         unverified=("old CA key rule", "health layout", "status header", "none-affinity bug", "name format"),
+    ),
+    # Global namespaces, 365-day certificates, server/admin/remote cert keys and enableSecrets removed,
+    # extra server names under ``tls.auto.server``; agent output assumed as 1.19.
+    CiliumProfile(
+        line="1.20",
+        agent_cli="cilium-dbg",
+        ca_placement=TOP_LEVEL_CA_PATH,
+        supports_per_peer_ca_cert=True,
+        default_ca_mode="per-peer",
+        ca_secret_names=("cilium-ca",),
+        peer_tls_required=False,
+        certgen_is_helm_hook=False,
+        safe_tls_method_under_kkp="cronJob",
+        old_ca_key_rejected_from_patch=0,
+        old_ca_key_ignored=False,
+        annotation_prefixes_read=("io.cilium/", "service.cilium.io/"),
+        none_affinity_drops_remote=True,
+        preferred_marker_reliable=False,
+        health_layout="cluster-health-table-probe-interval",
+        service_list_has_protocol=True,
+        status_header="remote clusters ready",
+        max_connected_clusters_options=(255, 511),
+        name_format_enforced=True,
+        kvstoremesh_default=True,
+        clusters_map_accepted=True,
+        per_entry_certs_deprecated=True,
+        auth_mode_default="migration",
+        cache_ttl_supported=True,
+        policy_default_local_cluster=True,
+        global_namespaces=True,
+        removed_value_paths=REMOVED_IN_1_20,
+        cert_validity_days=365,
+        server_extra_names_path=AUTO_SERVER_EXTRA_NAMES_PATH,
+        unverified=("health layout", "status header", "none-affinity bug", "service list ID column (dropped in 1.20)"),
     ),
 )
 
@@ -329,7 +464,7 @@ SUPPORTED_LINES: tuple[str, ...] = tuple(PROFILES)
 
 
 def profile_for(version: str) -> CiliumProfile:
-    """The profile of ``version``'s line; anything outside 1.13–1.19 is refused, not guessed."""
+    """The profile of ``version``'s line; anything outside 1.13–1.20 is refused, not guessed."""
     parsed = parse_cilium_version(version)
     profile = PROFILES.get(parsed.line)
     if profile is None:
