@@ -18,6 +18,9 @@ import binascii
 import importlib
 import posixpath
 import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +37,17 @@ __all__ = [
     "chart_for",
     "peer_etcd_configs",
     "render_chart",
+    "render_with_helm",
 ]
 
 AGENT_SECRET = "cilium-clustermesh"
 KVSTOREMESH_SECRET = "cilium-kvstoremesh"
 _INSTALL_FIX = "install Helm's engine with `uv sync --group charts` (the optional `charts` dependency group)"
+_HELM_FIX = (
+    "install helm (https://helm.sh/docs/intro/install/) on the machine that runs the pipeline, "
+    "or set cilium.chart.renderer to engine"
+)
+HELM_TIMEOUT = 120.0
 _WORKLOADS = frozenset({"DaemonSet", "Deployment", "StatefulSet", "Job", "CronJob", "Pod"})
 
 
@@ -84,6 +93,45 @@ def render_chart(
             raise ChartRenderError(name, f"{path} rendered invalid YAML: {exc}", fix="check the values") from None
         objects.extend(doc for doc in docs if isinstance(doc, dict) and doc.get("kind"))
     return objects
+
+
+def render_with_helm(
+    archive: Path,
+    values: Mapping[str, Any],
+    *,
+    release: str = "cilium",
+    namespace: str = "kube-system",
+    helm: str = "helm",
+) -> list[dict[str, Any]]:
+    """Like ``render_chart``, through a ``helm`` binary on PATH (``helm template``, offline, no cluster).
+
+    Raises ``ChartRenderError`` naming ``cilium.chart.renderer`` when there is no such binary, and with
+    Helm's own message (its stderr) when the chart refuses the values.
+    """
+    binary = shutil.which(helm)
+    name = archive.name
+    if binary is None:
+        raise ChartRenderError(
+            name, f"cilium.chart.renderer is 'helm' but there is no {helm!r} binary on PATH", fix=_HELM_FIX
+        )
+    if not archive.is_file():
+        raise ChartRenderError(name, f"no chart archive at {archive}", fix="pass a path to a cilium-<version>.tgz")
+    with tempfile.TemporaryDirectory(prefix="clustermesh-values-") as folder:
+        values_file = Path(folder) / "values.yaml"
+        values_file.write_text(yaml.safe_dump(_plain(values)))  # owner-only folder: values may hold keys
+        command = [binary, "template", release, str(archive), "--namespace", namespace, "--values", str(values_file)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=HELM_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise ChartRenderError(name, f"helm template took over {HELM_TIMEOUT:g}s", fix=_HELM_FIX) from None
+    if done.returncode != 0:
+        message = done.stderr.strip().removeprefix("Error: ") or f"helm exited {done.returncode}"
+        raise ChartRenderError(name, message, fix="change the values the message names")
+    try:
+        docs = list(yaml.safe_load_all(done.stdout))
+    except yaml.YAMLError as exc:
+        raise ChartRenderError(name, f"helm template printed invalid YAML: {exc}", fix="check the values") from None
+    return [doc for doc in docs if isinstance(doc, dict) and doc.get("kind")]
 
 
 def _plain(values: Mapping[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from clustermesh.spec.base import (
 from clustermesh.spec.display import display
 
 __all__ = [
+    "ChartSettings",
     "CiliumSettings",
     "DrillSettings",
     "KkpSettings",
@@ -38,6 +39,52 @@ __all__ = [
 ]
 
 PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+CILIUM_HELM_REPO = "https://helm.cilium.io/"
+
+
+class ChartSettings(SpecModel):
+    """The Cilium chart the values are rendered with before any write: a refused key stops the run first."""
+
+    source: Annotated[
+        str | None,
+        Field(
+            title="Chart source",
+            description="A folder of cilium-<version>.tgz archives on the worker, or a Helm repository URL "
+            "(pulled once, then cached); empty = no chart check.",
+        ),
+    ] = CILIUM_HELM_REPO
+    renderer: Annotated[
+        Literal["engine", "helm"],
+        Field(
+            title="Renderer",
+            description="engine = Helm's engine from the optional charts group (uv sync --group charts); "
+            "helm = a helm binary on PATH (helm template).",
+        ),
+    ] = "engine"
+
+    @field_validator("source", mode="after")
+    @classmethod
+    def _folder_or_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise custom_error("blank", "must not be blank", "remove the field (or leave it empty) to skip the check")
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", value):  # a scheme: must be a URL Helm can pull from
+            if not re.match(r"^https?://[^\s/?#]+[^\s?#]*$", value):
+                raise custom_error(
+                    "chart_source",
+                    "not an http(s) Helm repository URL",
+                    f"give the repository's base URL (e.g. {CILIUM_HELM_REPO}) or a folder path",
+                )
+            return value
+        if looks_secret(value) or "\n" in value:
+            raise custom_error(
+                "chart_source", "not a folder path", "give the folder holding cilium-<version>.tgz archives"
+            )
+        return value
 
 
 class CiliumSettings(SpecModel):
@@ -80,6 +127,13 @@ class CiliumSettings(SpecModel):
             description="clustermesh.maxConnectedClusters; 511 needs Cilium 1.15+, fixed after install.",
         ),
     ] = 255
+    chart: Annotated[
+        ChartSettings,
+        Field(
+            title="Chart check",
+            description="Render the real Cilium chart with each cluster's final values before writing them.",
+        ),
+    ] = ChartSettings()
 
     @field_validator("version", mode="after")
     @classmethod
