@@ -18,7 +18,7 @@ DirOption = Annotated[Path, typer.Option("--dir", help="Folder for kubeconfigs, 
 def sandbox_up(
     directory: DirOption = Path("sandbox-run"),
     clusters: Annotated[int, typer.Option(help="How many user clusters (1 to 64).")] = 2,
-    cilium_version: Annotated[str, typer.Option(help="Cilium line 1.13 to 1.19, optionally with a patch.")] = "1.13",
+    cilium_version: Annotated[str, typer.Option(help="Cilium line 1.13 to 1.20, optionally with a patch.")] = "1.13",
     nodes: Annotated[int, typer.Option(help="Worker nodes per cluster.")] = 2,
     time_scale: Annotated[
         float,

@@ -1,8 +1,21 @@
 """The simulated Cilium agent CLI: ``cilium``/``cilium-dbg`` and ``cilium-health`` inside an agent pod.
 
 The world hands over an :class:`~sandbox.cilium_model.AgentSnapshot`; this module prints it exactly the
-way the agent's CLI of that Cilium version would (1.13 to 1.19), so the pipeline's parsers are tested
-against real formats, not against a second copy of their own assumptions. The formatting is ported
+way the agent's CLI of that Cilium version would (1.13 to 1.20), so the pipeline's parsers are tested
+against real formats, not against a second copy of their own assumptions.
+
+1.19 and 1.20 (see ``tests/fixtures/cilium/README.md`` for the sources):
+
+- ``cilium status``: from 1.19 the ClusterMesh header has no ``N global-services`` (reference/cilium.md §5;
+  a real 1.19.6 capture reads ``ClusterMesh: 0/0 remote clusters ready``); the JSON drops
+  ``num-global-services``. Real.
+- ``cilium-health status`` (plain, ``--verbose``, ``-o json``): as 1.18. No 1.19/1.20 change was found in
+  Cilium's formatter or its golden files; *reconstructed* (no public 1.20 capture found).
+- ``cilium service list``: 1.20 keeps the ``ID`` column. Captures from 1.20's development (cilium#44301,
+  2026-02; cilium#45871, 2026-05, "latest version") print it; the only printing code without it comes from
+  cilium#29055, closed unmerged. reference/cilium.md §2.2 says 1.20 drops it; that is not what the
+  evidence shows, so the ID-less layout is printed only on request (``id_column=False``, for parser
+  tests). The 1.20 table is *reconstructed* from the 1.18 code plus those captures. The formatting is ported
 from Cilium's Go code: ``text/tabwriter`` (column padding and trailing spaces), ``time.Duration``'s
 ``String()`` (``585.908µs``), ``encoding/json``'s ``MarshalIndent`` and cobra/pflag's error messages.
 
@@ -12,11 +25,9 @@ needs the same Go formatting.
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +36,12 @@ import orjson
 from sandbox.agentcli.cobra import _Command, _execute, _Flag
 from sandbox.agentcli.go import _NS_S, Result, TabWriter, Version, _rfc3339, go_duration
 from sandbox.agentcli.health import _format_health_legacy, _format_health_table, _health_json, _HealthView, _local_node
+from sandbox.agentcli.services import _format_service_list, _service_json
 from sandbox.cilium_model import (
     AgentSnapshot,
-    Backend,
     PeerStatus,
-    ServiceEntry,
 )
+from sandbox.versions import facts as line_facts
 
 __all__ = ["TabWriter", "go_duration", "run_agent_command"]
 
@@ -99,86 +110,19 @@ def _agent_binary(version: Version) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# cilium service list
-# ---------------------------------------------------------------------------------------------------
-
-
-def _addr(ip: str, port: int, protocol: str, scope: str, version: Version) -> str:
-    """``L3n4Addr.String()``: ``ip:port``, ``/TCP`` from 1.17, ``/i`` for the internal scope."""
-    host = f"[{ip}]" if ":" in ip else ip
-    text = f"{host}:{port}"
-    if version >= (1, 17):
-        text += f"/{protocol.upper()}"
-    if scope == "internal":
-        text += "/i"
-    return text
-
-
-def _listed_backends(svc: ServiceEntry, version: Version) -> list[tuple[Backend, bool]]:
-    """Backends as the agent's API lists them, with the ``preferred`` flag it reports.
-
-    1.18+ (cilium#43681): with any preferred backend only those are listed; with none, all are listed;
-    either way every listed backend is reported as preferred.
-    """
-    if version >= (1, 18):
-        preferred = [b for b in svc.backends if b.preferred]
-        return [(b, True) for b in (preferred or svc.backends)]
-    return [(b, b.preferred) for b in svc.backends]
-
-
-def _service_json(svc: ServiceEntry, version: Version) -> dict[str, Any]:
-    frontend: dict[str, Any] = {"ip": svc.frontend_ip, "port": svc.frontend_port, "scope": svc.scope}
-    if version >= (1, 17):
-        frontend["protocol"] = svc.protocol.upper()
-    flags: dict[str, Any] = {
-        "extTrafficPolicy": svc.ext_traffic_policy or svc.traffic_policy,
-        "intTrafficPolicy": svc.int_traffic_policy or svc.traffic_policy,
-        "name": svc.name,
-        "namespace": svc.namespace,
-        "trafficPolicy": svc.traffic_policy,
-        "type": svc.type,
-    }
-    if svc.remote or svc.cluster:
-        flags["cluster"] = svc.cluster or "remote"
-    backends: list[dict[str, Any]] = []
-    for backend, preferred in _listed_backends(svc, version):
-        item: dict[str, Any] = {"ip": backend.ip, "port": backend.port, "state": backend.state, "weight": 100}
-        if backend.node_name:
-            item["nodeName"] = backend.node_name
-        if preferred:
-            item["preferred"] = True
-        if version >= (1, 17):
-            item["protocol"] = backend.protocol.upper()
-        if backend.zone and version >= (1, 16):
-            item["zone"] = backend.zone
-        backends.append(item)
-    spec = {"backend-addresses": backends, "flags": flags, "frontend-address": frontend, "id": svc.id}
-    return {"spec": spec, "status": {"realized": copy.deepcopy(spec)}}
-
-
-def _format_service_list(services: Sequence[ServiceEntry], version: Version, affinity: bool) -> str:
-    """``printServiceList``: tabwriter(5, 0, 3), every cell tab-terminated, rows sorted by ID."""
-    w = TabWriter(5, 0, 3)
-    w.write("ID\tFrontend\tService Type\tBackend\t\n")
-    for svc in sorted(services, key=lambda s: s.id):
-        svc_type = svc.type + (" (Remote)" if (svc.remote or svc.cluster) and version >= (1, 14) else "")
-        frontend = _addr(svc.frontend_ip, svc.frontend_port, svc.protocol, svc.scope, version)
-        rows: list[str] = []
-        for i, (backend, preferred) in enumerate(_listed_backends(svc, version), start=1):
-            address = _addr(backend.ip, backend.port, backend.protocol, "external", version)
-            text = f"{i} => {address} ({backend.state})"
-            rows.append(text + (" (preferred)" if affinity and preferred else ""))
-        w.write(f"{svc.id}\t{frontend}\t{svc_type}\t{rows[0] if rows else ''}\t\n")
-        for row in rows[1:]:
-            w.write(f"\t\t\t{row}\t\n")
-    return w.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------------
 # cilium status
 # ---------------------------------------------------------------------------------------------------
 
-_ETCD_VERSION = {13: "3.5.7", 14: "3.5.9", 15: "3.5.12", 16: "3.5.14", 17: "3.5.17", 18: "3.6.1", 19: "3.6.4"}
+_ETCD_VERSION = {
+    13: "3.5.7",
+    14: "3.5.9",
+    15: "3.5.12",
+    16: "3.5.14",
+    17: "3.5.17",
+    18: "3.6.1",
+    19: "3.6.4",
+    20: "3.6.5",
+}
 
 
 def _commit(snapshot: AgentSnapshot) -> str:
@@ -212,7 +156,10 @@ def _clustermesh_lines(snapshot: AgentSnapshot, version: Version, all_clusters: 
     peers = snapshot.peers
     ready = sum(1 for p in peers if p.ready)
     what = "remote clusters ready" if version >= (1, 16) else "clusters ready"
-    lines = [f"ClusterMesh:\t{ready}/{len(peers)} {what}, {snapshot.global_services} global-services\n"]
+    header = f"ClusterMesh:\t{ready}/{len(peers)} {what}"
+    if _prints_global_services(version):
+        header += f", {snapshot.global_services} global-services"
+    lines = [header + "\n"]
     now = snapshot.health.timestamp
     kvstoremesh = "true" if version >= (1, 16) else "false"
     for peer in peers:
@@ -251,6 +198,11 @@ def _clustermesh_lines(snapshot: AgentSnapshot, version: Version, all_clusters: 
             f"identities={synced}, services={synced}{exports}\n"
         )
     return lines
+
+
+def _prints_global_services(version: Version) -> bool:
+    """``N global-services`` in ``cilium status`` (text and JSON): gone from 1.19 on."""
+    return line_facts((version[0], version[1], 0)).global_services_in_status
 
 
 def _kpr_disabled(mode: str) -> bool:
@@ -369,7 +321,7 @@ def _status_json(snapshot: AgentSnapshot, version: Version) -> dict[str, Any]:
                     item["synced"] = {}
             clusters.append(item)
         mesh: dict[str, Any] = {"clusters": clusters}
-        if snapshot.global_services:
+        if snapshot.global_services and _prints_global_services(version):
             mesh["num-global-services"] = snapshot.global_services
         out["cluster-mesh"] = mesh
     return out

@@ -53,7 +53,6 @@ class LineFacts:
     cilium_dbg: bool  # the agent image ships ``cilium-dbg``
     global_services_in_status: bool  # ``cilium status`` prints ``N global-services`` (gone in 1.19)
     global_namespaces: bool  # a service is global only in a global namespace too (1.20)
-    service_list_id_column: bool  # ``cilium service list`` starts with an ``ID`` column (dropped in 1.20)
 
     @property
     def sandbox_kkp(self) -> str:
@@ -81,7 +80,6 @@ def _line(minor: int, patch: int, kkp: str | None) -> LineFacts:
         cilium_dbg=minor >= 15,
         global_services_in_status=minor <= 18,
         global_namespaces=minor >= 20,
-        service_list_id_column=minor <= 19,
     )
 
 
@@ -95,6 +93,12 @@ LINES: dict[Line, LineFacts] = {
     (1, 19): _line(19, 4, "2.31"),
     (1, 20): _line(20, 0, None),  # 1.20.0: the only 1.20 chart in ../shared/charts; no KKP default yet
 }
+
+# 1.20 global namespaces (reference/cilium.md §5; the 1.20.0 chart's cilium-configmap.yaml and values.yaml):
+# cilium-config says whether a namespace without the annotation is global (chart value
+# ``clustermesh.defaultGlobalNamespace``, default true); a Namespace overrides it with the annotation.
+DEFAULT_GLOBAL_NAMESPACE_KEY = "clustermesh-default-global-namespace"
+NAMESPACE_GLOBAL_ANNOTATION = "clustermesh.cilium.io/global"
 
 # Facts that begin at a patch release: (the line, the first patch that has it).
 AFFINITY_NONE_DROPS_REMOTE: Version = (1, 18, 10)  # cilium#46623: affinity "none" drops remote backends

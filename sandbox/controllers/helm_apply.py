@@ -6,6 +6,7 @@ from __future__ import annotations
 from sandbox.chart import Rendered
 from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
 from sandbox.store import Obj
+from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY
 from sandbox.versions import facts as version_facts
 
 
@@ -63,6 +64,9 @@ class HelmApply:
             data["tunnel-protocol"] = "vxlan"
         if r.config_enabled:
             data["clustermesh-config"] = "/var/lib/cilium/clustermesh/"
+        if version_facts(r.version).global_namespaces:  # the 1.20 chart renders it always (values default true)
+            default_global = (r.values.get("clustermesh") or {}).get("defaultGlobalNamespace", True)
+            data[DEFAULT_GLOBAL_NAMESPACE_KEY] = "false" if default_global is False else "true"
         return data
 
     def _apply_apiserver(self, c: SimCluster, r: Rendered, aliases: list[Obj]) -> None:

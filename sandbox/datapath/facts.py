@@ -16,6 +16,7 @@ from sandbox.datapath.state import (
     Network,
     _get,
     _health_ip,
+    _is_true,
     _network,
     _object,
     _objects,
@@ -25,6 +26,7 @@ from sandbox.datapath.state import (
     _yaml,
 )
 from sandbox.store import Obj, Store
+from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY, NAMESPACE_GLOBAL_ANNOTATION
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,10 @@ class _Facts:
     pods_by_ns: dict[str, list[Obj]] = field(default_factory=dict)
     pods_by_key: dict[tuple[str, str], Obj] = field(default_factory=dict)
     pods_by_ip: dict[str, Obj] = field(default_factory=dict)
+    # 1.20 global namespaces: cilium-config ``clustermesh-default-global-namespace`` (absent = true) and each
+    # namespace's ``clustermesh.cilium.io/global`` annotation, where set
+    default_global_namespace: bool = True
+    namespace_global: dict[str, bool] = field(default_factory=dict)
 
     @property
     def node_ips(self) -> set[str]:
@@ -144,6 +150,11 @@ def _build_facts(name: str, store: Store) -> _Facts:
     kpr = str(data.get("kube-proxy-replacement") or "").strip()
     if kpr:
         f.kpr = kpr[:1].upper() + kpr[1:].lower()
+    f.default_global_namespace = _is_true(data.get(DEFAULT_GLOBAL_NAMESPACE_KEY, "true"))
+    for namespace in _objects(store, "v1/namespaces"):
+        marker = (_get(namespace, "metadata", "annotations", default={}) or {}).get(NAMESPACE_GLOBAL_ANNOTATION)
+        if marker is not None:
+            f.namespace_global[str(_get(namespace, "metadata", "name", default=""))] = _is_true(marker)
 
     app = _object(store, "apps.kubermatic.k8c.io/v1/applicationinstallations", NS, "cilium")
     daemonset = _object(store, "apps/v1/daemonsets", NS, "cilium")

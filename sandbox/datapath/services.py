@@ -31,8 +31,14 @@ def _annotation(svc: Obj, ver: tuple[int, int, int], new: str, old: str) -> str 
     return str(ann[old]) if old in ann else None
 
 
-def _is_global(svc: Obj, ver: tuple[int, int, int]) -> bool:
-    return _is_true(_annotation(svc, ver, "service.cilium.io/global", "io.cilium/global-service"))
+def _is_global(svc: Obj, f: _Facts) -> bool:
+    """Annotated global; from 1.20 also in a global namespace (its annotation, else cilium-config's default)."""
+    if not _is_true(_annotation(svc, f.ver, "service.cilium.io/global", "io.cilium/global-service")):
+        return False
+    if not version_facts(f.ver).global_namespaces:
+        return True
+    namespace = str(_get(svc, "metadata", "namespace", default=""))
+    return f.namespace_global.get(namespace, f.default_global_namespace)
 
 
 def _is_shared(svc: Obj, ver: tuple[int, int, int]) -> bool:
@@ -236,14 +242,14 @@ def _frontends(mesh: _Mesh, src: _Facts, node: str, plan: list[_PlannedPort] | N
         spec = svc.get("spec") or {}
         ns = str(_get(svc, "metadata", "namespace", default=""))
         name = str(_get(svc, "metadata", "name", default=""))
-        is_global = _is_global(svc, src.ver)
+        is_global = _is_global(svc, src)
         affinity = _affinity(svc, src.ver) if is_global else None
         policy = str(spec.get("externalTrafficPolicy") or "Cluster")
         backends = _pod_backends(src, svc, port, local=True)
         if is_global:
             for dst in peers:
                 remote = dst.services_by_key.get((ns, name))
-                if remote is None or not _is_global(remote, dst.ver) or not _is_shared(remote, dst.ver):
+                if remote is None or not _is_global(remote, dst) or not _is_shared(remote, dst.ver):
                     continue
                 remote_port = _matching_port(remote, port)
                 if remote_port is not None:
@@ -278,7 +284,7 @@ def service_entries(
 
 
 def _global_count(f: _Facts) -> int:
-    return sum(1 for s in f.services if _is_global(s, f.ver))
+    return sum(1 for s in f.services if _is_global(s, f))
 
 
 def _peer_status(mesh: _Mesh, src: _Facts, node: str, peer: _PeerConfig) -> PeerStatus:
@@ -300,7 +306,7 @@ def _peer_status(mesh: _Mesh, src: _Facts, node: str, peer: _PeerConfig) -> Peer
         )
         for p in workload
     }
-    shared = sum(1 for s in dst.services if _is_global(s, dst.ver) and _is_shared(s, dst.ver))
+    shared = sum(1 for s in dst.services if _is_global(s, dst) and _is_shared(s, dst.ver))
     return PeerStatus(
         name=peer.name,
         ready=True,
