@@ -41,10 +41,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sandbox import pki
+from sandbox.chart import ChartError
 from sandbox.httpserver import LoopThread, start_https_server
 from sandbox.kkp_api import KkpRecord, KkpState, create_kkp_app, new_project_id
 from sandbox.kubeapi import ApiFaults, ExecResult, create_app
 from sandbox.mesh import ClusterState, MeshFaults, exec_command
+from sandbox.real_chart import ChartRenderer
 from sandbox.resources import builtin_types
 from sandbox.store import Store
 from sandbox.versions import default_kkp_for_line, line_names
@@ -116,6 +118,7 @@ class Sandbox:
     kkp_spec_clusters: int = 2
     kkp_state: KkpState | None = None
     kkp_port: int = 0
+    charts: Path | None = None  # a folder of cilium-<version>.tgz: KKP renders the real charts (else the built-in)
     _kkp_server: Any = None
     _kkp_ca: pki.KeyPair | None = None
     endpoints: list[ClusterEndpoint] = field(default_factory=list)
@@ -139,6 +142,11 @@ class Sandbox:
             raise SandboxError(f"--time-scale {self.time_scale} is negative: use 0 (instant) or more")
         line = _line(self.cilium_version)
         self.kkp_version = self.kkp_version or DEFAULT_KKP_FOR_LINE[line]
+        if self.charts is not None:
+            try:
+                ChartRenderer(self.charts).archive(_concrete(self.cilium_version))
+            except ChartError as exc:
+                raise SandboxError(f"--charts: {exc.message}") from None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -190,6 +198,7 @@ class Sandbox:
             kkp_version=self.kkp_version or "2.22",
             time_scale=self.time_scale,
             seed=self.seed,
+            charts=self.charts,
         )
         self.world = world
         for i in range(1, self.clusters + 1):
@@ -354,6 +363,7 @@ class Sandbox:
             "cilium_version": self.cilium_version,
             "kkp_version": self.kkp_version,
             "time_scale": self.time_scale,
+            "charts": str(Path(self.charts).resolve()) if self.charts else None,
             "control_url": f"http://127.0.0.1:{self.control_port}",
             "control_token": self.control_token,
             "clusters": [

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sandbox.controllers.agents import Agents
@@ -55,7 +56,7 @@ from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
 from sandbox.controllers.services import Services
 from sandbox.controllers.workloads import Workloads
-from sandbox.render import BuiltinRenderer, Renderer
+from sandbox.render import Renderer, renderer_for
 from sandbox.store import Obj, Store
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,11 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
         time_scale: float = 1.0,
         seed: int = 0,
         renderer: Renderer | None = None,
+        charts: Path | str | None = None,
     ) -> None:
-        self.renderer: Renderer = renderer or BuiltinRenderer()
+        if renderer is not None and charts is not None:
+            raise ValueError("pass renderer or charts, not both")
+        self.renderer: Renderer = renderer or renderer_for(charts)  # charts: the real charts in that folder
         self.cilium_version = concrete_version(cilium_version)
         self.kkp_version = kkp_version
         self.kkp = _kkp(kkp_version)

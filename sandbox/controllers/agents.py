@@ -39,6 +39,13 @@ class Agents:
         r = c.current
         if r is None:
             return
+        if r.mesh_secrets is not None:  # a real render: the Secrets it rendered, verbatim, and no others
+            for name in (MESH_SECRET, KVSTOREMESH_SECRET):
+                if name in r.mesh_secrets:
+                    self._put_secret(c, name, dict(r.mesh_secrets[name]), "Opaque")
+                elif (cur := c.store.try_get(SECRETS, NS, name)) is not None:
+                    self._delete(c, SECRETS, cur)
+            return
         if not r.config_enabled:
             for name in (MESH_SECRET, KVSTOREMESH_SECRET):
                 cur = c.store.try_get(SECRETS, NS, name)

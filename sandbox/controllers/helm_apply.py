@@ -19,6 +19,10 @@ class HelmApply:
         s = c.store
         self._put_configmap(c, "cilium-config", self._cilium_config(r))
         aliases = [{"ip": ip, "hostnames": [f"{e.name}.mesh.cilium.io"]} for e in r.clusters for ip in e.ips]
+        apiserver_aliases = aliases if (r.kvstoremesh and version_facts(r.version).kvstoremesh_host_aliases) else []
+        if r.host_aliases is not None:  # a real render: its hostAliases, on the pods that dial the peers
+            aliases = [{"ip": ip, "hostnames": [host]} for ip, host in r.host_aliases]
+            aliases, apiserver_aliases = ([], aliases) if r.kvstoremesh else (aliases, [])
 
         def ds(obj: Obj) -> None:
             tspec = obj["spec"]["template"]["spec"]
@@ -30,9 +34,7 @@ class HelmApply:
 
         s.mutate(DSS, NS, "cilium", ds)
         if r.mesh_enabled:
-            self._apply_apiserver(
-                c, r, aliases if (r.kvstoremesh and version_facts(r.version).kvstoremesh_host_aliases) else []
-            )
+            self._apply_apiserver(c, r, apiserver_aliases)
             if certgen and r.tls_auto_enabled and r.tls_method in ("helm", "cronJob") and not r.certgen_is_hook:
                 self._schedule_certgen(c)
         else:
