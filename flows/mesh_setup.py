@@ -176,6 +176,7 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     warnings = setup_steps.check_mesh_prerequisites(facts)
     for w in warnings:
         logger.warning(w)
+    _check_chart(spec, facts)  # the real chart refuses nothing we will write, before anything is written
     if require_approval and not _approved(spec):
         # A returned State becomes the run's final state; callers that need a SetupResult never ask for approval.
         return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
@@ -193,6 +194,17 @@ def _setup(spec: MeshSpec, require_approval: bool) -> SetupResult:
     )
     logger.info(result.describe())
     return result
+
+
+def _check_chart(spec: MeshSpec, facts: list[ClusterFacts]) -> None:
+    """Render every cluster's final values with its chart; a refusal fails the run here, nothing written."""
+    logger = get_run_logger()
+    report = setup_steps.check_chart(spec, facts)
+    for note in report.skipped:
+        logger.warning("Values not rendered with the Cilium chart, the setup goes on without that check: %s", note)
+    for view in report.views:
+        peers = "; ".join(f"{p.peer} at {p.endpoint}, CA {p.trusted_ca}, cert {p.client_cert}" for p in view.peers)
+        logger.info("%s renders the values of %s: %s", view.chart, view.cluster, peers or "no peers")
 
 
 class _Writes:

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps import chart_check
 from clustermesh.steps import step1_prerequisites as prerequisites
 from clustermesh.steps import step2_4_6_mesh_values as mesh_config
 from clustermesh.steps import step3_5_endpoints as endpoints
@@ -63,6 +64,18 @@ def check_mesh_prerequisites(facts: list[ClusterFacts]) -> list[str]:
     return prerequisites.check_mesh_prerequisites(facts)
 
 
+@task(
+    name="1. Render the values with the Cilium chart",
+    task_run_name="1. Render the values with the Cilium chart",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def check_chart(spec: MeshSpec, facts: list[ClusterFacts]) -> chart_check.ChartReport:
+    """Every cluster's final values rendered with the chart it runs, before step 2 writes anything."""
+    with cluster_clients(spec) as clients:
+        return chart_check.check_mesh_chart(clients, {f.name: f for f in facts}, spec)
+
+
 @task(name="2/4/6. Write Cluster Mesh values", cache_policy=RUN_CACHE, persist_result=True, **COMMON)
 def configure_mesh(
     spec: MeshSpec,
@@ -72,8 +85,10 @@ def configure_mesh(
     shared_ca: CaMaterial | None = None,
 ) -> StepChange:
     with cluster_client(spec, facts.name) as client:
+        check = chart_check.values_checker(spec, facts) if spec.cilium.chart.source is not None else None
+        cluster = spec.cluster(facts.name)
         return mesh_config.configure_mesh(
-            client, facts, spec.cluster(facts.name), spec, step=step, peers=peers, shared_ca=shared_ca
+            client, facts, cluster, spec, step=step, peers=peers, shared_ca=shared_ca, check_values=check
         )
 
 

@@ -120,18 +120,45 @@ def _cached_path(source: str, version: str, cache_dir: Path) -> Path:
 
 
 def _get(url: str, what: str) -> bytes:
+    """The body at ``url``; a name lookup that hangs (no DNS server answering) is given up after the timeout too:
+    the socket timeout does not cover it, so the request runs in a thread of its own."""
+    outcome: list[bytes | BaseException] = []
+
+    def fetch() -> None:
+        try:
+            outcome.append(_request(url))
+        except BaseException as exc:  # handed to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=fetch, name="clustermesh-chart-fetch", daemon=True)
+    worker.start()
+    deadline = REQUEST_TIMEOUT * 4  # connect + read of an archive of a few MB
+    worker.join(deadline)
+    if not outcome:
+        raise ChartUnavailableError(what, f"cannot reach {url} (no answer within {deadline:g}s)", fix=_URL_FIX)
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        return _raise_unavailable(url, what, result)
+    if len(result) > _MAX_ARCHIVE_BYTES:
+        raise ChartUnavailableError(what, f"{url} is larger than {_MAX_ARCHIVE_BYTES} bytes", fix=_URL_FIX)
+    return result
+
+
+def _request(url: str) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "clustermesh"})
+    with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - http(s) only
+        data: bytes = response.read(_MAX_ARCHIVE_BYTES + 1)
+    return data
+
+
+def _raise_unavailable(url: str, what: str, error: BaseException) -> bytes:
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:  # noqa: S310 - http(s) only
-            data: bytes = response.read(_MAX_ARCHIVE_BYTES + 1)
+        raise error
     except urllib.error.HTTPError as exc:
         raise ChartUnavailableError(what, f"{url} answered HTTP {exc.code}", fix=_URL_FIX) from None
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ChartUnavailableError(what, f"cannot reach {url} ({reason})", fix=_URL_FIX) from None
-    if len(data) > _MAX_ARCHIVE_BYTES:
-        raise ChartUnavailableError(what, f"{url} is larger than {_MAX_ARCHIVE_BYTES} bytes", fix=_URL_FIX)
-    return data
 
 
 def _archive_url(source: str, version: str, index: Any) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from clustermesh.cilium.profiles import parse_cilium_version
@@ -71,8 +71,13 @@ def configure_mesh(
     peers: list[PeerEntry],
     shared_ca: CaMaterial | None = None,
     write: bool = True,
+    check_values: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> StepChange:
-    """Bring ``cluster``'s mesh values to the desired state and wait for KKP; see the module docstring."""
+    """Bring ``cluster``'s mesh values to the desired state and wait for KKP; see the module docstring.
+
+    ``check_values`` sees the exact values right before they are written (the chart check) and raises
+    to stop the write.
+    """
     conflicts = 0
     while True:
         ai = client.get_application_installation()
@@ -82,6 +87,8 @@ def configure_mesh(
         if not write or not (change.changed or retry):
             written = False
             break
+        if check_values is not None:
+            check_values(change.new_values)
         raise_if_stopping(f"writing the mesh values of {cluster.name} ({step})")  # Ctrl-C: no further write
         try:
             ai = client.replace_application_installation(_with_values(ai, change.new_values, field, retry=retry))
