@@ -3,7 +3,9 @@
 We own only ``cluster``, ``clustermesh`` and ``tls``; KKP enforces or freezes the rest (kkp.md §2), so
 the plan is always "the cluster's full current values with our overlay deep-merged in", compared
 semantically (KKP re-serialises with sorted keys and drops comments), and written only when it differs.
-``clustermesh.config.clusters`` is merged by name so peers we do not know about survive.
+``clustermesh.config.clusters`` is merged by name so peers we do not know about survive; it may be a
+list or (1.19+) a map keyed by cluster name, and is read in both forms and written in the form the
+cluster already uses.
 """
 
 from __future__ import annotations
@@ -34,12 +36,16 @@ __all__ = [
     "Values",
     "ValuesChange",
     "ValuesField",
+    "clusters_form",
+    "configured_peers",
     "deep_merge",
     "dump_values",
     "legacy_paths_to_remove",
+    "peer_entries",
     "plan_change",
     "read_values",
     "redact_values",
+    "removed_keys_present",
     "render_mesh_values",
 ]
 
@@ -48,7 +54,9 @@ ValuesField = Literal["values", "valuesBlock"]
 Path = tuple[str, ...]
 
 CLUSTERS_PATH: Path = ("clustermesh", "config", "clusters")
-"""The one list merged by entry ``name`` instead of replaced."""
+"""The one list (or, 1.19+, map keyed by name) merged by entry name instead of replaced."""
+
+ClustersForm = Literal["list", "map"]
 
 OUR_ROOTS: frozenset[str] = frozenset({"cluster", "clustermesh", "tls"})
 """Top-level keys our overlays may contain; anything else is a bug in the caller."""
@@ -225,13 +233,16 @@ def _shape_problem(root: Any) -> str | None:
 
 
 def _merge(base: Any, overlay: Any, path: Path) -> Any:
+    if path == CLUSTERS_PATH and isinstance(overlay, list):
+        if isinstance(base, list):
+            return _merge_by_name(base, overlay)
+        if isinstance(base, dict):
+            return _merge_into_map(base, overlay)
     if isinstance(base, dict) and isinstance(overlay, dict):
         merged = {k: copy.deepcopy(v) for k, v in base.items()}
         for key, value in overlay.items():
             merged[key] = _merge(base[key], value, (*path, str(key))) if key in base else copy.deepcopy(value)
         return merged
-    if path == CLUSTERS_PATH and isinstance(base, list) and isinstance(overlay, list):
-        return _merge_by_name(base, overlay)
     return copy.deepcopy(overlay)
 
 
@@ -264,6 +275,17 @@ def _merge_by_name(base: list[Any], overlay: list[Any]) -> list[Any]:
     return merged
 
 
+def _merge_into_map(base: dict[Any, Any], overlay: list[Any]) -> dict[Any, Any]:
+    """The map form (1.19+): an overlay entry replaces its name's value in place (without ``name``, as in the
+    chart's example; a hand-set ``enabled: false`` goes too: the spec says it is a peer); other keys stay."""
+    merged = {key: copy.deepcopy(value) for key, value in base.items()}
+    for entry in overlay:
+        name = _entry_name(entry)
+        if name is not None:  # our overlays always name their entries
+            merged[name] = {k: copy.deepcopy(v) for k, v in entry.items() if k != "name"}
+    return merged
+
+
 def _entry_name(entry: Any) -> Any:
     """An entry's ``name`` when it can key a dict; a hand-written list, set or mapping as name is no name."""
     name = entry.get("name") if isinstance(entry, dict) else None
@@ -292,8 +314,11 @@ def render_mesh_values(
     """Exactly the keys we own for ``cluster``: the guide's snippet for this Cilium line.
 
     ``shared_ca`` goes where the profile says (1.13: ``clustermesh.apiserver.tls.ca``; later ``tls.ca``)
-    and only in shared CA mode. Peer entries carry ``tls.caCert`` in per-peer mode (1.14+). No
+    and only in shared CA mode. Peer entries carry ``tls.caCert`` in per-peer mode (1.14+). In shared
+    mode from 1.19, where per-entry certificates are deprecated, entries carry no ``tls`` at all: the
+    agents then use the local ``clustermesh-apiserver-remote-cert``, issued by the shared CA. No
     ``clusters`` key is written without peers, so enabling the first cluster leaves its list alone.
+    Keys the line removed (``profile.removed_value_paths``) are never part of it.
     """
     resolved = spec.cilium.resolve(profile)
     obj = f"values for cluster {cluster.name!r}"
@@ -309,7 +334,9 @@ def render_mesh_values(
             f"a shared CA was given but the CA mode is {resolved.ca_mode} on Cilium {profile.line}",
             fix="do not copy CA keys between clusters in per-peer mode (or set cilium.ca_mode: shared)",
         )
-    entries = _peer_entries(peers, per_peer_ca=resolved.ca_mode == "per-peer", obj=obj)
+    per_peer = resolved.ca_mode == "per-peer"
+    with_certs = per_peer or not profile.per_entry_certs_deprecated
+    entries = _peer_entries(peers, per_peer_ca=per_peer, with_certs=with_certs, obj=obj)
     config: Values = {"enabled": True}
     if entries:
         config["clusters"] = entries
@@ -327,10 +354,15 @@ def render_mesh_values(
     return values
 
 
-def _peer_entries(peers: list[PeerEntry], *, per_peer_ca: bool, obj: str) -> list[Values]:
-    """``clustermesh.config.clusters``: one entry per peer, with the peer's CA in per-peer CA mode."""
+def _peer_entries(peers: list[PeerEntry], *, per_peer_ca: bool, with_certs: bool, obj: str) -> list[Values]:
+    """``clustermesh.config.clusters``: one entry per peer, with the peer's CA in per-peer CA mode; without
+    ``with_certs`` (shared CA, 1.19+) an entry is the address alone."""
     entries: list[Values] = []
     for peer in peers:
+        entry: Values = {"name": peer.name, "address": "", "port": peer.port, "ips": [str(ip) for ip in peer.ips]}
+        entries.append(entry)
+        if not with_certs:
+            continue
         tls: Values = {"cert": peer.cert, "key": peer.key.get_secret_value()}
         if per_peer_ca:
             if peer.ca_cert is None:
@@ -340,15 +372,7 @@ def _peer_entries(peers: list[PeerEntry], *, per_peer_ca: bool, obj: str) -> lis
                     fix="read ca.crt of the peer's clustermesh-apiserver-remote-cert",
                 )
             tls["caCert"] = peer.ca_cert
-        entries.append(
-            {
-                "name": peer.name,
-                "address": "",
-                "port": peer.port,
-                "ips": [str(ip) for ip in peer.ips],
-                "tls": tls,
-            }
-        )
+        entry["tls"] = tls
     return entries
 
 
@@ -368,6 +392,42 @@ def value_at(values: Any, path: Sequence[str]) -> tuple[bool, Any]:
             return False, None
         node = node[key]
     return True, node
+
+
+def clusters_form(values: Mapping[str, Any]) -> ClustersForm | None:
+    """The form of ``clustermesh.config.clusters`` in ``values``: a list, a map (1.19+), or None (unset/other)."""
+    _, clusters = value_at(values, CLUSTERS_PATH)
+    if isinstance(clusters, list):
+        return "list"
+    if isinstance(clusters, dict):
+        return "map"
+    return None
+
+
+def peer_entries(values: Mapping[str, Any]) -> list[Values]:
+    """Every ``clustermesh.config.clusters`` entry that is a mapping, in either form, with its ``name`` (in the
+    map form, the key, as the chart does); ``enabled: false`` (1.19+) stays: the chart leaves that peer out."""
+    _, clusters = value_at(values, CLUSTERS_PATH)
+    if isinstance(clusters, dict):
+        return [{**value, "name": key} for key, value in clusters.items() if isinstance(value, dict)]
+    if isinstance(clusters, list):
+        return [dict(entry) for entry in clusters if isinstance(entry, dict)]
+    return []
+
+
+def configured_peers(values: Mapping[str, Any]) -> list[str]:
+    """Names of the peers the chart connects to: every entry of either form except ``enabled: false`` ones."""
+    return [str(e.get("name")) for e in peer_entries(values) if e.get("enabled") is not False]
+
+
+def removed_keys_present(profile: CiliumProfile, values: Mapping[str, Any]) -> list[Path]:
+    """Keys set in ``values`` that this line's chart no longer reads (1.20: silently ignored); never ours to write."""
+    found = []
+    for path in profile.removed_value_paths:
+        present, value = value_at(values, path)
+        if present and value not in (None, ""):
+            found.append(path)
+    return found
 
 
 def legacy_paths_to_remove(profile: CiliumProfile, current: Mapping[str, Any], patch: int | None) -> list[Path]:
