@@ -375,6 +375,9 @@ def demo(
     clusters: Annotated[int, typer.Option(help="How many sandbox clusters.")] = 2,
     cilium_version: Annotated[str, typer.Option(help="Cilium line of the sandbox, 1.13 to 1.19.")] = "1.13",
     time_scale: Annotated[float, typer.Option(help="Sandbox delays: 0 = instant, 1 = realistic.")] = 0.0,
+    charts: Annotated[
+        Path | None, typer.Option("--charts", help="Folder of cilium-<version>.tgz: the sandbox installs real charts.")
+    ] = None,
 ) -> None:
     """Start a sandbox in this process, set up the mesh, verify it with the drill, stop the sandbox."""
     import tempfile
@@ -388,7 +391,9 @@ def demo(
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     with tempfile.TemporaryDirectory(prefix="clustermesh-demo-") as tmp:
         try:
-            sb = Sandbox(Path(tmp), clusters=clusters, cilium_version=cilium_version, time_scale=time_scale)
+            sb = Sandbox(
+                Path(tmp), clusters=clusters, cilium_version=cilium_version, time_scale=time_scale, charts=charts
+            )
         except SandboxError as exc:
             _fail(str(exc))
         with sb:

@@ -39,6 +39,14 @@ def sandbox_up(
             "then the number of KKP references in mesh-kkp.yaml.",
         ),
     ] = False,
+    charts: Annotated[
+        Path | None,
+        typer.Option(
+            "--charts",
+            help="Folder of cilium-<version>.tgz: KKP installs the real Cilium chart of each cluster's exact "
+            "version (needs `uv sync --group charts`); default: the sandbox's own, faster renderer.",
+        ),
+    ] = None,
 ) -> None:
     """Serve simulated clusters in the foreground until Ctrl-C or SIGTERM."""
     from sandbox.server import Sandbox, SandboxError, run_foreground
@@ -54,6 +62,7 @@ def sandbox_up(
             overlap_pod_cidrs=overlap_pod_cidrs,
             kkp=kkp,
             kkp_spec_clusters=clusters if kkp else 2,
+            charts=charts,
         )
         run_foreground(sb)
     except SandboxError as exc:

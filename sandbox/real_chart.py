@@ -71,7 +71,8 @@ class ChartRenderer:
     def __init__(self, charts_dir: Path | str) -> None:
         self.charts_dir = Path(charts_dir)
         if not self.charts_dir.is_dir():
-            raise ChartError(f"--charts {self.charts_dir}: no such folder (a folder of cilium-<version>.tgz)")
+            raise ChartError(f"{self.charts_dir} is not a folder: pass a folder of cilium-<version>.tgz archives")
+        _engine()  # without Helm's engine nothing renders: say so now, with the fix
         self._cache: OrderedDict[tuple[str, str], Rendered | ChartError] = OrderedDict()
         self._lock = threading.Lock()
         self.renders = 0  # how many times Helm's engine ran (the rest came from the cache)

@@ -556,7 +556,8 @@ def run_foreground(sandbox: Sandbox) -> None:
         sandbox.start()
         print(
             f"sandbox ready: {len(sandbox.endpoints)} clusters, Cilium {sandbox.cilium_version}, "
-            f"KKP {sandbox.kkp_version}, files in {sandbox.directory}",
+            f"KKP {sandbox.kkp_version}{f', real charts from {sandbox.charts}' if sandbox.charts else ''}, "
+            f"files in {sandbox.directory}",
             flush=True,
         )
         for ep in sandbox.endpoints:
