@@ -1,8 +1,9 @@
 """What differs between Cilium lines 1.13 … 1.20, kept as data so no code branches on a version number.
 
-Facts come from the chart archives and Cilium sources summarised in ``reference/cilium.md`` §1–§4 and
-``reference/kkp.md`` §6–§7. Where the reference marks a 1.19 fact "(unverified)" the profile assumes
-it equals 1.18, as the reference does.
+Facts come from the chart archives and Cilium sources summarised in ``reference/cilium.md`` §1–§5 and
+``reference/kkp.md`` §6–§7; the 1.19 and 1.20 chart facts are proven by rendering the real charts
+(``tests/domain/test_profiles_119_120.py``). Agent-output facts a chart cannot show are listed in a
+row's ``unverified`` and assumed equal to the line before.
 
 CA choice (``default_ca_mode``): on 1.13 the chart has no per-entry ``tls.caCert``, so every cluster
 must share one CA under ``clustermesh.apiserver.tls.ca`` — the old KKP guide (2.22–2.26). From 1.14
@@ -10,6 +11,15 @@ each ``clusters[]`` entry can carry the peer's ``caCert``; the new KKP guide (2.
 because the old key is ignored or fatal from 1.15, and writing ``tls.ca`` over a certgen-made
 ``cilium-ca`` breaks Helm ownership. So 1.14+ defaults to "per-peer": no CA is copied between
 clusters (no CA key ever leaves its cluster), each entry names the CA that signed its peer.
+
+1.19 deprecates per-entry certificates: without them an entry uses the local remote certificate, which
+a peer accepts only when every member shares one CA (top-level ``tls.ca``). ``auto`` still means
+per-peer on 1.19 and 1.20: the real charts render ``tls.ca`` into a Helm-owned Secret ``cilium-ca``,
+while under KKP that Secret already exists, made by certgen (KKP's default ``hubble.tls.auto.method:
+cronJob``, and the clustermesh cronJob ``auto`` picks on 1.19+), so Helm would refuse to adopt it
+("invalid ownership metadata", reference/cilium.md §4 pitfall 3). Per-peer with cronJob is the one combination
+that keeps ``cilium-ca`` out of the release. ``ca_mode: shared`` stays available and writes the 1.19
+form (entries without ``tls``) where ``cilium-ca`` is the release's own.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from clustermesh.errors import UnsupportedVersionError
 
 __all__ = [
     "PROFILES",
+    "REMOVED_IN_1_20",
     "SUPPORTED_LINES",
     "AgentCli",
     "AuthMode",
@@ -390,7 +401,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
     ),
-    # certgen no longer a Helm hook, so the guide's cronJob is safe again; the rest assumed as 1.18.
+    # certgen no longer a Helm hook (cronJob safe again); clusters map, per-entry certs deprecated, authMode
+    # migration, cacheTTL, policyDefaultLocalCluster true; agent output assumed as 1.18.
     CiliumProfile(
         line="1.19",
         agent_cli="cilium-dbg",
@@ -421,7 +433,7 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
-        unverified=("old CA key rule", "health layout", "status header", "none-affinity bug", "name format"),
+        unverified=("health layout", "status header", "none-affinity bug"),
     ),
     # Global namespaces, 365-day certificates, server/admin/remote cert keys and enableSecrets removed,
     # extra server names under ``tls.auto.server``; agent output assumed as 1.19.

@@ -7,16 +7,16 @@ from dataclasses import fields
 
 import pytest
 
-from clustermesh.cilium.profiles import PROFILES, SUPPORTED_LINES, parse_cilium_version, profile_for
+from clustermesh.cilium.profiles import PROFILES, REMOVED_IN_1_20, SUPPORTED_LINES, parse_cilium_version, profile_for
 from clustermesh.errors import ClusterMeshError, UnsupportedVersionError
 
-LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19"]
+LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19", "1.20"]
 
 
-def test_every_line_from_1_13_to_1_19_has_a_profile() -> None:
+def test_every_line_from_1_13_to_1_20_has_a_profile() -> None:
     assert list(SUPPORTED_LINES) == LINES
     assert all(PROFILES[line].line == line for line in LINES)
-    assert [profile.minor for profile in PROFILES.values()] == list(range(13, 20))
+    assert [profile.minor for profile in PROFILES.values()] == list(range(13, 21))
 
 
 def _thresholds(minor: int) -> dict[str, object]:
@@ -51,15 +51,27 @@ def _thresholds(minor: int) -> dict[str, object]:
         "max_connected_clusters_options": (255,) if minor <= 14 else (255, 511),
         "name_format_enforced": minor >= 16,
         "kvstoremesh_default": minor >= 16,
-        "unverified": (
-            ("old CA key rule", "health layout", "status header", "none-affinity bug", "name format")
-            if minor == 19
-            else ()
+        "clusters_map_accepted": minor >= 19,
+        "per_entry_certs_deprecated": minor >= 19,
+        "auth_mode_default": None if minor == 13 else "migration" if minor >= 19 else "legacy",
+        "cache_ttl_supported": minor >= 19,
+        "policy_default_local_cluster": minor >= 19,
+        "global_namespaces": minor >= 20,
+        "removed_value_paths": REMOVED_IN_1_20 if minor >= 20 else (),
+        "cert_validity_days": 365 if minor >= 20 else 1095,
+        "server_extra_names_path": (
+            ("clustermesh", "apiserver", "tls", "auto", "server")
+            if minor >= 20
+            else ("clustermesh", "apiserver", "tls", "server")
         ),
+        "unverified": {
+            19: ("health layout", "status header", "none-affinity bug"),
+            20: ("health layout", "status header", "none-affinity bug", "service list ID column (dropped in 1.20)"),
+        }.get(minor, ()),
     }
 
 
-@pytest.mark.parametrize("minor", range(13, 20))
+@pytest.mark.parametrize("minor", range(13, 21))
 def test_each_row_agrees_with_the_version_thresholds_it_replaced(minor: int) -> None:
     profile = PROFILES[f"1.{minor}"]
     assert {f.name: getattr(profile, f.name) for f in fields(profile)} == _thresholds(minor)
@@ -88,17 +100,17 @@ def test_profile_for_accepts_line_patch_and_v_prefix(text: str) -> None:
     assert profile_for(text).line == "1.16"
 
 
-@pytest.mark.parametrize("text", ["1.12.9", "1.20", "2.0", "1", "latest", "", "1.x", "1.16.9.1"])
+@pytest.mark.parametrize("text", ["1.12.9", "1.21", "2.0", "1", "latest", "", "1.x", "1.16.9.1"])
 def test_unsupported_versions_name_the_supported_lines(text: str) -> None:
     with pytest.raises(UnsupportedVersionError) as info:
         profile_for(text)
     assert isinstance(info.value, ClusterMeshError)
-    assert "1.13" in str(info.value) and "1.19" in str(info.value)
+    assert "1.13" in str(info.value) and "1.20" in str(info.value)
     assert info.value.supported == tuple(LINES)
 
 
 def test_unsupported_version_error_survives_pickling() -> None:
-    error = UnsupportedVersionError("1.20", tuple(LINES))
+    error = UnsupportedVersionError("1.21", tuple(LINES))
     copy = pickle.loads(pickle.dumps(error))
     assert str(copy) == str(error)
 
@@ -120,6 +132,7 @@ MATRIX = [
     ("1.17", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
     ("1.18", "cilium-dbg", ("tls", "ca"), True, "per-peer", "helm", ("cilium-ca",)),
     ("1.19", "cilium-dbg", ("tls", "ca"), True, "per-peer", "cronJob", ("cilium-ca",)),
+    ("1.20", "cilium-dbg", ("tls", "ca"), True, "per-peer", "cronJob", ("cilium-ca",)),
 ]  # fmt: skip
 
 
@@ -161,6 +174,7 @@ def test_cronjob_is_safe_exactly_where_certgen_is_not_a_helm_hook(line: str) -> 
         ("1.17.0", "rejected"),
         ("1.18.10", "rejected"),
         ("1.19.4", "rejected"),
+        ("1.20.0", "rejected"),
     ],
 )
 def test_old_ca_key_is_rejected_from_1_15_8_and_1_16_2(version: str, effect: str) -> None:
@@ -181,7 +195,7 @@ def test_only_1_13_reads_just_the_old_annotation_family() -> None:
     assert "service.cilium.io/" in profile_for("1.14").annotation_prefixes_read
 
 
-@pytest.mark.parametrize(("line", "dropped"), [("1.17", False), ("1.18", True), ("1.19", True)])
+@pytest.mark.parametrize(("line", "dropped"), [("1.17", False), ("1.18", True), ("1.19", True), ("1.20", True)])
 def test_none_affinity_is_deleted_where_it_black_holes_remote_backends(line: str, dropped: bool) -> None:
     annotations = profile_for(line).affinity_annotations("none")
     assert (annotations == {}) is dropped
@@ -201,6 +215,7 @@ def test_none_affinity_is_deleted_where_it_black_holes_remote_backends(line: str
         ("1.17", True, "cluster-health-table", True, "remote clusters ready", 511),
         ("1.18", False, "cluster-health-table-probe-interval", True, "remote clusters ready", 511),
         ("1.19", False, "cluster-health-table-probe-interval", True, "remote clusters ready", 511),
+        ("1.20", False, "cluster-health-table-probe-interval", True, "remote clusters ready", 511),
     ],
 )
 def test_output_format_facts_per_line(
@@ -220,9 +235,9 @@ def test_1_13_needs_tls_on_every_peer_entry() -> None:
     assert not profile_for("1.14").peer_tls_required
 
 
-def test_only_1_19_is_marked_partly_unverified() -> None:
-    assert profile_for("1.19").unverified
-    assert all(not profile_for(line).unverified for line in LINES[:-1])
+def test_only_1_19_and_1_20_are_marked_partly_unverified() -> None:
+    assert profile_for("1.19").unverified and profile_for("1.20").unverified
+    assert all(not profile_for(line).unverified for line in LINES[:-2])
 
 
 def test_profiles_are_immutable() -> None:
