@@ -94,7 +94,7 @@ class CiliumSettings(SpecModel):
         str | None,
         Field(
             title="Cilium version",
-            description="Override the detected version, 1.13–1.19 ('1.16', '1.16.9'); empty = detect.",
+            description="Override the detected version, 1.13–1.20 ('1.16', '1.16.9'); empty = detect.",
         ),
     ] = None
     service_type: Annotated[
@@ -116,8 +116,10 @@ class CiliumSettings(SpecModel):
         Literal["auto", "shared", "per-peer"],
         Field(
             title="CA mode",
-            description="shared = copy cluster 1's CA everywhere (old guide, 1.13); per-peer = each entry "
-            "carries the peer's caCert (new guide, 1.14+); auto = per version.",
+            description="shared = copy cluster 1's CA everywhere (old guide, 1.13; from 1.19 entries then carry "
+            "no certificates, the form Cilium recommends, but tls.ca makes the Helm release own Secret cilium-ca, "
+            "which Helm refuses where certgen made it); per-peer = each entry carries the peer's caCert (new "
+            "guide, 1.14+); auto = shared on 1.13, per-peer from 1.14 (1.19 and 1.20 included).",
         ),
     ] = "auto"
     max_connected_clusters: Annotated[
