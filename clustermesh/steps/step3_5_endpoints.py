@@ -65,7 +65,15 @@ def _remote_cert_problem(data: dict[str, str]) -> str | None:
 
 
 def uses_shared_ca(spec: MeshSpec, first: ClusterFacts) -> bool:
-    """Whether the mesh shares the first cluster's CA (step 3 then reads its key, step 5 waits for it)."""
+    """Whether the mesh shares the first cluster's CA (step 3 then reads its key, step 5 waits for it).
+
+    ``ca_mode: auto`` is the first cluster's profile: shared on 1.13, per-peer from 1.14, and still
+    per-peer on 1.19 and 1.20, for new meshes too. 1.19 deprecates per-entry certificates in favour of
+    one CA everywhere, but sharing it means writing ``tls.ca``, which makes the Helm release own Secret
+    ``cilium-ca``; under KKP certgen has made that Secret already, so Helm would refuse the upgrade (the
+    profiles module says more). A mesh set up per-peer therefore stays per-peer, and a shared CA is
+    chosen only by ``ca_mode: shared``.
+    """
     return spec.cilium.resolve(first.profile).ca_mode == "shared"
 
 
