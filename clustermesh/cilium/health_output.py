@@ -1,5 +1,7 @@
 """Read `cilium-health status` of every layout Cilium 1.13+ prints, text or `-o json` (reference/cilium.md §2).
 
+1.19 and 1.20 print the 1.18 layouts (no later change found; tests/fixtures/cilium/README.md).
+
 The command exits 0 even when probes fail, so this is where failures surface. A parser that guessed
 would turn a truncated capture or a new layout into a false "all good": anything not read exactly
 raises `CiliumOutputError` naming the line (or JSON path) and what was expected.

@@ -2,7 +2,9 @@
 
 Failover decisions read the backends from here, so an unreadable or truncated table raises
 `CiliumOutputError` (naming the line or JSON path and what was expected) instead of reading as
-"no backends". Layouts per version: reference/cilium.md §2.
+"no backends". Layouts per version: reference/cilium.md §2. 1.19 and 1.20 print the 1.18 layouts (the
+`ID` column kept, see tests/fixtures/cilium/README.md); a table without the `ID` column is read too,
+with `id` None.
 """
 
 from __future__ import annotations

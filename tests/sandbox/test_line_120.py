@@ -15,9 +15,10 @@ import pytest
 from kubernetes import client
 
 from clustermesh.cilium import parse_health, parse_service_list
+from sandbox.agentcli.services import _format_service_list
 from sandbox.cilium_cli import run_agent_command
 from sandbox.cilium_model import AgentSnapshot
-from sandbox.mesh import agent_snapshot
+from sandbox.mesh import MeshFaults, agent_snapshot
 from sandbox.server import DEFAULT_KKP_FOR_LINE, Sandbox
 from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY, LINES, NAMESPACE_GLOBAL_ANNOTATION
 from tests.conftest import kube_client
@@ -199,3 +200,35 @@ def test_the_120_agents_outputs_parse(sandbox_120: tuple[Path, str], argv: list[
     else:
         services = parse_service_list(out)
         assert any(s.frontend == "10.240.16.1:443" and s.backends for s in services), services
+
+
+# ---- the reconstructed 1.20 fixtures are what the sandbox prints ------------------------------------
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "cilium"
+FIXED_TIME = "2026-08-03T09:41:07Z"  # the probe time printed in the fixtures
+RECONSTRUCTED = {
+    "health-1.20-remote-fail.txt": ("cilium-health", "status"),
+    "health-1.20-remote-fail-verbose.txt": ("cilium-health", "status", "--verbose"),
+    "health-1.20-remote-fail.json": ("cilium-health", "status", "-o", "json"),
+    "service-list-1.20-affinity.txt": ("cilium-dbg", "service", "list", "--clustermesh-affinity"),
+    "service-list-1.20-affinity.json": ("cilium-dbg", "service", "list", "-o", "json"),
+}
+
+
+def reconstructed_outputs() -> dict[str, str]:
+    """cluster-1's agent on 1.20.0 in the ``shop`` pair with VXLAN (udp/8472) blocked between the clusters,
+    plus the ID-less table of the same services (``service-list-noid-affinity.txt``)."""
+    c1, c2 = shop_pair()
+    faults = MeshFaults()
+    faults.block(c1.name, c2.name, "udp/8472")
+    now = NOW.replace(microsecond=0)  # the labs' certificates are valid from now on: print a fixed time instead
+    snap = agent_snapshot(world(c1, c2), faults, c1.name, c1.nodes()[0], now)
+    out = {name: run(snap, *argv) for name, argv in RECONSTRUCTED.items()}
+    out["service-list-noid-affinity.txt"] = _format_service_list(snap.services, (1, 20), True, id_column=False)
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {name: text.replace(stamp, FIXED_TIME) for name, text in out.items()}
+
+
+def test_the_reconstructed_120_fixtures_are_exactly_what_the_sandbox_prints() -> None:
+    for name, text in reconstructed_outputs().items():
+        assert (FIXTURES / name).read_text(encoding="utf-8") == text, name
