@@ -667,3 +667,13 @@ def test_json_outputs_are_the_reference_encoding_of_their_models(
     code, out, err = run(snap, *argv)
     assert (code, err) == (0, "")
     assert out == marshal_indent(json.loads(out))
+
+
+@pytest.mark.parametrize("version, counted", [("1.18.10", True), ("1.19.4", False), ("1.20.0", False)])
+def test_status_drops_the_global_services_count_from_1_19(version: str, counted: bool) -> None:
+    snap = _snapshot(version, guide_mesh_nodes(), T_2024, peers=peers())
+    mesh = _mesh_lines(run(snap, "cilium-dbg", "status")[1])
+    header = "1/2 remote clusters ready" + (", 1 global-services" if counted else "")
+    assert mesh[0].split(None, 1)[1] == header
+    doc = json.loads(run(snap, "cilium-dbg", "status", "-o", "json")[1])
+    assert ("num-global-services" in doc["cluster-mesh"]) is counted
