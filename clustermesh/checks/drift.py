@@ -35,7 +35,16 @@ from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import install_state
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE, service_address
-from clustermesh.values import CLUSTERS_PATH, legacy_paths_to_remove, read_values, render_mesh_values, value_at
+from clustermesh.values import (
+    CLUSTERS_PATH,
+    clusters_form,
+    legacy_paths_to_remove,
+    peer_entries,
+    read_values,
+    removed_keys_present,
+    render_mesh_values,
+    value_at,
+)
 
 __all__ = ["check_drift"]
 
@@ -175,7 +184,7 @@ def _drift_of(
     if ca_mode == "shared" and shared_ca is not None:
         findings.append(_shared_ca_finding(name, values, profile, shared_ca, spec.first.name))
 
-    findings.extend(_peer_findings(name, values, spec, ca_mode, peer))
+    findings.extend(_peer_findings(name, values, spec, profile, ca_mode, peer))
     return findings
 
 
@@ -223,6 +232,33 @@ def _owned_findings(
                 name,
                 f"{'.'.join(path)} is set, which Cilium {facts.cilium_version} {effect} (reference/cilium.md §4)",
                 f"{RERUN_SETUP} (it removes the old key)",
+            )
+        )
+    findings.extend(_removed_key_findings(name, values, profile, facts.cilium_version))
+    return findings
+
+
+_EDIT = "kubectl edit applicationinstallation cilium -n kube-system"
+_REMOVED_KEY_FIX = {
+    "enableSecrets": "remove it ({edit}): the chart never creates these Secrets from values any more",
+    "enableMCSAPISupport": "set clustermesh.mcsapi.enabled instead and remove the old key ({edit})",
+}
+
+
+def _removed_key_findings(name: str, values: Mapping[str, Any], profile: CiliumProfile, version: str) -> list[Finding]:
+    """Keys the line's chart no longer reads (1.20): silently ignored, so the cluster runs without them."""
+    findings = []
+    for path in removed_keys_present(profile, values):
+        fix = _REMOVED_KEY_FIX.get(
+            path[-1],
+            "remove it ({edit}); tls.auto issues the clustermesh-apiserver certificates (with tls.auto.enabled "
+            f"false, create Secret clustermesh-apiserver-{path[-2]}-cert yourself)",
+        )
+        findings.append(
+            warn(
+                name,
+                f"{'.'.join(path)} is set, which the Cilium {version} chart no longer reads (silently ignored)",
+                fix.format(edit=_EDIT),
             )
         )
     return findings
@@ -286,24 +322,35 @@ def _shared_ca_finding(
 # ------------------------------------------------------------------------------------ peer entries
 
 
+def _form_problem(values: Mapping[str, Any], profile: CiliumProfile) -> str | None:
+    """Why the chart cannot read ``clusters`` at all: neither a list nor a map, or a map before 1.19."""
+    present, entries = value_at(values, CLUSTERS_PATH)
+    form = clusters_form(values)
+    if present and entries is not None and form is None:
+        return "is neither a list nor a map of peer entries"
+    if form == "map" and not profile.clusters_map_accepted:
+        return f"is a map keyed by name, which Cilium {profile.line} does not read (a list; maps from 1.19)"
+    return None
+
+
 def _peer_findings(
     name: str,
     values: Mapping[str, Any],
     spec: MeshSpec,
+    profile: CiliumProfile,
     ca_mode: CaMode,
     peer: Callable[[str], _PeerNow],
 ) -> list[Finding]:
     findings: list[Finding] = []
-    present, entries = value_at(values, CLUSTERS_PATH)
     where = ".".join(CLUSTERS_PATH)
-    if present and entries is not None and not isinstance(entries, list):
-        return [fail(name, f"{where} is not a list", f"make it a list of peer entries; then {RERUN_SETUP}")]
-    listed = [e for e in entries or [] if isinstance(e, dict)]
+    problem = _form_problem(values, profile)
+    if problem is not None:
+        return [fail(name, f"{where} {problem}", f"make it a list of peer entries; then {RERUN_SETUP}")]
     by_name: dict[str, list[dict[str, Any]]] = {}
-    for entry in listed:
+    for entry in peer_entries(values):
         by_name.setdefault(str(entry.get("name") or ""), []).append(entry)
     expected = [c.name for c in spec.clusters if c.name != name]
-    edit = "kubectl edit applicationinstallation cilium -n kube-system"
+    edit = _EDIT
 
     if "" in by_name:
         findings.append(warn(name, f"{len(by_name.pop(''))} entries in {where} have no name", f"remove them ({edit})"))
@@ -334,12 +381,25 @@ def _peer_findings(
             findings.append(fail(name, f"missing peer {other} in {where}", RERUN_SETUP, clusters=(name, other)))
             continue
         # with duplicates, the first entry is the one compared (the duplicate is a failure of its own)
-        findings.extend(_entry_findings(name, by_name[other][0], peer(other), ca_mode))
+        entry = by_name[other][0]
+        if entry.get("enabled") is False:
+            findings.append(
+                fail(name, f"peer {other} is disabled in {where} (enabled: false)", RERUN_SETUP, clusters=(name, other))
+            )
+            continue
+        certs_expected = ca_mode == "per-peer" or not profile.per_entry_certs_deprecated
+        findings.extend(_entry_findings(name, entry, peer(other), ca_mode, certs_expected=certs_expected))
     return findings
 
 
-def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode: CaMode) -> list[Finding]:
-    """One ``clusters[]`` entry against its peer as it is now; at most one finding per aspect."""
+def _entry_findings(
+    name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode: CaMode, *, certs_expected: bool = True
+) -> list[Finding]:
+    """One ``clusters[]`` entry against its peer as it is now; at most one finding per aspect.
+
+    Without ``certs_expected`` (a shared CA on 1.19+) the entry should carry no certificate: the agents
+    use the local remote certificate, which the shared CA issued.
+    """
     subject = f"{name} → {now.name}"
     label = f"the entry for {now.name}"
     if now.problem is not None:
@@ -356,19 +416,26 @@ def _entry_findings(name: str, entry: Mapping[str, Any], now: _PeerNow, ca_mode:
 
     tls = entry.get("tls") if isinstance(entry.get("tls"), dict) else {}
     assert isinstance(tls, dict)
-    cert, cert_findings = _remote_cert_findings(subject, label, tls, now)
-    found.extend(cert_findings)
+    cert: x509.Certificate | None = None
+    if certs_expected:
+        cert, cert_findings = _remote_cert_findings(subject, label, tls, now)
+        found.extend(cert_findings)
+    elif tls.get("cert") or tls.get("key"):
+        found.append(
+            warn(
+                subject,
+                f"{label} carries a certificate in tls.cert/tls.key: deprecated from Cilium 1.19 and not needed "
+                "with a shared CA (the local remote certificate is used)",
+                f"{RERUN_SETUP} (it writes the entry without them)",
+            )
+        )
 
     if ca_mode == "per-peer":
         found.extend(_ca_cert_findings(subject, label, tls, now))
     if not found:
         address = f"{', '.join(ips)}:{port}"
-        found.append(
-            ok(
-                subject,
-                f"{label} matches {now.name}: {address}, remote certificate {fingerprint(cert) if cert else '-'}",
-            )
-        )
+        remote = fingerprint(cert) if cert else "-" if certs_expected else "the local one (shared CA)"
+        found.append(ok(subject, f"{label} matches {now.name}: {address}, remote certificate {remote}"))
     return found
 
 
