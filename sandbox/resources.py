@@ -16,7 +16,8 @@ from sandbox.selectors import selector_string
 from sandbox.store import Obj, ResourceType
 
 APPINSTALL_GROUP = "apps.kubermatic.k8c.io"
-CUSTOM_GROUPS = {APPINSTALL_GROUP}
+CILIUM_GROUP = "cilium.io"
+CUSTOM_GROUPS = {APPINSTALL_GROUP, CILIUM_GROUP}
 
 
 def builtin_types() -> list[ResourceType]:
@@ -96,6 +97,36 @@ def builtin_types() -> list[ResourceType]:
             short_names=("appinstall",),
             singular="applicationinstallation",
             subresources=("status",),
+        ),
+        ResourceType(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            short_names=("netpol",),
+            singular="networkpolicy",
+        ),
+        # Cilium's policy CRDs: stored and listed (step 1 reads them), not enforced.
+        ResourceType(
+            CILIUM_GROUP,
+            "v2",
+            "ciliumnetworkpolicies",
+            "CiliumNetworkPolicy",
+            short_names=("cnp", "ciliumnp"),
+            singular="ciliumnetworkpolicy",
+            subresources=("status",),
+            categories=("cilium", "ciliumpolicy"),
+        ),
+        ResourceType(
+            CILIUM_GROUP,
+            "v2",
+            "ciliumclusterwidenetworkpolicies",
+            "CiliumClusterwideNetworkPolicy",
+            namespaced=False,
+            short_names=("ccnp",),
+            singular="ciliumclusterwidenetworkpolicy",
+            subresources=("status",),
+            categories=("cilium", "ciliumpolicy"),
         ),
     ]
 
