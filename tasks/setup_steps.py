@@ -61,7 +61,7 @@ def check_prerequisites(spec: MeshSpec, cluster: str) -> ClusterFacts:
     cache_policy=NO_CACHE,
 )
 def check_mesh_prerequisites(facts: list[ClusterFacts]) -> list[str]:
-    return prerequisites.check_mesh_prerequisites(facts)
+    return prerequisites.check_mesh_prerequisites(facts) + prerequisites.policy_warnings(facts)
 
 
 @task(

@@ -37,8 +37,10 @@ def all_clients(spec: MeshSpec) -> AbstractContextManager[dict[str, ClusterClien
 
 @task(name="1. Check reachability and versions", task_run_name="1. Check reachability and versions", **READ_ONLY)
 def check_reachability_and_versions(spec: MeshSpec) -> tuple[dict[str, ClusterFacts], list[Finding]]:
+    """Step 1 read-only, with its warning about policies that match only local endpoints (1.19+)."""
     with all_clients(spec) as clients, retry_transient_errors():
-        return checks.check_reachability_and_versions(clients, spec)
+        facts, findings = checks.check_reachability_and_versions(clients, spec)
+    return facts, findings + checks.policy_findings(facts)
 
 
 @task(name="2. Check drift", task_run_name="2. Check drift", **READ_ONLY)

@@ -37,6 +37,11 @@ class ClusterFacts(_Frozen):
     current_cluster_id: int | None
     mesh_enabled: bool
     peers_configured: list[str] = Field(description="names in clustermesh.config.clusters today")
+    local_only_policies: list[str] = Field(
+        default_factory=list,
+        description="network policies whose peers match only local endpoints under "
+        "clustermesh.policyDefaultLocalCluster (1.19+), as clustermesh.cilium.policies describes them",
+    )
 
     @property
     def profile(self) -> CiliumProfile:

@@ -12,13 +12,15 @@ import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from clustermesh.cilium.profiles import profile_for
+from clustermesh.cilium.policies import SETTING_PATH, local_only_policies, local_only_warning
+from clustermesh.cilium.profiles import CiliumProfile, profile_for
 from clustermesh.errors import NotFoundError, PrerequisiteError
 from clustermesh.kube import ClusterClient
+from clustermesh.kube.policies import list_network_policies
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import failing_values_are_ours
-from clustermesh.values import read_values
+from clustermesh.values import read_values, value_at
 
 KPR_ON = ("true", "strict")
 
@@ -69,7 +71,36 @@ def check_prerequisites(
         current_cluster_id=current_id,
         mesh_enabled=bool(_mapping(values, "clustermesh").get("useAPIServer")),
         peers_configured=_configured_peers(values),
+        local_only_policies=_local_only_policies(client, profile, values),
     )
+
+
+def policy_default_local_cluster(profile: CiliumProfile, values: dict[str, Any]) -> bool:
+    """Whether a peer without a cluster selector matches local endpoints only: the line's default
+    (``true`` from 1.19), unless the values set ``clustermesh.policyDefaultLocalCluster`` themselves."""
+    if not profile.policy_default_local_cluster:
+        return False  # before 1.19 the key does not exist: peers match every cluster
+    found, setting = value_at(values, SETTING_PATH)
+    if not found or setting is None:
+        return True
+    return str(setting).strip().lower() not in ("false", "0", "no", "off")
+
+
+def _local_only_policies(client: ClusterClient, profile: CiliumProfile, values: dict[str, Any]) -> list[str]:
+    """The policies whose meaning the setting changes (what ``inspect-policy-default-local-cluster`` lists)."""
+    if not policy_default_local_cluster(profile, values):
+        return []
+    return [p.describe() for p in local_only_policies(list_network_policies(client))]
+
+
+def policy_warnings(facts: Sequence[ClusterFacts]) -> list[str]:
+    """Step 1's warning per cluster with policies that match only local endpoints (1.19+), with the fix."""
+    out = []
+    for found in facts:
+        if found.local_only_policies:
+            reason, fix = local_only_warning(found.name, found.cilium_version, found.local_only_policies)
+            out.append(f"{reason}. Fix: {fix}")
+    return out
 
 
 def _cilium_installation(client: ClusterClient, name: str) -> dict[str, Any]:
