@@ -22,6 +22,9 @@ ORIGINAL_REPLICAS_ANNOTATION = "clustermesh.io/drill-original-replicas"
 APPLIED_REPLICAS_ANNOTATION = "clustermesh.io/drill-replicas"
 """The replica count the drill itself last gave its backend: another count there is a person's, and kept."""
 FAILOVER_REPLICAS = 0
+NAMESPACE_GLOBAL_ANNOTATION = "clustermesh.cilium.io/global"
+"""Cilium 1.20+: a Service is global only in a global namespace; with ``clustermesh.defaultGlobalNamespace:
+false`` only namespaces annotated ``"true"`` are. The drill's namespace always says so on those lines."""
 """What a failover scales the backend to: a recorded backend still at this count shows the drill's hand."""
 
 
@@ -36,11 +39,22 @@ def drill_manifests(
     ns = settings.namespace
     replicas = settings.replicas if backend_replicas is None else backend_replicas
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": dict(PART_OF)}},
+        _namespace(ns, profile),
         _backend_deployment(settings, replicas, replicas if applied is None else applied),
         _client_deployment(ns),
         _global_service(settings, profile),
     ]
+
+
+def _namespace(name: str, profile: CiliumProfile) -> dict[str, Any]:
+    """The drill's namespace; global (:data:`NAMESPACE_GLOBAL_ANNOTATION`) where the line has global namespaces.
+
+    Older lines do not read the annotation, and leaving it off keeps their namespace as it always was.
+    """
+    metadata: dict[str, Any] = {"name": name, "labels": dict(PART_OF)}
+    if profile.global_namespaces:
+        metadata["annotations"] = {NAMESPACE_GLOBAL_ANNOTATION: "true"}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
 
 
 def _backend_deployment(settings: DrillSettings, replicas: int, applied: int) -> dict[str, Any]:
