@@ -199,7 +199,8 @@ def test_the_120_agents_outputs_parse(sandbox_120: tuple[Path, str], argv: list[
         assert len(status.nodes) == 2 and all(n.reachable for n in status.nodes), status
     else:
         services = parse_service_list(out)
-        assert any(s.frontend == "10.240.16.1:443" and s.backends for s in services), services
+        dns = [s for s in services if s.frontend == "10.240.16.10:53"]  # kube-dns, over UDP and TCP
+        assert sorted(s.protocol for s in dns) == ["TCP", "UDP"] and all(s.backends for s in dns), services
 
 
 # ---- the reconstructed 1.20 fixtures are what the sandbox prints ------------------------------------
