@@ -1,4 +1,4 @@
-"""Every Cilium line the sandbox imitates (1.13 to 1.19), through the official client, and many clusters."""
+"""Every Cilium line the sandbox imitates (1.13 to 1.20), through the official client, and many clusters."""
 
 from __future__ import annotations
 
