@@ -41,6 +41,7 @@ from sandbox.cilium_model import (
     AgentSnapshot,
     PeerStatus,
 )
+from sandbox.versions import LINES
 from sandbox.versions import facts as line_facts
 
 __all__ = ["TabWriter", "go_duration", "run_agent_command"]
@@ -93,14 +94,14 @@ def _go_json_stdlib(data: Any) -> str:
 
 
 def _parse_version(raw: str) -> Version:
-    """``"1.16.2"``, ``"v1.18.0-rc.1"`` → ``(1, 16)``; the minor line decides every format."""
+    """``"1.16.2"``, ``"v1.18.0-rc.1"`` → ``(1, 16)``; the minor line decides every format (unreadable: the newest)."""
     text = raw.strip().lstrip("vV")
     parts = text.split(".")
     try:
         major = int(parts[0])
         minor = int("".join(ch for ch in parts[1] if ch.isdigit()) or 0) if len(parts) > 1 else 0
     except ValueError:
-        return (1, 19)
+        return max(LINES)
     return (major, minor)
 
 
