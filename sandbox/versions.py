@@ -1,9 +1,11 @@
 """Version facts of the sandbox, one table keyed by parsed versions (never by comparing version strings).
 
 ``LINES`` maps a Cilium minor line ``(major, minor)`` to what the sandbox's controllers and agents do
-differently on it, and to the patch KKP ships for it. ``facts(version)`` looks a concrete or partial
-version up; facts that hold only from a patch on (``PATCH_FACTS``) are compared as ``(major, minor,
-patch)`` tuples.
+differently on it, and to the patch installed when only the line is asked for: the one KKP ships, and
+always one whose chart ``../shared/charts`` holds, so the built-in and the real chart run the same version
+(1.20 → 1.20.0; no KKP release ships 1.20 yet, see ``LineFacts.sandbox_kkp``). ``facts(version)`` looks a
+concrete or partial version up; facts that hold only from a patch on (``AFFINITY_NONE_DROPS_REMOTE``) are
+compared as ``(major, minor, patch)`` tuples.
 """
 
 from __future__ import annotations
