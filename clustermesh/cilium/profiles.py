@@ -467,7 +467,7 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=REMOVED_IN_1_20,
         cert_validity_days=365,
         server_extra_names_path=AUTO_SERVER_EXTRA_NAMES_PATH,
-        unverified=("health layout", "status header", "none-affinity bug", "service list ID column (dropped in 1.20)"),
+        unverified=("health layout", "status header", "none-affinity bug", "service list ID column"),
     ),
 )
 

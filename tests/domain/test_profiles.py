@@ -66,7 +66,7 @@ def _thresholds(minor: int) -> dict[str, object]:
         ),
         "unverified": {
             19: ("health layout", "status header", "none-affinity bug"),
-            20: ("health layout", "status header", "none-affinity bug", "service list ID column (dropped in 1.20)"),
+            20: ("health layout", "status header", "none-affinity bug", "service list ID column"),
         }.get(minor, ()),
     }
 
