@@ -186,6 +186,8 @@ def setup(
         except ClusterMeshError as exc:
             _fail(str(exc), 1)
         typer.echo(result.render_text())
+        if result.blocked:  # the chart refuses a cluster's values: the setup would stop before writing
+            raise typer.Exit(1)
         return
     rerun = f"a rerun continues safely from there: `clustermesh setup --config {config}` writes only what is missing"
     raise typer.Exit(_flow_command(spec, "setup", lambda: _run_setup(spec), what="setup", rerun=rerun))

@@ -74,7 +74,7 @@ class ChartValuesRefusedError(ChartRenderError):
         self.helm_message = message
         super().__init__(
             f"{chart} of cluster {cluster}",
-            f"the chart refuses the values this run would write (nothing was written): {message.strip()}; "
+            f"the chart refuses the values this run would write (nothing was written): {' '.join(message.split())}; "
             f"the key to fix: {key}",
             fix=f"correct {key} in the cluster's cilium ApplicationInstallation values or in the spec, then run again"
             if key != "see the message"

@@ -25,7 +25,10 @@ from cryptography.hazmat.primitives import hashes
 
 from clustermesh.cilium.chart_source import forget_unreachable
 from clustermesh.errors import ChartRenderError
-from clustermesh.steps.chart_check import ChartValuesRefusedError
+from clustermesh.kube.credentials import open_cluster
+from clustermesh.steps.chart_check import ChartValuesRefusedError, values_checker
+from clustermesh.steps.step1_prerequisites import check_prerequisites
+from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
 from flows.mesh_setup import cluster_mesh_setup
 from tests.conftest import find_shared
 from tests.domain.test_chart_check import HelmRepo
@@ -85,19 +88,23 @@ def peer_lines(plan: str, cluster: str, peer: str) -> tuple[str, str]:
     raise AssertionError(f"no peer line for {peer} in {cluster}'s plan:\n{section}")
 
 
-def test_a_key_the_real_chart_refuses_stops_the_run_before_any_write(
-    sandbox_factory: Callable[..., Any], kubes: Kubes
-) -> None:
+def quote_cluster_2_replicas(k: dict[str, Any]) -> None:
     """A quoted number in cluster-2's values: KKP's sandbox deploys it, Cilium 1.16's schema does not."""
-    assert CHARTS is not None
-    sb = sandbox(sandbox_factory)
-    k = kubes(sb)
     ai = k["cluster-2"].ai()
     values = yaml.safe_load(ai["spec"]["valuesBlock"])
     values.setdefault("clustermesh", {}).setdefault("apiserver", {})["replicas"] = "2"
     ai["spec"]["valuesBlock"] = yaml.safe_dump(values)
     k["cluster-2"].custom.replace_namespaced_custom_object(*AI, ai)
     wait_until("the sandbox's KKP applies the hand edit", k["cluster-2"].applied)
+
+
+def test_a_key_the_real_chart_refuses_stops_the_run_before_any_write(
+    sandbox_factory: Callable[..., Any], kubes: Kubes, cli_env: dict[str, str]
+) -> None:
+    assert CHARTS is not None
+    sb = sandbox(sandbox_factory)
+    k = kubes(sb)
+    quote_cluster_2_replicas(k)
     spec = edited_spec(sb, with_chart(source=str(CHARTS)))
     before = ai_versions(k)
 
@@ -111,6 +118,42 @@ def test_a_key_the_real_chart_refuses_stops_the_run_before_any_write(
     assert "got string, want integer" in message, "Helm's own message is shown"
     assert ai_versions(k) == before, "nothing may be written when the chart refuses a cluster's values"
     assert k["cluster-1"].peer_names() == [] and k["cluster-2"].peer_names() == []
+
+    path = Path(sb.directory) / "edited.yaml"  # the spec edited_spec wrote
+    plan = cli(cli_env, "setup", "--config", str(path), "--plan")
+    assert plan.returncode == 1, plan.stdout + plan.stderr
+    blocking = plan.stdout.split("== cluster-2:", 1)[1].splitlines()[1]
+    assert blocking.startswith("BLOCKING: ") and "the key to fix: clustermesh.apiserver.replicas" in blocking
+    assert "BLOCKING" not in plan.stdout.split("== cluster-2:", 1)[0], "cluster-1's values are fine"
+
+
+def test_the_exact_values_are_rendered_again_right_before_each_write(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    """The values can change between the check before step 2 and a write: the write step renders its own."""
+    assert CHARTS is not None
+    sb = sandbox(sandbox_factory)
+    k = kubes(sb)
+    spec = edited_spec(sb, with_chart(source=str(CHARTS)))
+    cluster = spec.cluster("cluster-2")
+    client = open_cluster(cluster, request_timeout=spec.timeouts.api)
+    try:
+        facts = check_prerequisites(client, cluster, spec)
+        quote_cluster_2_replicas(k)  # after the check, before the write
+        before = ai_versions(k)
+        with pytest.raises(ChartValuesRefusedError, match="clustermesh.apiserver.replicas"):
+            configure_mesh(
+                client,
+                facts,
+                cluster,
+                spec,
+                step="4. Enable Cluster Mesh",
+                peers=[],
+                check_values=values_checker(spec, facts),
+            )
+    finally:
+        client.close()
+    assert ai_versions(k) == before
 
 
 def test_plan_shows_per_peer_endpoint_trusted_ca_and_client_cert_as_the_chart_renders_them(
