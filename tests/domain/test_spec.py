@@ -241,10 +241,14 @@ def test_drill_settings_are_checked() -> None:
     assert "use one of 'local', 'remote' or 'none'" in found["drill.affinity"]
 
 
-@pytest.mark.parametrize("version", ["1.12", "1.20.1", "latest"])
+@pytest.mark.parametrize("version", ["1.12", "1.21.1", "latest"])
 def test_unsupported_cilium_version_names_supported_lines(version: str) -> None:
     text = problems(spec_data(cilium={"version": version}))["cilium.version"]
-    assert "1.13, 1.14, 1.15, 1.16, 1.17, 1.18, 1.19" in text
+    assert "1.13, 1.14, 1.15, 1.16, 1.17, 1.18, 1.19, 1.20" in text
+
+
+def test_cilium_1_20_is_accepted() -> None:
+    assert from_data(spec_data(cilium={"version": "1.20.0"})).cilium.version == "1.20.0"
 
 
 def test_cronjob_is_refused_where_it_deadlocks_under_kkp() -> None:
