@@ -185,6 +185,27 @@ def test_an_entry_with_ips_and_an_address_dials_through_host_aliases(line: str) 
     run(body)
 
 
+@pytest.mark.parametrize(("line", "deadlocks"), [("1.16", True), ("1.19", False)])
+def test_certgen_as_a_helm_hook_is_read_from_the_real_chart(line: str, deadlocks: bool) -> None:
+    """1.14-1.18 render the cronJob's first certgen Job as a post-install hook: ``--wait`` never sees it run."""
+
+    async def body() -> None:
+        world = real_world(1, line)
+        s = world.clusters[0].store
+        values = enable_values(1, line, None)
+        values["clustermesh"]["apiserver"]["tls"]["auto"]["method"] = "cronJob"
+        edit_values(s, values)
+        if deadlocks:
+            ready = await wait_for(lambda: failed(s), what="the Helm timeout")
+            assert "context deadline exceeded" in ready["message"]
+            assert secret(s, "clustermesh-apiserver-admin-cert") is None
+        else:
+            await wait_for(lambda: applied(s) and ai(s)["metadata"]["generation"] > 1, what="applied")
+            assert secret(s, "clustermesh-apiserver-admin-cert") is not None
+
+    run(body)
+
+
 # ---- the renderer on its own -----------------------------------------------------------------------
 
 
