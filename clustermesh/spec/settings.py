@@ -50,6 +50,7 @@ class ChartSettings(SpecModel):
     source: Annotated[
         str | None,
         Field(
+            max_length=2048,
             title="Chart source",
             description="A folder of cilium-<version>.tgz archives on the worker, or a Helm repository URL "
             "(pulled once, then cached); empty = no chart check.",
@@ -64,6 +65,32 @@ class ChartSettings(SpecModel):
         ),
     ] = "engine"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials_in_url(cls, data: object) -> object:
+        """``https://user:password@host/``: refused, and the error shows the URL without its user part."""
+        source = data.get("source") if isinstance(data, dict) else None
+        if not isinstance(source, str) or "://" not in source:
+            return data
+        scheme, rest = source.strip().split("://", 1)
+        host, slash, path = rest.partition("/")
+        if "@" not in host:
+            return data
+        raise ValidationError.from_exception_data(
+            "ChartSettings",
+            [
+                InitErrorDetails(
+                    type=custom_error(
+                        "chart_source",
+                        "credentials in the URL would show in logs and messages",
+                        "use a repository that needs no login, or helm pull the archive into a folder and give that",
+                    ),
+                    loc=("source",),
+                    input=f"{scheme}://<hidden>@{host.rsplit('@', 1)[1]}{slash}{path}",
+                )
+            ],
+        )
+
     @field_validator("source", mode="after")
     @classmethod
     def _folder_or_url(cls, value: str | None) -> str | None:
@@ -71,7 +98,13 @@ class ChartSettings(SpecModel):
             return None
         value = value.strip()
         if not value:
-            raise custom_error("blank", "must not be blank", "remove the field (or leave it empty) to skip the check")
+            raise custom_error(
+                "blank", "must not be blank", "give null (source: ~) to skip the check, or remove it for Cilium's repo"
+            )
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise custom_error(
+                "chart_source", "holds control characters", "give a folder path or an http(s) URL on one line"
+            )
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", value):  # a scheme: must be a URL Helm can pull from
             if not re.match(r"^https?://[^\s/?#]+[^\s?#]*$", value):
                 raise custom_error(
@@ -80,7 +113,7 @@ class ChartSettings(SpecModel):
                     f"give the repository's base URL (e.g. {CILIUM_HELM_REPO}) or a folder path",
                 )
             return value
-        if looks_secret(value) or "\n" in value:
+        if looks_secret(value):
             raise custom_error(
                 "chart_source", "not a folder path", "give the folder holding cilium-<version>.tgz archives"
             )

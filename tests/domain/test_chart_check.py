@@ -178,6 +178,8 @@ def test_the_helm_binary_refuses_what_the_engine_refuses() -> None:
         ({"source": "ftp://charts.example/"}, "not an http(s) Helm repository URL"),
         ({"source": "oci://registry.example/cilium"}, "not an http(s) Helm repository URL"),
         ({"source": "   "}, "must not be blank"),
+        ({"source": "https://user:s3cret@charts.example/"}, "credentials in the URL"),
+        ({"source": "/srv/charts\x00"}, "holds control characters"),
         ({"renderer": "kubectl"}, "'engine' or 'helm'"),
     ],
 )
@@ -242,3 +244,22 @@ def test_values_the_real_chart_refuses_raise_naming_the_cluster_and_the_key() ->
     assert check_values(spec, "cluster-1", "1.16.9", good)  # renders: manifests come back
     off = spec.model_copy(update={"cilium": CiliumSettings(chart={"source": None})})  # type: ignore[arg-type]
     assert check_values(off, "cluster-1", "1.16.9", values) is None
+
+
+def test_a_repository_url_with_credentials_is_refused_without_showing_them(tmp_path: Path) -> None:
+    from clustermesh.errors import SpecError
+    from clustermesh.spec import load_spec
+
+    data = {
+        "clusters": [
+            {"name": "cluster-1", "id": 1, "kubeconfig": {"path": "/k/1"}},
+            {"name": "cluster-2", "id": 2, "kubeconfig": {"path": "/k/2"}},
+        ],
+        "cilium": {"chart": {"source": "https://robot:s3cr3t-pw@charts.example/cilium"}},
+    }
+    path = tmp_path / "mesh.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert "cilium.chart.source" in str(caught.value) and "credentials in the URL" in str(caught.value)
+    assert "s3cr3t-pw" not in str(caught.value) and "robot" not in str(caught.value)
