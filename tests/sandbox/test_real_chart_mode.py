@@ -9,6 +9,7 @@ flow writes them, and judged by the agents' connections (``sandbox.mesh.connecti
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from sandbox import pki
 from sandbox.chart import ChartError
 from sandbox.mesh import ClusterState, connection
 from sandbox.real_chart import ChartRenderer
+from sandbox.server import Sandbox, SandboxError
 from sandbox.store import Store
 from sandbox.versions import default_kkp_for_line
 from sandbox.world import World, deep_merge
@@ -204,6 +206,22 @@ def test_certgen_as_a_helm_hook_is_read_from_the_real_chart(line: str, deadlocks
             assert secret(s, "clustermesh-apiserver-admin-cert") is not None
 
     run(body)
+
+
+def test_the_sandbox_server_runs_the_real_charts_and_refuses_a_folder_without_the_version(
+    sandbox_factory: Any, tmp_path: Any
+) -> None:
+    assert CHARTS is not None
+    sb = sandbox_factory(clusters=2, cilium_version="1.19", charts=CHARTS)
+    assert isinstance(sb.world.renderer, ChartRenderer) and sb.world.renderer.renders == 2
+    assert json.loads((sb.directory / "sandbox.json").read_text())["charts"] == str(CHARTS.resolve())
+
+    (tmp_path / "charts").mkdir()
+    (tmp_path / "charts" / "cilium-1.16.0.tgz").write_bytes(b"")
+    with pytest.raises(SandboxError) as err:
+        Sandbox(tmp_path / "run", cilium_version="1.16", charts=tmp_path / "charts")
+    assert str(tmp_path / "charts") in str(err.value) and "versions there: 1.16.0" in str(err.value)
+    assert "cilium-1.16.9.tgz" in str(err.value)
 
 
 # ---- the renderer on its own -----------------------------------------------------------------------
