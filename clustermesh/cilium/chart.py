@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib
+import importlib.util
 import posixpath
 import re
 import shutil
@@ -37,7 +38,10 @@ __all__ = [
     "chart_for",
     "peer_etcd_configs",
     "render_chart",
+    "REFUSED_FIX",
+    "engine_installed",
     "render_with_helm",
+    "require_helm_binary",
 ]
 
 AGENT_SECRET = "cilium-clustermesh"
@@ -48,7 +52,24 @@ _HELM_FIX = (
     "or set cilium.chart.renderer to engine"
 )
 HELM_TIMEOUT = 120.0
+REFUSED_FIX = "change the values the message names"
+"""The fix of every ChartRenderError that is Helm refusing the values (not a missing renderer or archive)."""
 _WORKLOADS = frozenset({"DaemonSet", "Deployment", "StatefulSet", "Job", "CronJob", "Pod"})
+
+
+def engine_installed() -> bool:
+    """Helm's engine (the optional ``charts`` group) can be imported."""
+    return importlib.util.find_spec("helm_python") is not None
+
+
+def require_helm_binary(helm: str = "helm") -> str:
+    """The path of the ``helm`` binary on PATH; a ChartRenderError naming the setting and the fix when absent."""
+    binary = shutil.which(helm)
+    if binary is None:
+        raise ChartRenderError(
+            "(renderer)", f"cilium.chart.renderer is 'helm' but there is no {helm!r} binary on PATH", fix=_HELM_FIX
+        )
+    return binary
 
 
 def _engine() -> Any:
@@ -78,7 +99,7 @@ def render_chart(
         with helm.Chart.load(archive) as chart:
             rendered: dict[str, str] = chart.render(_plain(values), name=release, namespace=namespace, is_install=True)
     except helm.HelmError as exc:
-        raise ChartRenderError(name, str(exc), fix="change the values the message names") from None
+        raise ChartRenderError(name, str(exc), fix=REFUSED_FIX) from None
     except (TypeError, ValueError) as exc:  # values json cannot carry
         raise ChartRenderError(
             name, f"values are not plain YAML data: {exc}", fix="pass dicts, lists, scalars"
@@ -108,12 +129,8 @@ def render_with_helm(
     Raises ``ChartRenderError`` naming ``cilium.chart.renderer`` when there is no such binary, and with
     Helm's own message (its stderr) when the chart refuses the values.
     """
-    binary = shutil.which(helm)
+    binary = require_helm_binary(helm)
     name = archive.name
-    if binary is None:
-        raise ChartRenderError(
-            name, f"cilium.chart.renderer is 'helm' but there is no {helm!r} binary on PATH", fix=_HELM_FIX
-        )
     if not archive.is_file():
         raise ChartRenderError(name, f"no chart archive at {archive}", fix="pass a path to a cilium-<version>.tgz")
     with tempfile.TemporaryDirectory(prefix="clustermesh-values-") as folder:
@@ -126,7 +143,7 @@ def render_with_helm(
             raise ChartRenderError(name, f"helm template took over {HELM_TIMEOUT:g}s", fix=_HELM_FIX) from None
     if done.returncode != 0:
         message = done.stderr.strip().removeprefix("Error: ") or f"helm exited {done.returncode}"
-        raise ChartRenderError(name, message, fix="change the values the message names")
+        raise ChartRenderError(name, message, fix=REFUSED_FIX)
     try:
         docs = list(yaml.safe_load_all(done.stdout))
     except yaml.YAMLError as exc:

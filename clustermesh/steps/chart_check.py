@@ -27,10 +27,13 @@ from clustermesh.certs import fingerprint
 from clustermesh.cilium.chart import (
     AGENT_SECRET,
     KVSTOREMESH_SECRET,
+    REFUSED_FIX,
     EtcdConfig,
+    engine_installed,
     peer_etcd_configs,
     render_chart,
     render_with_helm,
+    require_helm_binary,
 )
 from clustermesh.cilium.chart_source import ChartUnavailableError, fetch_chart
 from clustermesh.errors import ChartRenderError, WaitTimeoutError
@@ -128,11 +131,20 @@ def values_key(message: str, values: Mapping[str, Any]) -> str:
 
 
 def _render(spec: MeshSpec, version: str, values: Mapping[str, Any]) -> tuple[str, list[dict[str, Any]]] | None:
-    """(archive name, manifests); None when the chart cannot be had (ChartUnavailableError is raised instead
-    when ``strict``). Refusals raise ChartRenderError with Helm's message."""
+    """(archive name, manifests); None when no source is set. The renderer is looked for before the archive
+    is fetched: Helm's engine missing (an optional group) is a chart not to be had; ``renderer: helm`` without
+    a ``helm`` binary is the user's setting to fix (ChartRenderError). Refusals carry Helm's message."""
     settings = spec.cilium.chart
     if settings.source is None:
         return None
+    if settings.renderer == "helm":
+        require_helm_binary()
+    elif not engine_installed():
+        raise ChartUnavailableError(
+            "(engine)",
+            "Helm's engine is not installed",
+            fix="uv sync --group charts (the optional charts group), or set cilium.chart.renderer to helm",
+        )
     archive = fetch_chart(settings.source, version)
     renderer = render_with_helm if settings.renderer == "helm" else render_chart
     return archive.name, renderer(archive, values)
@@ -148,7 +160,7 @@ def check_values(spec: MeshSpec, cluster: str, version: str, values: Mapping[str
     try:
         rendered = _render(spec, version, values)
     except ChartUnavailableError:
-        raise
+        raise  # a ChartRenderError too, but not a refusal: the caller says so and goes on
     except ChartRenderError as exc:
         if _is_refusal(exc):
             raise ChartValuesRefusedError(cluster, exc.chart, exc.problem, values_key(exc.problem, values)) from None
@@ -158,7 +170,7 @@ def check_values(spec: MeshSpec, cluster: str, version: str, values: Mapping[str
 
 def _is_refusal(exc: ChartRenderError) -> bool:
     """Helm refused the values (as opposed to: no renderer, no archive)."""
-    return exc.fix == "change the values the message names"
+    return exc.fix == REFUSED_FIX
 
 
 def values_checker(spec: MeshSpec, facts: ClusterFacts) -> Callable[[Mapping[str, Any]], None]:
@@ -339,13 +351,14 @@ def check_mesh_chart(
     first_endpoint = endpoints[first.name]
     shared_ca = first_endpoint.shared_ca() if (shared and first_endpoint is not None) else None
     views: list[ClusterChartView] = []
-    skipped: list[str] = []
+    skipped: dict[tuple[str, str], list[str]] = {}  # (problem, fix) -> charts: an unreachable source said once
     refused: list[ChartValuesRefusedError] = []
     for c in spec.clusters:
         try:
             view = chart_view(clients[c.name], facts[c.name], c, spec, endpoints=endpoints, shared_ca=shared_ca)
         except ChartUnavailableError as exc:
-            skipped.append(f"{exc.chart}: {exc.problem} ({exc.fix})")
+            charts = skipped.setdefault((exc.problem, exc.fix), [])
+            charts.extend([] if exc.chart in charts else [exc.chart])
             continue
         except ChartValuesRefusedError as exc:
             refused.append(exc)
@@ -356,4 +369,5 @@ def check_mesh_chart(
         for other in refused[1:]:
             refused[0].add_note(f"also refused: {other}")
         raise refused[0]
-    return ChartReport(views=views, skipped=list(dict.fromkeys(skipped)))
+    notes = [f"{', '.join(charts)}: {problem} ({fix})" for (problem, fix), charts in skipped.items()]
+    return ChartReport(views=views, skipped=notes)

@@ -163,7 +163,7 @@ def _chart_peers(
     try:
         view = chart_view(client, facts, cluster, spec, endpoints=endpoints, shared_ca=shared_ca)
     except ChartUnavailableError as exc:
-        notes.append(f"{exc.chart}: {exc.problem} ({exc.fix})")
+        notes.append(f"{exc.problem} ({exc.fix})")  # once per reason, not per cluster
         return [], []
     except ChartValuesRefusedError as exc:
         return [], [f"{exc} — {exc.fix}" if exc.fix not in str(exc) else str(exc)]
