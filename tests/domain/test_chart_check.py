@@ -263,3 +263,14 @@ def test_a_repository_url_with_credentials_is_refused_without_showing_them(tmp_p
         load_spec(path)
     assert "cilium.chart.source" in str(caught.value) and "credentials in the URL" in str(caught.value)
     assert "s3cr3t-pw" not in str(caught.value) and "robot" not in str(caught.value)
+
+
+def test_without_helm_s_engine_the_check_is_skipped_saying_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine is an optional group: a default spec must not fail a setup where it is not installed."""
+    import clustermesh.steps.chart_check as chart_check
+
+    monkeypatch.setattr(chart_check, "engine_installed", lambda: False)
+    spec = mesh()
+    with pytest.raises(ChartUnavailableError) as caught:
+        check_values(spec, "cluster-1", "1.16.9", {})
+    assert "engine is not installed" in caught.value.problem and "uv sync --group charts" in caught.value.fix
