@@ -20,7 +20,7 @@ from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.chart_check import ChartValuesRefusedError, PeerView, chart_view, known_endpoint
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint
-from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites
+from clustermesh.steps.step1_prerequisites import check_mesh_prerequisites, check_prerequisites, policy_warnings
 from clustermesh.steps.step2_4_6_mesh_values import plan_mesh_values
 from clustermesh.steps.step3_5_endpoints import uses_shared_ca
 from clustermesh.values import CaMaterial
@@ -109,7 +109,7 @@ def plan_setup(spec: MeshSpec, open_client: Callable[[ClusterSpec], ClusterClien
     clients = {c.name: open_client(c) for c in spec.clusters}
     try:
         facts = {c.name: check_prerequisites(clients[c.name], c, spec) for c in spec.clusters}
-        warnings = check_mesh_prerequisites(list(facts.values()))
+        warnings = check_mesh_prerequisites(list(facts.values())) + policy_warnings(list(facts.values()))
         first = spec.first
         shared = uses_shared_ca(spec, facts[first.name])
         endpoints = {

@@ -20,7 +20,7 @@ from clustermesh.kube.policies import list_network_policies
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import failing_values_are_ours
-from clustermesh.values import read_values, value_at
+from clustermesh.values import configured_peers, read_values, value_at
 
 KPR_ON = ("true", "strict")
 
@@ -176,8 +176,7 @@ def _mapping(values: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _configured_peers(values: dict[str, Any]) -> list[str]:
-    config = _mapping(_mapping(values, "clustermesh"), "config")
-    return [str(e.get("name")) for e in config.get("clusters") or [] if isinstance(e, dict)]
+    return configured_peers(values)  # list or (1.19+) map form; ``enabled: false`` entries are not peers
 
 
 def check_mesh_prerequisites(facts: Sequence[ClusterFacts]) -> list[str]:

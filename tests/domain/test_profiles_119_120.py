@@ -477,3 +477,13 @@ def test_a_shared_ca_mesh_on_1_19_is_judged_without_per_entry_certs() -> None:
     findings = drift(mesh_)
     assert _warnings_and_failures(findings) == []
     assert any("remote certificate the local one (shared CA)" in f.reason for f in findings)
+
+
+def test_step1_reads_the_peers_of_a_map_form_clusters_list() -> None:
+    """Step 1's ``peers_configured`` (which decides 'fresh mesh or rerun') reads both forms, skipping disabled."""
+    from clustermesh.steps.step1_prerequisites import _configured_peers
+
+    as_map = {"clustermesh": {"config": {"clusters": {"cluster-2": {"port": 2379}, "old": {"enabled": False}}}}}
+    as_list = {"clustermesh": {"config": {"clusters": [{"name": "cluster-2", "port": 2379}]}}}
+    assert _configured_peers(as_map) == ["cluster-2"]
+    assert _configured_peers(as_list) == ["cluster-2"]
