@@ -49,7 +49,8 @@ def sandbox_up(
     ] = None,
 ) -> None:
     """Serve simulated clusters in the foreground until Ctrl-C or SIGTERM."""
-    from sandbox.server import Sandbox, SandboxError, run_foreground
+    from sandbox.process import SandboxError, run_foreground
+    from sandbox.server import Sandbox
 
     try:
         sb = Sandbox(
@@ -72,7 +73,7 @@ def sandbox_up(
 @sandbox_app.command("down")
 def sandbox_down(directory: DirOption = Path("sandbox-run")) -> None:
     """Stop the sandbox serving from DIR."""
-    from sandbox.server import SandboxError, stop_running
+    from sandbox.process import SandboxError, stop_running
 
     try:
         pid = stop_running(directory)
@@ -101,7 +102,7 @@ def sandbox_fault(
     cidr: Annotated[str | None, typer.Option(help="For pod-cidr: the new pod CIDR of --cluster.")] = None,
 ) -> None:
     """Inject or clear a fault in a running sandbox."""
-    from sandbox.server import SandboxError, send_fault
+    from sandbox.process import SandboxError, send_fault
 
     args: dict[str, object] = {}
     if cluster:

@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from cli import server
-from sandbox.server import send_fault
+from sandbox.process import send_fault
 from tests.cli.test_server_cli import CLI_TIMEOUT, START_TIMEOUT, environment, flow_runs, processes_with
 from tests.flows.conftest import Kube
 from tests.helpers import ROOT, run_cli, sandbox_process, wait_until

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from cli import runner, server
-from sandbox.server import send_fault
+from sandbox.process import send_fault
 from tests.cli.test_server_cli import CLI_TIMEOUT, START_TIMEOUT, environment, flow_runs, processes_with
 from tests.helpers import ROOT, run_cli, sandbox_process, wait_until
 

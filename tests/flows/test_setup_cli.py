@@ -22,7 +22,7 @@ from clustermesh.spec import load_spec
 from clustermesh.steps import step1_prerequisites as prerequisites
 from clustermesh.steps import step2_4_6_mesh_values as mesh_config
 from clustermesh.steps import step3_5_endpoints as endpoints
-from sandbox.server import send_fault
+from sandbox.process import send_fault
 from tests.flows.conftest import Kube, ai_versions, assert_peers_exactly_once, cli, key_material, write_edited_yaml
 from tests.helpers import sandbox_process as sandbox_up
 
