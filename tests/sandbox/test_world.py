@@ -550,24 +550,31 @@ def test_peer_config_change_writes_the_mesh_secret_and_restarts_the_agents() -> 
     run(body)
 
 
-def test_113_entry_without_tls_gives_the_agent_empty_cert_files() -> None:
+def test_113_entry_without_tls_is_refused_as_the_real_chart_refuses_it() -> None:
+    """The real 1.13 chart reads ``.tls.key`` of every entry: one without ``tls`` fails the render (a nil
+    pointer), so KKP's install fails and nothing of it is applied (tests/contracts/test_chart_conformance.py);
+    entries that carry ``tls`` are written as given."""
+
     async def body() -> None:
         world = new_world(cilium_version="1.13", kkp_version="2.22")
         s = world.clusters[0].store
-        peers = [
-            {"name": "cluster-2", "address": "", "port": 2379, "ips": ["203.0.113.20"]},
-            {
-                "name": "cluster-3",
-                "address": "c3.example.com",
-                "port": 32379,
-                "tls": {"cert": "Q0VSVA==", "key": "S0VZ"},
-            },
-        ]
-        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"config": {"clusters": peers}}}))
-        await wait_for(lambda: applied(s) and ai(s)["metadata"]["generation"] > 1)
+        with_tls = {
+            "name": "cluster-3",
+            "address": "c3.example.com",
+            "port": 32379,
+            "tls": {"cert": "Q0VSVA==", "key": "S0VZ"},
+        }
+        without_tls = {"name": "cluster-2", "address": "", "port": 2379, "ips": ["203.0.113.20"]}
+        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"config": {"clusters": [without_tls, with_tls]}}}))
+        cond = await wait_for(lambda: failed(s), what="a failed installation")
+        assert cond["reason"] == "InstallationFailed"
+        assert "nil pointer evaluating interface {}.key" in cond["message"], cond["message"]
+        assert secret(s, "cilium-clustermesh") is None  # the failed release applied nothing
+
+        edit_values(s, deep_merge(GUIDE_STEP_2, {"clustermesh": {"config": {"clusters": [with_tls]}}}))
+        await wait_for(lambda: applied(s))
         data = secret(s, "cilium-clustermesh")
         assert data is not None
-        assert data["cluster-2.etcd-client.crt"] == data["cluster-2.etcd-client.key"] == ""
         assert (data["cluster-3.etcd-client.crt"], data["cluster-3.etcd-client.key"]) == ("Q0VSVA==", "S0VZ")
         assert "https://c3.example.com:32379" in base64.b64decode(data["cluster-3"]).decode()
 
