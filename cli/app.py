@@ -375,7 +375,7 @@ def _run_drill(spec: MeshSpec) -> int:
 @app.command("demo")
 def demo(
     clusters: Annotated[int, typer.Option(help="How many sandbox clusters.")] = 2,
-    cilium_version: Annotated[str, typer.Option(help="Cilium line of the sandbox, 1.13 to 1.19.")] = "1.13",
+    cilium_version: Annotated[str, typer.Option(help="Cilium line of the sandbox, 1.13 to 1.20.")] = "1.13",
     time_scale: Annotated[float, typer.Option(help="Sandbox delays: 0 = instant, 1 = realistic.")] = 0.0,
     charts: Annotated[
         Path | None, typer.Option("--charts", help="Folder of cilium-<version>.tgz: the sandbox installs real charts.")

@@ -40,6 +40,8 @@ from sandbox.chart import DEFAULT_NODE_PORT, DEFAULT_PORT, ChartError, ClusterEn
 
 __all__ = ["ChartRenderer", "available_versions"]
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: renders are mostly YAML
+
 AGENT_SECRET = "cilium-clustermesh"
 KVSTOREMESH_SECRET = "cilium-kvstoremesh"
 APISERVER = "clustermesh-apiserver"
@@ -129,7 +131,7 @@ class ChartRenderer:
             if not path.endswith((".yaml", ".yml")):
                 continue  # NOTES.txt
             try:
-                docs = list(yaml.safe_load_all(text))
+                docs = list(yaml.load_all(text, Loader=_LOADER))
             except yaml.YAMLError as exc:
                 raise ChartError(f"{path} rendered invalid YAML: {exc}") from None
             objects.extend(d for d in docs if isinstance(d, dict) and d.get("kind"))

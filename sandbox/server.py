@@ -52,7 +52,7 @@ from sandbox.store import Store
 from sandbox.versions import default_kkp_for_line, line_names
 from sandbox.world import World
 
-CILIUM_LINES = line_names()  # "1.13" … "1.19" (sandbox.versions.LINES)
+CILIUM_LINES = line_names()  # "1.13" … "1.20" (sandbox.versions.LINES)
 # The oldest KKP release that ships each Cilium line as its default (reference/kkp.md §2).
 DEFAULT_KKP_FOR_LINE = default_kkp_for_line()
 FAULT_KINDS = (

@@ -54,6 +54,7 @@ _HELM_FIX = (
 HELM_TIMEOUT = 120.0
 REFUSED_FIX = "change the values the message names"
 """The fix of every ChartRenderError that is Helm refusing the values (not a missing renderer or archive)."""
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built in: renders are mostly YAML
 _WORKLOADS = frozenset({"DaemonSet", "Deployment", "StatefulSet", "Job", "CronJob", "Pod"})
 
 
@@ -109,7 +110,7 @@ def render_chart(
         if not path.endswith((".yaml", ".yml")):
             continue  # NOTES.txt and helpers
         try:
-            docs = list(yaml.safe_load_all(text))
+            docs = list(yaml.load_all(text, Loader=_LOADER))
         except yaml.YAMLError as exc:
             raise ChartRenderError(name, f"{path} rendered invalid YAML: {exc}", fix="check the values") from None
         objects.extend(doc for doc in docs if isinstance(doc, dict) and doc.get("kind"))
@@ -145,7 +146,7 @@ def render_with_helm(
         message = done.stderr.strip().removeprefix("Error: ") or f"helm exited {done.returncode}"
         raise ChartRenderError(name, message, fix=REFUSED_FIX)
     try:
-        docs = list(yaml.safe_load_all(done.stdout))
+        docs = list(yaml.load_all(done.stdout, Loader=_LOADER))
     except yaml.YAMLError as exc:
         raise ChartRenderError(name, f"helm template printed invalid YAML: {exc}", fix="check the values") from None
     return [doc for doc in docs if isinstance(doc, dict) and doc.get("kind")]
