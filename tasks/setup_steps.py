@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import chart_check
+from clustermesh.steps import chart_check, membership
 from clustermesh.steps import step1_prerequisites as prerequisites
 from clustermesh.steps import step2_4_6_mesh_values as mesh_config
 from clustermesh.steps import step3_5_endpoints as endpoints
@@ -61,6 +61,7 @@ def check_prerequisites(spec: MeshSpec, cluster: str) -> ClusterFacts:
     cache_policy=NO_CACHE,
 )
 def check_mesh_prerequisites(facts: list[ClusterFacts]) -> list[str]:
+    membership.refuse_unlisted_managed_peers(facts)  # a managed peer the spec dropped stops the run, unwritten
     return prerequisites.check_mesh_prerequisites(facts) + prerequisites.policy_warnings(facts)
 
 

@@ -7,7 +7,7 @@ remote certificate or its replaced CA shows up as the stale copy it is.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from clustermesh.checks.findings import Finding, fail, ok, warn
 from clustermesh.cilium.profiles import CaMode, CiliumProfile, parse_cilium_version, profile_for
 from clustermesh.errors import CertificateError, ClusterMeshError
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.membership import unlisted_managed_peers, unlisted_peer_problem
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import install_state
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE, service_address
@@ -121,7 +122,17 @@ def check_drift(
         except ClusterMeshError as exc:
             reason, fix = error_parts(exc)
             findings.append(fail(cluster.name, reason, fix))
+    findings.extend(_unlisted_managed_findings(facts, spec))
     return findings
+
+
+def _unlisted_managed_findings(facts: Mapping[str, ClusterFacts], spec: MeshSpec) -> list[Finding]:
+    """A peer the setup manages that the spec no longer lists: the setup refuses to run until it is resolved."""
+    missing = unlisted_managed_peers(facts.values(), [c.name for c in spec.clusters])
+    return [
+        fail(peer, *unlisted_peer_problem(peer, holders), clusters=(*holders, peer))
+        for peer, holders in missing.items()
+    ]
 
 
 def _first_ca(
@@ -184,7 +195,7 @@ def _drift_of(
     if ca_mode == "shared" and shared_ca is not None:
         findings.append(_shared_ca_finding(name, values, profile, shared_ca, spec.first.name))
 
-    findings.extend(_peer_findings(name, values, spec, profile, ca_mode, peer))
+    findings.extend(_peer_findings(name, values, spec, profile, ca_mode, peer, managed=facts.managed_peers))
     return findings
 
 
@@ -340,7 +351,10 @@ def _peer_findings(
     profile: CiliumProfile,
     ca_mode: CaMode,
     peer: Callable[[str], _PeerNow],
+    *,
+    managed: Collection[str] = (),
 ) -> list[Finding]:
+    """Each entry against the peer it names; ``managed`` peers the spec lost are reported once, mesh-wide."""
     findings: list[Finding] = []
     where = ".".join(CLUSTERS_PATH)
     problem = _form_problem(values, profile)
@@ -368,7 +382,7 @@ def _peer_findings(
                     clusters=(name, other),
                 )
             )
-        if other not in expected:
+        if other not in expected and other not in managed:
             findings.append(
                 warn(
                     name,

@@ -37,6 +37,10 @@ class ClusterFacts(_Frozen):
     current_cluster_id: int | None
     mesh_enabled: bool
     peers_configured: list[str] = Field(description="names in clustermesh.config.clusters today")
+    managed_peers: list[str] = Field(
+        default_factory=list,
+        description="peers the pipeline wrote and whose entry is still there (clustermesh.steps.membership)",
+    )
     local_only_policies: list[str] = Field(
         default_factory=list,
         description="network policies whose peers match only local endpoints under "

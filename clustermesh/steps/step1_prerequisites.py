@@ -18,6 +18,7 @@ from clustermesh.errors import NotFoundError, PrerequisiteError
 from clustermesh.kube import ClusterClient
 from clustermesh.kube.policies import list_network_policies
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.membership import managed_peers
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import failing_values_are_ours
 from clustermesh.values import configured_peers, read_values, value_at
@@ -71,6 +72,7 @@ def check_prerequisites(
         current_cluster_id=current_id,
         mesh_enabled=bool(_mapping(values, "clustermesh").get("useAPIServer")),
         peers_configured=_configured_peers(values),
+        managed_peers=managed_peers(ai, values),
         local_only_policies=_local_only_policies(client, profile, values),
     )
 

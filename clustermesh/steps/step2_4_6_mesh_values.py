@@ -6,11 +6,12 @@ resourceVersion it read: a 409 means someone else wrote in between, so it reads 
 (their unrelated change is kept), never overwrites. Then it waits until KKP reports the installation
 applied for the new generation, and turns a KKP failure into an error with KKP's own message.
 
-Each write also records a digest of the values it wrote in an annotation. When KKP has given up on an
-installation (``InstallationFailed…``: it retries only on a spec change) and the failing values are
-still exactly the ones we wrote, a rerun asks KKP to try again, by rewriting the same values with a
-comment that names the retry (a new generation, the same values), and says so. Values someone else
-changed since are not ours to retry: the run refuses as before.
+Each write also records a digest of the values it wrote in an annotation, and in another the peers it
+manages (``clustermesh.steps.membership``). When KKP has given up on an installation
+(``InstallationFailed…``: it retries only on a spec change) and the failing values are still exactly
+the ones we wrote, a rerun asks KKP to try again, by rewriting the same values with a comment that
+names the retry (a new generation, the same values), and says so. Values someone else changed since
+are not ours to retry: the run refuses as before.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.membership import MANAGED_PEERS_ANNOTATION, managed_peers_after_write
 from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.stopping import note_written, raise_if_stopping
 from clustermesh.values import (
@@ -91,7 +93,8 @@ def configure_mesh(
             check_values(change.new_values)
         raise_if_stopping(f"writing the mesh values of {cluster.name} ({step})")  # Ctrl-C: no further write
         try:
-            ai = client.replace_application_installation(_with_values(ai, change.new_values, field, retry=retry))
+            updated = _with_values(ai, change.new_values, field, retry=retry, peers=[p.name for p in peers])
+            ai = client.replace_application_installation(updated)
         except ConflictError:
             conflicts += 1
             if conflicts > MAX_CONFLICT_RETRIES:
@@ -148,8 +151,11 @@ def _failed_install_to_retry(cluster: str, ai: dict[str, Any]) -> str | None:
     )
 
 
-def _with_values(ai: dict[str, Any], values: Mapping[str, Any], field: Any, *, retry: str | None) -> dict[str, Any]:
-    """The installation with ``values`` in ``field`` and their digest recorded; a retry adds a comment line.
+def _with_values(
+    ai: dict[str, Any], values: Mapping[str, Any], field: Any, *, retry: str | None, peers: list[str]
+) -> dict[str, Any]:
+    """The installation with ``values`` in ``field``, their digest and the managed peers recorded (``peers``:
+    the entries this write carries); a retry adds a comment line.
 
     The comment makes the spec differ (so KKP, which retries only on a spec change, installs again)
     while the values stay the same; it names the generation, so a second retry differs from the first.
@@ -162,6 +168,7 @@ def _with_values(ai: dict[str, Any], values: Mapping[str, Any], field: Any, *, r
     updated.setdefault("spec", {})[field] = dumped
     annotations = updated.setdefault("metadata", {}).setdefault("annotations", {}) or {}
     annotations[WRITTEN_ANNOTATION] = values_digest(values)
+    annotations[MANAGED_PEERS_ANNOTATION] = managed_peers_after_write(ai, values, peers)
     updated["metadata"]["annotations"] = annotations
     return updated
 
