@@ -34,9 +34,9 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 from prefect.variables import Variable
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from clustermesh.checks import Finding, Verdict, mesh_not_set_up, nearest_expiry_days, overall
+from clustermesh.checks import CertificateStatus, Finding, Verdict, mesh_not_set_up, nearest_expiry_days, overall
 from clustermesh.drill import DrillResult, drill_gate
 from clustermesh.errors import ReportedFailure
 from clustermesh.notify import PostResult, Summary, render_markdown, render_plain
@@ -68,6 +68,8 @@ class VerificationResult(BaseModel):
     drill: DrillResult | None
     nearest_expiry_days: int | None
     slack: str
+    # per cluster, the certificate that expires first (the thresholds are the spec's ``certificates``)
+    certificate_expiry: list[CertificateStatus] = Field(default_factory=list)
     reported: bool = True  # the summary reached Slack; if not, a FAIL is left to the crash-safe Automation
 
     def describe(self) -> str:
@@ -79,6 +81,8 @@ class VerificationResult(BaseModel):
             lines.append(f"  {self.drill.summary()}")
         if self.nearest_expiry_days is not None:
             lines.append(f"  nearest certificate expiry: {self.nearest_expiry_days} days")
+        for status in self.certificate_expiry:
+            lines.append(f"  certificate expiry: {status.describe()}")
         lines.append(f"  slack: {self.slack}")
         return "\n".join(lines)
 
@@ -209,6 +213,7 @@ class _Observed(BaseModel):
     health: HealthMatrix | None = None
     drill: DrillResult | None = None
     expiry: int | None = None
+    expiry_per_cluster: list[CertificateStatus] = Field(default_factory=list)
 
 
 def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
@@ -232,6 +237,7 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
         health=seen.health,
         drill=seen.drill,
         nearest_expiry_days=seen.expiry,
+        certificate_expiry=seen.expiry_per_cluster,
         slack=slack.status(delivered),
         reported=bool(delivered and delivered.ok),
     )
@@ -301,6 +307,7 @@ def _observe(spec: MeshSpec, run_drill: bool, on_progress: Callable[[HealthProgr
         report = verify_steps.check_certificates(spec, facts)
         seen.findings += report.findings
         seen.expiry = nearest_expiry_days(report)
+        seen.expiry_per_cluster = report.nearest_per_cluster()
         seen.health, health = verify_steps.check_mesh_health(spec, seen.findings, on_progress)
         seen.findings += health
         create_table_artifact(
@@ -326,6 +333,7 @@ def _summary(spec: MeshSpec, title: str, status: Verdict, seen: _Observed, link:
         drill=drill.status if drill else "skipped",
         failover_seconds=max(drill.failover_seconds.values()) if drill and drill.failover_seconds else None,
         cert_expiry_days=seen.expiry,
+        cert_expiry_per_cluster=[(c.cluster, c.days_left, f"{c.secret} {c.key}") for c in seen.expiry_per_cluster],
         run_url=link,
         findings=seen.findings,
     )

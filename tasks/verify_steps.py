@@ -51,8 +51,9 @@ def check_drift(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> list[Finding]
 
 @task(name="3. Check certificates", task_run_name="3. Check certificates", **READ_ONLY)
 def check_certificates(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> checks.CertificateReport:
+    """Every certificate the mesh depends on, judged by the spec's expiry thresholds (``certificates``)."""
     with all_clients(spec) as clients, retry_transient_errors():
-        return checks.certificate_report(clients, facts)
+        return checks.certificate_report(clients, facts, thresholds=spec.certificates)
 
 
 @task(name="4. Check mesh health", task_run_name="4. Check mesh health", **READ_ONLY)

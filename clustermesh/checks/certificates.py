@@ -1,7 +1,8 @@
 """Certificates: each cluster's CA and clustermesh-apiserver leaf certificates, judged by cryptography.
 
 Certificates are named by Secret and key and shown as short SHA-256 fingerprints; the report keeps
-every certificate it read (no key material), so the nearest expiry can be shown.
+every certificate it read (no key material), so the nearest expiry (of the mesh, and per cluster) can be
+shown. How close to expiry warns and fails is the spec's ``certificates`` (:class:`CertificateSettings`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from clustermesh.checks.common import (
 from clustermesh.checks.findings import Finding, fail, ok, warn
 from clustermesh.cilium.profiles import CiliumProfile, profile_for
 from clustermesh.errors import CertificateError, ClusterMeshError
+from clustermesh.spec.certificates import CertificateSettings
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step3_5_endpoints import NAMESPACE
 
@@ -70,6 +72,15 @@ class CertificateReport(BaseModel):
         """The certificate that expires first (the figure a Slack summary shows)."""
         return min(self.certificates, key=lambda c: c.not_after, default=None)
 
+    def nearest_per_cluster(self) -> list[CertificateStatus]:
+        """Each cluster's certificate that expires first, clusters in the order they were read."""
+        nearest: dict[str, CertificateStatus] = {}
+        for status in self.certificates:
+            seen = nearest.get(status.cluster)
+            if seen is None or status.not_after < seen.not_after:
+                nearest[status.cluster] = status
+        return list(nearest.values())
+
 
 def nearest_expiry_days(report: CertificateReport | Sequence[CertificateStatus]) -> int | None:
     """The smallest days-left over all certificates read; None when none could be read."""
@@ -81,26 +92,29 @@ def check_certificates(
     clients: Mapping[str, VerifyClient],
     facts: Mapping[str, ClusterFacts],
     *,
-    warn_days: int = 30,
+    thresholds: CertificateSettings | None = None,
     now: datetime | None = None,
 ) -> list[Finding]:
     """The certificate findings alone; use :func:`certificate_report` to get the nearest expiry too."""
-    return certificate_report(clients, facts, warn_days=warn_days, now=now).findings
+    return certificate_report(clients, facts, thresholds=thresholds, now=now).findings
 
 
 def certificate_report(
     clients: Mapping[str, VerifyClient],
     facts: Mapping[str, ClusterFacts],
     *,
-    warn_days: int = 30,
+    thresholds: CertificateSettings | None = None,
     now: datetime | None = None,
 ) -> CertificateReport:
     """Per cluster: the CA and the clustermesh-apiserver leaf certificates, judged by cryptography.
 
     Readable, valid now, far enough from expiry, issued by both the CA in their own ``ca.crt`` and the
     cluster's CA (by signature), and matching their key. One finding per problem; one ok per sound cert.
+    Fewer than ``thresholds.fail_days`` whole days left fails, fewer than ``warn_days`` warns (default:
+    the spec's defaults, 7 and 30).
     """
     now = now or datetime.now(UTC)
+    limits = thresholds or CertificateSettings()
     findings: list[Finding] = []
     statuses: list[CertificateStatus] = []
     for name, found in facts.items():
@@ -108,7 +122,7 @@ def certificate_report(
         if client is None:
             continue
         try:
-            _certs_of(name, client, profile_for(found.cilium_version), warn_days, now, findings, statuses)
+            _certs_of(name, client, profile_for(found.cilium_version), limits, now, findings, statuses)
         except ClusterMeshError as exc:
             reason, fix = error_parts(exc)
             findings.append(fail(name, reason, fix))
@@ -125,8 +139,12 @@ _ROTATE_CA = (
 )
 
 
+def _in_days(days: int) -> str:
+    return "today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+
+
 def _validity(
-    subject: str, key: str, cert: x509.Certificate, warn_days: int, now: datetime, fix: str
+    subject: str, key: str, cert: x509.Certificate, limits: CertificateSettings, now: datetime, fix: str
 ) -> tuple[list[Finding], int]:
     info = cert_info(cert, now=now)
     until = info.not_after.date().isoformat()
@@ -136,10 +154,11 @@ def _validity(
         ago = math.floor((now - info.not_after).total_seconds() / 86400)
         when = "today" if ago == 0 else f"{ago} day{'s' if ago != 1 else ''} ago"
         return [fail(subject, f"{key} expired {when} ({until})", fix)], info.days_left
-    if info.days_left < warn_days:
-        return [
-            warn(subject, f"{key} expires in {info.days_left} days ({until}; warning below {warn_days})", fix)
-        ], info.days_left
+    days = info.days_left
+    if days < limits.fail_days:
+        return [fail(subject, f"{key} expires {_in_days(days)} ({until}; failing below {limits.fail_days})", fix)], days
+    if days < limits.warn_days:
+        return [warn(subject, f"{key} expires {_in_days(days)} ({until}; warning below {limits.warn_days})", fix)], days
     return [], info.days_left
 
 
@@ -159,7 +178,7 @@ def _certs_of(
     cluster: str,
     client: VerifyClient,
     profile: CiliumProfile,
-    warn_days: int,
+    limits: CertificateSettings,
     now: datetime,
     findings: list[Finding],
     statuses: list[CertificateStatus],
@@ -177,7 +196,7 @@ def _certs_of(
         )
     else:
         ca_name, data = ca_found
-        ca = _judge_ca(cluster, ca_name, data, warn_days, now, findings, statuses)
+        ca = _judge_ca(cluster, ca_name, data, limits, now, findings, statuses)
 
     for secret_name in LEAF_CERTS:
         subject = f"{cluster} {secret_name}"
@@ -192,14 +211,14 @@ def _certs_of(
                 )
             )
             continue
-        _judge_leaf(cluster, secret_name, secret_data(secret), ca, ca_name, warn_days, now, findings, statuses)
+        _judge_leaf(cluster, secret_name, secret_data(secret), ca, ca_name, limits, now, findings, statuses)
 
 
 def _judge_ca(
     cluster: str,
     secret: str,
     data: Mapping[str, Any],
-    warn_days: int,
+    limits: CertificateSettings,
     now: datetime,
     findings: list[Finding],
     statuses: list[CertificateStatus],
@@ -211,7 +230,7 @@ def _judge_ca(
     if ca is None:
         findings.append(fail(subject, problem or "unreadable", fix))
         return None
-    problems, _days = _validity(subject, cert_key, ca, warn_days, now, fix)
+    problems, _days = _validity(subject, cert_key, ca, limits, now, fix)
     statuses.append(_status(cluster, secret, cert_key, ca, now))
     if not cert_info(ca, now=now).is_ca:
         problems.append(fail(subject, f"{cert_key} is not a CA (basicConstraints CA is not set)", fix))
@@ -238,7 +257,7 @@ def _judge_leaf(
     data: Mapping[str, Any],
     cluster_ca: x509.Certificate | None,
     ca_name: str,
-    warn_days: int,
+    limits: CertificateSettings,
     now: datetime,
     findings: list[Finding],
     statuses: list[CertificateStatus],
@@ -249,7 +268,7 @@ def _judge_leaf(
     if cert is None:
         findings.append(fail(subject, problem or "unreadable", _REISSUE))
         return
-    problems, _days = _validity(subject, "tls.crt", cert, warn_days, now, _REISSUE)
+    problems, _days = _validity(subject, "tls.crt", cert, limits, now, _REISSUE)
     statuses.append(_status(cluster, secret, "tls.crt", cert, now))
 
     own_ca, ca_problem = try_cert(data.get("ca.crt"), f"{source} ca.crt")

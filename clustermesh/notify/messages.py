@@ -89,6 +89,8 @@ class Summary(BaseModel):
     drill: str | None = None
     failover_seconds: float | None = None
     cert_expiry_days: int | None = None
+    # per cluster, its certificate that expires first: (cluster, days left, "Secret key"); shown when given
+    cert_expiry_per_cluster: list[tuple[str, int, str]] = Field(default_factory=list)
     run_url: str | None = None
     findings: list[Finding] = Field(default_factory=list)
 
@@ -161,20 +163,22 @@ def _figures(summary: Summary) -> list[tuple[str, str]]:
     else:
         nodes = f"{summary.nodes_reachable if summary.nodes_reachable is not None else '?'}/{summary.nodes_total}"
     days = summary.cert_expiry_days
-    if days is None:
-        expiry = "not measured"
-    elif days < 0:
-        expiry = f"expired {_plural(-days, 'day')} ago"
-    else:
-        expiry = f"in {_plural(days, 'day')}"
-    return [
+    figures = [
         ("Mesh", summary.mesh),
         ("Clusters", or_not(summary.clusters)),
         ("Nodes reachable", nodes),
         ("Failover drill", or_not(summary.drill)),
         ("Failover time", "not measured" if summary.failover_seconds is None else seconds(summary.failover_seconds)),
-        ("Nearest certificate expiry", expiry),
+        ("Nearest certificate expiry", "not measured" if days is None else _expiry(days)),
     ]
+    if summary.cert_expiry_per_cluster:
+        per_cluster = "; ".join(f"{c}: {_expiry(d)} ({cert})" for c, d, cert in summary.cert_expiry_per_cluster)
+        figures.append(("Certificate expiry per cluster", per_cluster))
+    return figures
+
+
+def _expiry(days: int) -> str:
+    return f"expired {_plural(-days, 'day')} ago" if days < 0 else f"in {_plural(days, 'day')}"
 
 
 def _ordered(findings: Sequence[Finding], levels: Sequence[Level] = _LEVEL_ORDER) -> list[Finding]:

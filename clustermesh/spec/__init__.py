@@ -8,10 +8,11 @@ parameters are stored in the Prefect database in clear.
 
 Modules: ``base`` (strict model, reference-field rules), ``display`` (values in errors, secrets hidden),
 ``references`` (kubeconfig, KKP), ``settings`` (Cilium, KKP creation, timeouts, drill, notify),
-``mesh`` (ClusterSpec, MeshSpec, ``load_spec``, ``from_data``), ``reading`` (file and YAML),
-``problems`` (ValidationError → SpecError).
+``certificates`` (expiry thresholds), ``mesh`` (ClusterSpec, MeshSpec, ``load_spec``, ``from_data``),
+``reading`` (file and YAML), ``problems`` (ValidationError → SpecError).
 """
 
+from clustermesh.spec.certificates import CertificateSettings
 from clustermesh.spec.mesh import ClusterSpec, MeshSpec, from_data, load_spec
 from clustermesh.spec.problems import spec_error_from
 from clustermesh.spec.references import KkpRef, KubeconfigRef
@@ -26,6 +27,7 @@ from clustermesh.spec.settings import (
 )
 
 __all__ = [
+    "CertificateSettings",
     "CiliumSettings",
     "ClusterSpec",
     "DrillSettings",

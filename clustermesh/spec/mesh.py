@@ -15,6 +15,7 @@ from pydantic_core import InitErrorDetails
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import SpecError, SpecProblem
 from clustermesh.spec.base import CLUSTER_NAME_RE, DNS_LABEL_RE, SpecModel, custom_error, network_input
+from clustermesh.spec.certificates import CertificateSettings
 from clustermesh.spec.display import display
 from clustermesh.spec.problems import spec_error_from
 from clustermesh.spec.reading import parse_yaml, read_spec_file
@@ -135,6 +136,10 @@ class MeshSpec(SpecModel):
         DrillSettings()
     )
     notify: Annotated[NotifySettings, Field(title="Notifications", description="Slack and links.")] = NotifySettings()
+    certificates: Annotated[
+        CertificateSettings,
+        Field(title="Certificate expiry", description="Days left below which the nightly warns, and fails."),
+    ] = CertificateSettings()
     kkp: Annotated[
         KkpSettings | None,
         Field(

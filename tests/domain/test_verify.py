@@ -35,7 +35,7 @@ from clustermesh.checks.reachability import check_reachability_and_versions
 from clustermesh.checks.setup_state import mesh_not_set_up
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import NotFoundError, TransientKubeError
-from clustermesh.spec import MeshSpec, from_data
+from clustermesh.spec import CertificateSettings, MeshSpec, from_data
 from clustermesh.steps.step7_reachability import UDP_8472_PATH
 from clustermesh.steps.step8_health import HealthCell, HealthMatrix
 from clustermesh.values import CaMaterial, PeerEntry, deep_merge, render_mesh_values
@@ -647,7 +647,7 @@ def test_a_certificate_expiring_within_the_threshold_is_a_warning_with_its_date(
     assert (warning.level, warning.subject) == ("warning", "cluster-2 clustermesh-apiserver-server-cert")
     assert "expires in 10 days (2025-06-11" in warning.reason
     assert nearest_expiry_days(report) == 10
-    assert problems(mesh.certificates(warn_days=5).findings) == []
+    assert problems(mesh.certificates(thresholds=CertificateSettings(warn_days=5, fail_days=1)).findings) == []
 
 
 def test_a_certificate_not_yet_valid_is_a_failure(mesh: Mesh) -> None:
