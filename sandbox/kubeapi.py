@@ -8,13 +8,10 @@ over WebSocket). Handlers run on the event loop that owns the store, so every st
 from __future__ import annotations
 
 import asyncio
-import base64
-import hmac
 import json
 import logging
-import random
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -23,10 +20,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from sandbox import patching
+from sandbox.api_guard import ApiFaults, _error_response, _Guard
+from sandbox.api_objects import defaulted, exit_status, scale_of
 from sandbox.resources import (
     group_versions,
     is_custom,
@@ -34,7 +32,7 @@ from sandbox.resources import (
     openapi_index,
     table,
 )
-from sandbox.selectors import matcher, selector_string
+from sandbox.selectors import matcher
 from sandbox.store import ApiError, Obj, ResourceType, Store, not_found
 
 log = logging.getLogger(__name__)
@@ -57,98 +55,8 @@ ExecHandler = Callable[[str, str, str, list[str]], ExecResult]
 """(namespace, pod, container, argv) -> ExecResult; called on the loop thread, so it may read the store."""
 
 
-@dataclass
-class ApiFaults:
-    """Injected API trouble, consulted on every request; mutate it while the server runs."""
-
-    error_rate: float = 0.0
-    latency_s: float = 0.0
-    down: bool = False
-    seed: int | None = None
-    _rng: random.Random = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
-
-    def roll(self) -> float:
-        """A uniform draw in [0, 1) from the fault's own (seedable) generator."""
-        return self._rng.random()
-
-
 def _status(code: int, reason: str, message: str) -> Obj:
     return ApiError(code, reason, message).status()
-
-
-def _error_response(err: ApiError) -> JSONResponse:
-    return JSONResponse(err.status(), status_code=err.code)
-
-
-class _DroppedConnection(Exception):
-    """Raised to make uvicorn close a connection without an answer; never logged."""
-
-
-class _QuietDrops(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _DroppedConnection)
-
-
-logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-
-
-class _Guard:
-    """Faults first (a server that is down checks no tokens), then the bearer token."""
-
-    def __init__(self, app: ASGIApp, token: str, faults: ApiFaults | None) -> None:
-        self.app = app
-        self.token = token
-        self.faults = faults
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        faults = self.faults
-        if faults is not None:
-            if faults.latency_s > 0:
-                await asyncio.sleep(faults.latency_s)
-            if faults.down:
-                await self._deny(scope, receive, send, ApiError(503, "ServiceUnavailable", "the server is down"))
-                return
-            if faults.error_rate > 0 and faults.roll() < faults.error_rate:
-                if scope["type"] == "http" and faults.roll() < 0.5 and self._drop(receive):
-                    # let the transport's connection_lost run, so uvicorn sees a disconnect, not a bug
-                    for _ in range(3):
-                        await asyncio.sleep(0)
-                    return
-                await self._deny(scope, receive, send, ApiError(500, "InternalError", "injected API error"))
-                return
-        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", []))
-        auth = headers.get("authorization", "")
-        if not (auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)):
-            await self._deny(scope, receive, send, ApiError(401, "Unauthorized", "Unauthorized"))
-            return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    def _drop(receive: Receive) -> bool:
-        """Abort the TCP connection under the request (uvicorn's h11 cycle holds the transport)."""
-        transport = getattr(getattr(receive, "__self__", None), "transport", None)
-        if transport is None or not hasattr(transport, "abort"):
-            return False
-        transport.abort()
-        return True
-
-    async def _deny(self, scope: Scope, receive: Receive, send: Send, err: ApiError) -> None:
-        response = _error_response(err)
-        if scope["type"] == "http":
-            await response(scope, receive, send)
-            return
-        ws = WebSocket(scope, receive, send)
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await ws.send_denial_response(response)
-        else:
-            await ws.close()
 
 
 def _truthy(value: str | None, default: bool = False) -> bool:
@@ -608,7 +516,7 @@ class KubeApi:
                 await websocket.send_bytes(b"\x01" + result.stdout)
             if result.stderr and _truthy(params.get("stderr"), True):
                 await websocket.send_bytes(b"\x02" + result.stderr)
-        final = refusal if refusal is not None else _exit_status(result.exit_code)
+        final = refusal if refusal is not None else exit_status(result.exit_code)
         await websocket.send_bytes(b"\x03" + json.dumps(final).encode())
         await websocket.close(1000)
 
@@ -642,63 +550,6 @@ class KubeApi:
             log.exception("exec handler failed for %s/%s", ns, name)
             return nothing, _status(500, "InternalError", f"exec failed: {type(exc).__name__}")
         return result, None
-
-
-def _exit_status(exit_code: int) -> Obj:
-    """The channel-3 Status kubectl and the Python client turn into an exit code."""
-    if exit_code == 0:
-        return {"metadata": {}, "status": "Success"}
-    return {
-        "metadata": {},
-        "status": "Failure",
-        "message": "command terminated with non-zero exit code: error executing command [...]: "
-        f"exit status {exit_code}",
-        "reason": "NonZeroExitCode",
-        "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
-    }
-
-
-def scale_of(obj: Obj) -> Obj:
-    """The ``autoscaling/v1`` Scale view of a Deployment or ReplicaSet."""
-    meta = obj.get("metadata", {})
-    return {
-        "kind": "Scale",
-        "apiVersion": "autoscaling/v1",
-        "metadata": {
-            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
-        },
-        "spec": {"replicas": int(_get(obj, "spec", "replicas") or 0)},
-        "status": {
-            "replicas": int(_get(obj, "status", "replicas") or 0),
-            "selector": selector_string(_get(obj, "spec", "selector", "matchLabels")),
-        },
-    }
-
-
-def defaulted(rt: ResourceType, obj: Obj) -> Obj:
-    """The few server-side defaults clients rely on (replicas, Secret type and stringData, ...)."""
-    obj = dict(obj)
-    if rt.kind in ("Deployment", "ReplicaSet"):
-        spec = obj.setdefault("spec", {})
-        if isinstance(spec, dict) and spec.get("replicas") is None:
-            spec["replicas"] = 1
-    elif rt.kind == "Secret":
-        obj.setdefault("type", "Opaque")
-        string_data = obj.pop("stringData", None)
-        if isinstance(string_data, dict):
-            data = dict(obj.get("data") or {})
-            for k, v in string_data.items():
-                data[k] = base64.b64encode(str(v).encode()).decode()
-            obj["data"] = data
-    elif rt.kind == "Service":
-        spec = obj.setdefault("spec", {})
-        if isinstance(spec, dict):
-            spec.setdefault("type", "ClusterIP")
-    elif rt.kind == "Namespace":
-        status = obj.get("status")
-        if not isinstance(status, dict) or "phase" not in status:
-            obj["status"] = {**(status if isinstance(status, dict) else {}), "phase": "Active"}
-    return obj
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
