@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -32,6 +33,7 @@ __all__ = [
     "fetch_chart",
     "forget_unreachable",
     "is_url",
+    "latest_in_line",
 ]
 
 CACHE_DIR_ENV = "CLUSTERMESH_STATE_DIR"
@@ -102,6 +104,44 @@ def fetch_chart(source: str, version: str, *, cache_dir: Path | None = None) -> 
             with _lock:
                 _unreachable[source] = _Unreachable(exc.problem, time.monotonic() + REMEMBER_UNREACHABLE)
         raise
+
+
+def latest_in_line(source: str, line: str) -> str:
+    """The newest ``<line>.<patch>`` the source holds (a folder's archives, a repository's ``index.yaml``).
+
+    Raises ``ChartUnavailableError`` when the source is unreachable or holds no version of that line.
+    """
+    if not is_url(source):
+        return fetch_chart(source, line).name.removeprefix("cilium-").removesuffix(".tgz")
+    repo = source.rstrip("/") + "/"
+    what = f"cilium-{line}.x.tgz"
+    with _lock:
+        known = _unreachable.get(source)
+        if known is not None and known.until > time.monotonic():
+            raise ChartUnavailableError(what, known.reason, fix=_URL_FIX)
+    try:
+        index = yaml.safe_load(_get(repo + "index.yaml", what))
+    except ChartUnavailableError as exc:
+        if exc.problem.startswith("cannot reach"):
+            with _lock:
+                _unreachable[source] = _Unreachable(exc.problem, time.monotonic() + REMEMBER_UNREACHABLE)
+        raise
+    except yaml.YAMLError as exc:
+        raise ChartUnavailableError(what, f"{repo}index.yaml is not YAML ({exc})", fix=_URL_FIX) from None
+    entries = (index.get("entries") or {}).get("cilium") if isinstance(index, dict) else None
+    patches = [
+        int(m["patch"])
+        for e in entries or []
+        if isinstance(e, dict)
+        and (m := _PATCH.fullmatch(str(e.get("version", "")).removeprefix("v")))
+        and m["line"] == line
+    ]
+    if not patches:
+        raise ChartUnavailableError(what, f"{repo}index.yaml lists no cilium {line}.x", fix=_URL_FIX)
+    return f"{line}.{max(patches)}"
+
+
+_PATCH = re.compile(r"(?P<line>[0-9]+\.[0-9]+)\.(?P<patch>[0-9]+)")
 
 
 _URL_FIX = (

@@ -1,0 +1,137 @@
+"""``upgrade-check`` on values alone, with the real charts of ``../shared/charts``: what the target line refuses,
+what it silently ignores, which defaults change under unpinned keys, and what the peers' dialers would read."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+
+import pytest
+from pydantic import SecretStr
+
+from clustermesh.cilium.chart_source import ChartUnavailableError, latest_in_line
+from clustermesh.cilium.profiles import REMOVED_IN_1_20
+from clustermesh.spec import MeshSpec
+from clustermesh.steps.upgrade_check import check_upgrade
+from tests.conftest import find_shared
+from tests.domain.test_profiles_119_120 import ours
+from tests.domain.test_values import mesh
+from tests.domain.test_verify import make_ca
+
+SHARED = find_shared()
+CHARTS = None if SHARED is None else SHARED / "charts"
+pytestmark = [
+    pytest.mark.skipif(
+        CHARTS is None or not any(CHARTS.glob("cilium-*.tgz")),
+        reason="shared/charts (Cilium's chart archives) not found",
+    ),
+    pytest.mark.skipif(
+        importlib.util.find_spec("helm_python") is None,
+        reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
+    ),
+]
+
+
+def spec() -> MeshSpec:
+    return mesh(chart={"source": str(CHARTS)})
+
+
+def test_a_clusters_map_is_refused_by_1_18_and_accepted_by_1_19() -> None:
+    values = copy.deepcopy(ours("1.18.12"))
+    entry = values["clustermesh"]["config"]["clusters"][0]
+    values["clustermesh"]["config"]["clusters"] = {"cluster-2": {k: v for k, v in entry.items() if k != "name"}}
+
+    today = check_upgrade(spec(), "cluster-1", "1.18.11", "1.18.12", values)
+    upgrade = check_upgrade(spec(), "cluster-1", "1.18.12", "1.19.6", values)
+
+    assert today.blocking
+    assert today.refused[0].startswith("clustermesh.config.clusters: ")
+    assert "want array" in today.refused[0]
+    assert not upgrade.blocking and not upgrade.skipped, upgrade.render_text()
+    assert upgrade.ignored == []
+
+
+def test_the_old_ca_key_on_1_16_1_is_refused_by_1_17() -> None:
+    ca = make_ca("old guide CA")
+    values = copy.deepcopy(ours("1.16.1"))
+    values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})["ca"] = {
+        "cert": ca.cert_b64,
+        "key": ca.key_b64,
+    }
+
+    still = check_upgrade(spec(), "cluster-1", "1.16.0", "1.16.1", values)
+    upgrade = check_upgrade(spec(), "cluster-1", "1.16.1", "1.17.18", values)
+
+    assert not still.blocking, still.render_text()
+    assert still.ignored == ["clustermesh.apiserver.tls.ca"]  # 1.16.1 renders but does not use it
+    assert upgrade.blocking
+    assert any("clustermesh.apiserver.tls.ca" in r for r in upgrade.refused), upgrade.refused
+    assert "REFUSED clustermesh.apiserver.tls.ca" in upgrade.render_text()
+
+
+def test_server_cert_leftovers_on_1_19_are_ignored_by_1_20() -> None:
+    values = copy.deepcopy(ours("1.19.6"))
+    leftover = {"cert": "bGVmdG92ZXI=", "key": SecretStr("bGVmdG92ZXI=").get_secret_value()}
+    values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})["server"] = leftover
+
+    upgrade = check_upgrade(spec(), "cluster-1", "1.19.6", "1.20.0", values)
+
+    assert not upgrade.blocking, upgrade.render_text()
+    assert upgrade.ignored == ["clustermesh.apiserver.tls.server.cert", "clustermesh.apiserver.tls.server.key"]
+    assert all(tuple(k.split(".")) in REMOVED_IN_1_20 for k in upgrade.ignored)
+    assert "IGNORED clustermesh.apiserver.tls.server.cert" in upgrade.render_text()
+
+
+def test_what_the_setup_writes_on_1_19_upgrades_cleanly_to_1_20() -> None:
+    upgrade = check_upgrade(spec(), "cluster-1", "1.19.6", "1.20.0", ours("1.19.6"))
+
+    assert not upgrade.blocking and not upgrade.skipped
+    assert upgrade.ignored == [] and upgrade.peer_changes == [], upgrade.render_text()
+    keys = [n.key for n in upgrade.notes]
+    assert keys == ["clustermesh.apiserver.tls.auto.certValidityDuration"]  # 1095 → 365 days, unpinned
+    assert upgrade.notes[0].before == "1095 days" and upgrade.notes[0].after == "365 days"
+
+
+def test_defaults_that_change_are_notes_unless_the_values_pin_them() -> None:
+    values = copy.deepcopy(ours("1.18.12"))
+    as_written = check_upgrade(spec(), "cluster-1", "1.18.12", "1.19.6", values)
+    del values["clustermesh"]["apiserver"]["tls"]["auto"]["method"]  # the setup pins helm on 1.18
+    unpinned = check_upgrade(spec(), "cluster-1", "1.18.12", "1.19.6", values)
+    values["clustermesh"]["policyDefaultLocalCluster"] = False
+    pinned = check_upgrade(spec(), "cluster-1", "1.18.12", "1.19.6", values)
+
+    assert {n.key for n in as_written.notes} == {
+        "clustermesh.policyDefaultLocalCluster",
+        "clustermesh.apiserver.tls.authMode",
+    }
+    assert {n.key for n in unpinned.notes} == {n.key for n in as_written.notes} | {
+        "clustermesh.apiserver.tls.auto.method"
+    }
+    assert "clustermesh.policyDefaultLocalCluster" not in {n.key for n in pinned.notes}
+    assert not (as_written.blocking or unpinned.blocking or pinned.blocking)
+
+
+def test_a_peer_the_target_line_no_longer_dials_is_a_warning() -> None:
+    """``enabled: false`` on a list entry means nothing to 1.18 (it dials the peer); 1.19 leaves the peer out."""
+    values = copy.deepcopy(ours("1.18.12"))
+    values["clustermesh"]["config"]["clusters"][0]["enabled"] = False
+
+    upgrade = check_upgrade(spec(), "cluster-1", "1.18.12", "1.19.6", values)
+
+    assert not upgrade.blocking
+    assert [(c.peer, c.what, c.before) for c in upgrade.peer_changes] == [("cluster-2", "config", "present")]
+    assert "WARNING peer cluster-2: the dialer's config changes" in upgrade.render_text()
+
+
+def test_the_newest_patch_of_a_line_is_found_in_a_folder() -> None:
+    assert latest_in_line(str(CHARTS), "1.19") == "1.19.6"
+    assert latest_in_line(str(CHARTS), "1.20") == "1.20.0"
+    with pytest.raises(ChartUnavailableError, match="1.21"):
+        latest_in_line(str(CHARTS), "1.21")
+
+
+def test_no_chart_for_the_target_is_skipped_saying_why() -> None:
+    upgrade = check_upgrade(spec(), "cluster-1", "1.19.6", "1.20.9", ours("1.19.6"))
+
+    assert not upgrade.blocking
+    assert "cilium-1.20.9.tgz" in upgrade.skipped and "1.20.0" in upgrade.skipped
