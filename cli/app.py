@@ -20,6 +20,7 @@ import typer
 from cli.common import fail as _fail
 from cli.sandbox_commands import sandbox_app
 from cli.server_commands import server_app
+from cli.upgrade_command import upgrade_check_command
 
 if TYPE_CHECKING:
     from cli.server import TemporaryServer
@@ -151,6 +152,7 @@ app = _App(
 )
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(server_app, name="server")
+app.command("upgrade-check")(upgrade_check_command)
 
 ConfigOption = Annotated[Path, typer.Option("--config", help="The mesh spec (YAML), e.g. the sandbox's mesh.yaml.")]
 
