@@ -426,6 +426,23 @@ class ClusterClient:
         replaced = self._call("replace", target, getattr(api, kind.replace), *ids, body, field_manager=FIELD_MANAGER)
         return Applied(as_object(replaced), "replaced")
 
+    def delete_namespace_if_labelled(self, name: str, labels: Mapping[str, str]) -> str:
+        """Delete Namespace ``name`` (and so all it holds) only when it carries every label in ``labels``.
+
+        Returns "absent", "not ours" (the labels differ: left alone) or "deleted".
+        """
+        current = self._get_or_none(f"namespaces/{name}", self._core.read_namespace, name)
+        if current is None:
+            return "absent"
+        found = (current.get("metadata") or {}).get("labels") or {}
+        if any(found.get(key) != value for key, value in labels.items()):
+            return "not ours"
+        try:
+            self._call("delete", f"namespaces/{name}", self._core.delete_namespace, name)
+        except NotFoundError:
+            return "absent"
+        return "deleted"
+
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Set replicas through ``/scale`` (as ``kubectl scale`` does), touching nothing else."""
         if replicas < 0:

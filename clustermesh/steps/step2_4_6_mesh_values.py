@@ -173,6 +173,12 @@ def _with_values(
     return updated
 
 
+def installation_with_values(ai: dict[str, Any], values: Mapping[str, Any], field: Any) -> dict[str, Any]:
+    """The installation carrying ``values``, its digest and the managed-peers record (a write that adds no
+    peer: removed entries drop out of the record); for writes outside steps 2/4/6 (leaving the mesh)."""
+    return _with_values(ai, values, field, retry=None, peers=[])
+
+
 def install_state(ai: dict[str, Any]) -> tuple[str, str]:
     """("applied" | "failed" | "pending", why) for the installation's current generation (kkp.md §1)."""
     generation = ai.get("metadata", {}).get("generation")

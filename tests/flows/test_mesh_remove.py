@@ -1,0 +1,89 @@
+"""Leave end to end: a real 3-cluster sandbox, the real setup, removal and nightly flows on the session's Prefect.
+
+cluster-3 leaves: its entry goes from cluster-1 and cluster-2 (and from their managed-peers record), a
+peer a person added by hand on cluster-1 stays, cluster-3's drill namespace goes, and the nightly on a
+spec of cluster-1 and cluster-2 does not fail; a rerun writes nothing. Then cluster-2, its API down,
+is removed from cluster-1 all the same. Values and annotations are read with the official client only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from clustermesh.errors import PrerequisiteError
+from flows.mesh_remove import mesh_remove_cluster
+from flows.mesh_setup import cluster_mesh_setup
+from flows.mesh_verify import nightly_mesh_verification, verification_result
+from tests.flows.conftest import Kube, ai_versions, edited_spec, mesh_spec
+from tests.flows.test_managed_peers import SLACK_ENV, add_hand_made_peer, recorded, without_cluster_3
+
+Kubes = Callable[[Any], dict[str, Kube]]
+DRILL_LABELS = {"app.kubernetes.io/part-of": "clustermesh-drill"}
+
+
+@pytest.fixture(autouse=True)
+def _no_slack_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SLACK_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def namespaces(kube: Kube) -> set[str]:
+    return {ns.metadata.name for ns in kube.core.list_namespace().items}
+
+
+def only_cluster_1_and_2(data: dict[str, Any]) -> None:
+    without_cluster_3(data)
+
+
+def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothing_and_a_dead_one_is_removed(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    sb = sandbox_factory(clusters=3, cilium_version="1.19")
+    k = kubes(sb)
+    spec = mesh_spec(sb)
+    assert cluster_mesh_setup(spec).health.healthy
+    add_hand_made_peer(k["cluster-1"], "cluster-9")
+    drill_ns = spec.drill.namespace
+    body = client.V1Namespace(metadata=client.V1ObjectMeta(name=drill_ns, labels=DRILL_LABELS))
+    k["cluster-3"].core.create_namespace(body)
+
+    with pytest.raises(PrerequisiteError, match="--cluster cluster-7 is not a cluster of mesh"):
+        mesh_remove_cluster(spec, "cluster-7")
+
+    result = mesh_remove_cluster(spec, "cluster-3", disable_in_removed=True)
+    assert result.wrote_anything, result.describe()
+    assert k["cluster-1"].peer_names() == ["cluster-2", "cluster-9"]  # the hand-added peer stays
+    assert k["cluster-2"].peer_names() == ["cluster-1"]
+    assert (recorded(k["cluster-1"]), recorded(k["cluster-2"])) == ("cluster-2", "cluster-1")
+    assert k["cluster-3"].peer_names() == []  # --disable-in-removed: cluster-3 connects to no managed peer
+    assert drill_ns not in namespaces(k["cluster-3"])
+    assert result.status in ("PASS", "WARN"), result.describe()
+    assert not [f for f in result.findings if f.level == "failure"], result.describe()
+
+    before = ai_versions(k)
+    again = mesh_remove_cluster(spec, "cluster-3", disable_in_removed=True)
+    assert not again.wrote_anything, again.describe()
+    assert ai_versions(k) == before
+
+    # the user drops cluster-3 from the spec: the nightly of the rest does not fail and says nothing of it
+    rest = edited_spec(sb, only_cluster_1_and_2)
+    state = nightly_mesh_verification(rest, run_drill=False, return_state=True)
+    verdict = verification_result(state)
+    assert verdict is not None and verdict.status != "FAIL", verdict.describe() if verdict else state
+    assert not [f for f in verdict.findings if "cluster-3" in f"{f.subject} {f.reason}"], verdict.describe()
+
+    # cluster-2 dies; it is removed from cluster-1 all the same (and its own values are left, with a note)
+    sb.fault("api-down", cluster="cluster-2", on=True)
+    try:
+        dead = mesh_remove_cluster(rest, "cluster-2", disable_in_removed=True)
+    finally:
+        sb.fault("clear")
+    assert k["cluster-1"].peer_names() == ["cluster-9"]
+    assert recorded(k["cluster-1"]) == ""
+    assert [c.cluster for c in dead.changes if c.written] == ["cluster-1"]
+    assert any("cluster-2 unreachable" in note for note in dead.notes), dead.notes
+    assert k["cluster-2"].peer_names() == ["cluster-1"]  # nothing reached the dead cluster
