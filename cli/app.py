@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from cli.common import fail as _fail
+from cli.remove_command import remove as remove_cluster
 from cli.sandbox_commands import sandbox_app
 from cli.server_commands import server_app
 from cli.upgrade_command import upgrade_check_command
@@ -285,6 +286,8 @@ def _quiet_setup_summary(spec: MeshSpec) -> None:
         if isinstance(handler, PrefectConsoleHandler):
             handler.addFilter(not_the_summary)
 
+
+app.command("remove")(remove_cluster)  # cli/remove_command.py: a cluster leaves the mesh
 
 clusters_app = typer.Typer(help="KKP user clusters of the mesh, through the KKP REST API.", no_args_is_help=True)
 app.add_typer(clusters_app, name="clusters")
