@@ -10,6 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from clustermesh import checks
 from clustermesh.checks import Finding
+from clustermesh.checks.next_line import next_line_findings
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import step8_health as health
@@ -45,8 +46,9 @@ def check_reachability_and_versions(spec: MeshSpec) -> tuple[dict[str, ClusterFa
 
 @task(name="2. Check drift", task_run_name="2. Check drift", **READ_ONLY)
 def check_drift(spec: MeshSpec, facts: dict[str, ClusterFacts]) -> list[Finding]:
+    """Drift from what the setup writes, and values the next Cilium line's chart would refuse or ignore."""
     with all_clients(spec) as clients, retry_transient_errors():
-        return checks.check_drift(clients, facts, spec)
+        return checks.check_drift(clients, facts, spec) + next_line_findings(clients, facts, spec)
 
 
 @task(name="3. Check certificates", task_run_name="3. Check certificates", **READ_ONLY)

@@ -200,7 +200,7 @@ def default_changes(before: CiliumProfile, after: CiliumProfile, values: Mapping
     changes = []
     for path, old, new, meaning in facts:
         pinned, _ = value_at(values, path)
-        if old != new and not pinned:
+        if old != new and not pinned and old != "no such key":  # a key that did not exist had one behaviour
             changes.append(DefaultChange(".".join(path), str(old).lower(), str(new).lower(), meaning))
     return changes
 
