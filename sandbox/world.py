@@ -20,7 +20,8 @@ Addressing (cluster index ``i``, node ``k`` counted from 0):
 
 One module per controller, as kube-controller-manager is split (``sandbox/controllers/``): ``kkp``
 (KKP's application controller), ``helm_apply``, ``certgen``, ``agents`` (and kvstoremesh),
-``workloads``, ``services``, ``faults``, ``clock``, plus ``bootstrap`` (a fresh cluster) and ``base``
+``workloads``, ``services``, ``faults``, ``clock``, ``upgrades`` (a new Cilium version, KKP's way),
+plus ``bootstrap`` (a fresh cluster) and ``base``
 (the shared cluster state). ``World`` only wires them: one reconcile per cluster, the timers, the
 listeners. The chart is rendered through a ``sandbox.render.Renderer``.
 """
@@ -55,6 +56,7 @@ from sandbox.controllers.faults import Faults
 from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
 from sandbox.controllers.services import Services
+from sandbox.controllers.upgrades import Upgrades
 from sandbox.controllers.workloads import Workloads
 from sandbox.render import Renderer, renderer_for
 from sandbox.store import Obj, Store
@@ -64,7 +66,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AI_KEY", "CILIUM_PATCH", "NS", "SimCluster", "World", "concrete_version", "deep_merge"]
 
 
-class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Workloads, Services):
+class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Workloads, Services, Upgrades):
     """All simulated clusters and their controllers; the fault methods are what tests and the runner call."""
 
     def __init__(

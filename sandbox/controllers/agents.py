@@ -124,32 +124,62 @@ class Agents:
             self._restart_agents(c, ds)
         elif missing:
             self._schedule_agents_ready(c)
+        else:
+            self._roll_agents(c, ds)  # a rolling update in progress goes on as agents become ready
         self._update_daemonset_status(c)
 
     def _restart_agents(self, c: SimCluster, ds: Obj) -> None:
-        """Agents pick up the new mesh configuration by restarting: not ready for ~20 s."""
+        """Agents pick up the new mesh configuration by restarting: not ready for ~20 s.
+
+        A new image (a Cilium upgrade) is a DaemonSet rolling update instead: ``_roll_agents``.
+        """
         tmpl = ds["spec"]["template"]
-        now = now_rfc3339()
-        for p in c.store.list(PODS, NS):
-            if _owner_kind(p) != "DaemonSet":
-                continue
-
-            def fn(pod: Obj) -> None:
-                spec = copy.deepcopy(tmpl["spec"])
-                spec["nodeName"] = pod["spec"].get("nodeName")
-                pod["spec"] = spec
-                pod["metadata"]["labels"]["controller-revision-hash"] = _hash_name(tmpl)
-                st = pod.setdefault("status", {})
-                _set_ready(st, False, now)
-                for cs in st.get("containerStatuses", []):
-                    cs["lastState"] = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}}
-                    cs["restartCount"] = int(cs.get("restartCount", 0)) + 1
-                    cs["ready"] = False
-                    cs["state"] = {"running": {"startedAt": now}}
-                    cs["image"] = tmpl["spec"]["containers"][0]["image"]
-
-            c.store.mutate(PODS, NS, p["metadata"]["name"], fn)
+        image = tmpl["spec"]["containers"][0]["image"]
+        agents = [p for p in c.store.list(PODS, NS) if _owner_kind(p) == "DaemonSet"]
+        if any(p["spec"]["containers"][0].get("image") != image for p in agents):
+            self._roll_agents(c, ds)
+            return
+        for p in agents:
+            self._restart_pod(c, p["metadata"]["name"], tmpl)
         self._schedule_agents_ready(c)
+
+    def _restart_pod(self, c: SimCluster, name: str, tmpl: Obj) -> None:
+        now = now_rfc3339()
+
+        def fn(pod: Obj) -> None:
+            spec = copy.deepcopy(tmpl["spec"])
+            spec["nodeName"] = pod["spec"].get("nodeName")
+            pod["spec"] = spec
+            pod["metadata"]["labels"]["controller-revision-hash"] = _hash_name(tmpl)
+            st = pod.setdefault("status", {})
+            _set_ready(st, False, now)
+            for cs in st.get("containerStatuses", []):
+                cs["lastState"] = {"terminated": {"exitCode": 0, "reason": "Completed", "finishedAt": now}}
+                cs["restartCount"] = int(cs.get("restartCount", 0)) + 1
+                cs["ready"] = False
+                cs["state"] = {"running": {"startedAt": now}}
+                cs["image"] = tmpl["spec"]["containers"][0]["image"]
+
+        c.store.mutate(PODS, NS, name, fn)
+
+    def _roll_agents(self, c: SimCluster, ds: Obj) -> None:
+        """One step of a DaemonSet rolling update: restart old-revision agents, at most
+        ``updateStrategy.rollingUpdate.maxUnavailable`` (default 1) not ready at a time, by node name."""
+        tmpl = ds["spec"]["template"]
+        hash_ = _hash_name(tmpl)
+        agents = sorted(
+            (p for p in c.store.list(PODS, NS) if _owner_kind(p) == "DaemonSet"),
+            key=lambda p: str(p["spec"].get("nodeName")),
+        )
+        stale = [p for p in agents if p["metadata"]["labels"].get("controller-revision-hash") != hash_]
+        if not stale:
+            return
+        budget = _max_unavailable(ds, len(agents)) - sum(1 for p in agents if not _pod_ready(p))
+        batch = stale[: max(0, budget)]
+        for p in batch:
+            self._restart_pod(c, p["metadata"]["name"], tmpl)
+        if batch:
+            self._schedule_agents_ready(c)
 
     def _schedule_agents_ready(self, c: SimCluster) -> None:
         def ready() -> None:
@@ -181,3 +211,14 @@ class Agents:
         if want - ready:
             status["numberUnavailable"] = want - ready
         c.store.mutate(DSS, NS, "cilium", lambda o: o.__setitem__("status", status))
+
+
+def _max_unavailable(ds: Obj, pods: int) -> int:
+    """The DaemonSet's ``maxUnavailable`` (a number or a percentage of the pods, rounded down), at least 1."""
+    value = _get(ds, "spec", "updateStrategy", "rollingUpdate", "maxUnavailable", default=1)
+    text = str(value).strip()
+    try:
+        count = pods * int(text[:-1]) // 100 if text.endswith("%") else int(text)
+    except ValueError:
+        count = 1
+    return max(1, count)

@@ -97,6 +97,7 @@ class HelmApply:
         ]
         if aliases:
             tspec["hostAliases"] = aliases
+        dep["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
         cur = c.store.try_get(DEPLOYS, NS, APISERVER)
         if cur is None:
             c.store.create(DEPLOYS, dep)
@@ -105,6 +106,7 @@ class HelmApply:
             def fn(obj: Obj) -> None:
                 obj["spec"]["replicas"] = dep["spec"]["replicas"]
                 obj["spec"]["template"]["spec"] = tspec
+                obj["spec"]["strategy"] = dep["spec"]["strategy"]  # the chart's updateStrategy default
 
             c.store.mutate(DEPLOYS, NS, APISERVER, fn)
         port: Obj = {"name": "apiserver-port", "port": 2379, "protocol": "TCP", "targetPort": 2379}

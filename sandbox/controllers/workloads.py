@@ -61,12 +61,14 @@ class Workloads:
         replicas = int(_get(d, "spec", "replicas", default=1))
         tmpl = _get(d, "spec", "template", default={}) or {}
         hash_ = _hash_name(tmpl)
-        live = []
+        live = [p for p in pods if p["metadata"].get("labels", {}).get("pod-template-hash") == hash_]
+        # a new template replaces the old pods; a RollingUpdate with maxUnavailable 0 (the chart's
+        # clustermesh-apiserver) keeps them until the new ones are ready
+        surge = str(_get(d, "spec", "strategy", "rollingUpdate", "maxUnavailable", default="")) in ("0", "0%")
+        new_ready = sum(1 for p in live if _pod_ready(p))
         for p in pods:
-            if p["metadata"].get("labels", {}).get("pod-template-hash") != hash_:
-                self._delete(c, PODS, p)  # a new template replaces the old pods
-            else:
-                live.append(p)
+            if p not in live and not (surge and _pod_ready(p) and new_ready < replicas):
+                self._delete(c, PODS, p)
         live.sort(key=lambda p: c.pod_seq.get((ns, p["metadata"]["name"]), 0))
         while len(live) > replicas:
             victim = live.pop()  # newest first
