@@ -1,4 +1,4 @@
-"""``clustermesh sandbox up|down|fault``: simulated KKP clusters with Cilium on this machine."""
+"""``clustermesh sandbox up|down|fault|upgrade``: simulated KKP clusters with Cilium on this machine."""
 
 from __future__ import annotations
 
@@ -126,3 +126,22 @@ def sandbox_fault(
     except SandboxError as exc:
         _fail(str(exc))
     typer.echo(f"ok: {result}")
+
+
+@sandbox_app.command("upgrade")
+def sandbox_upgrade(
+    cluster: Annotated[str, typer.Option("--cluster", help="The cluster whose Cilium KKP upgrades (cluster-1).")],
+    to: Annotated[str, typer.Option("--to", help="The Cilium version: a line (1.19) or a patch (1.19.4).")],
+    directory: DirOption = Path("sandbox-run"),
+) -> None:
+    """Upgrade one cluster's Cilium the way KKP does: a new chart version, the same values."""
+    from sandbox.process import SandboxError, send_upgrade
+
+    try:
+        result = send_upgrade(directory, cluster, to)
+    except SandboxError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"{result['cluster']}: cilium ApplicationInstallation set to {result['to']} (was {result['from']}); "
+        "KKP installs it now (kubectl -n kube-system get applicationinstallation cilium)"
+    )

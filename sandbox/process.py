@@ -96,11 +96,20 @@ def _alive(pid: int) -> bool:
 
 def send_fault(directory: Path, kind: str, **args: Any) -> dict[str, Any]:
     """``clustermesh sandbox fault``: call the control endpoint of a running sandbox."""
+    return _control(directory, "/faults", {"kind": kind, **args}, what=f"fault {kind!r}")
+
+
+def send_upgrade(directory: Path, cluster: str, version: str) -> dict[str, Any]:
+    """``clustermesh sandbox upgrade``: KKP's upgrade of ``cluster``'s Cilium to ``version``."""
+    body = {"cluster": cluster, "version": version}
+    return _control(directory, "/upgrade", body, what=f"upgrade of {cluster} to {version!r}")
+
+
+def _control(directory: Path, path: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
     info = read_info(directory)
-    body = json.dumps({"kind": kind, **args}).encode()
     req = urllib.request.Request(
-        info["control_url"] + "/faults",
-        data=body,
+        info["control_url"] + path,
+        data=json.dumps(payload).encode(),
         headers={"Authorization": f"Bearer {info['control_token']}", "Content-Type": "application/json"},
         method="POST",
     )
@@ -109,7 +118,7 @@ def send_fault(directory: Path, kind: str, **args: Any) -> dict[str, Any]:
             return json.loads(resp.read())  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
         detail = json.loads(exc.read() or b"{}").get("error", str(exc))
-        raise SandboxError(f"fault {kind!r} refused: {detail}") from exc
+        raise SandboxError(f"{what} refused: {detail}") from exc
     except urllib.error.URLError as exc:
         raise SandboxError(
             f"no sandbox answers for {directory} ({exc.reason}); "

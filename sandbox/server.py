@@ -201,7 +201,12 @@ class Sandbox:
             pod_cidr = "172.25.0.0/16" if (self.overlap_pod_cidrs and i == 2) else None
             await self._start_cluster(i, pod_cidr)
         world.start(loop)
-        control = Starlette(routes=[Route("/faults", self._control_faults, methods=["POST", "GET"])])
+        control = Starlette(
+            routes=[
+                Route("/faults", self._control_faults, methods=["POST", "GET"]),
+                Route("/upgrade", self._control_upgrade, methods=["POST"]),
+            ]
+        )
         self._control = await _start_http_server(control)
         self.control_port = self._control.port
         if self.kkp:
@@ -475,6 +480,38 @@ class Sandbox:
                 ep.faults.error_rate, ep.faults.latency_s, ep.faults.down = 0.0, 0.0, False
                 self.world.set_lb_never(ep.name, False)
         return {"ok": True, "fault": kind, **{k: v for k, v in args.items()}}
+
+    def upgrade(self, cluster: str, version: str) -> dict[str, Any]:
+        """KKP's upgrade of one cluster's Cilium (``World.upgrade_cilium``). Runs on the loop thread."""
+        assert self._loop is not None
+        return self._loop.call(self._apply_upgrade, cluster, version)  # type: ignore[no-any-return]
+
+    def _apply_upgrade(self, cluster: str, version: str) -> dict[str, Any]:
+        assert self.world is not None
+        name = self.endpoint(cluster).name
+        line = ".".join(_concrete(version).split(".")[:2])
+        if line not in CILIUM_LINES:
+            raise SandboxError(
+                f"--to {version!r}: the sandbox serves Cilium {', '.join(CILIUM_LINES)}; "
+                "pass one of them, optionally with a patch (1.19.4)"
+            )
+        if self.charts is not None:
+            try:
+                ChartRenderer(self.charts).archive(_concrete(version))
+            except ChartError as exc:
+                raise SandboxError(f"--to {version!r}: {exc.message}") from None
+        was = self.world.cluster(name).cilium_version
+        to = self.world.upgrade_cilium(name, version)
+        return {"ok": True, "cluster": name, "from": was, "to": to}
+
+    async def _control_upgrade(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {self.control_token}":
+            return JSONResponse({"ok": False, "error": "missing or wrong control token"}, status_code=401)
+        body = await request.json()
+        try:
+            return JSONResponse(self._apply_upgrade(str(body["cluster"]), str(body["version"])))
+        except (SandboxError, KeyError, ValueError) as exc:
+            return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
 
     def _targets(self, cluster: str | None) -> list[ClusterEndpoint]:
         return [self.endpoint(cluster)] if cluster else list(self.endpoints)
