@@ -9,12 +9,17 @@ is removed from cluster-1 all the same. Values and annotations are read with the
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client
+from typer.testing import CliRunner
 
+from cli.app import app
 from clustermesh.errors import PrerequisiteError
+from clustermesh.steps.leave import plan_member
 from flows.mesh_remove import mesh_remove_cluster
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import nightly_mesh_verification, verification_result
@@ -50,6 +55,17 @@ def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothin
     drill_ns = spec.drill.namespace
     body = client.V1Namespace(metadata=client.V1ObjectMeta(name=drill_ns, labels=DRILL_LABELS))
     k["cluster-3"].core.create_namespace(body)
+
+    # the command: --plan shows the plan and writes nothing; without a terminal it asks for --yes, writes nothing
+    mesh_yaml = str(Path(sb.directory) / "mesh.yaml")
+    before = ai_versions(k)
+    shown = CliRunner().invoke(app, ["remove", "--config", mesh_yaml, "--cluster", "cluster-3", "--plan"])
+    assert shown.exit_code == 0, shown.output
+    assert "cluster-1: the managed entry for cluster-3 is removed" in shown.output
+    assert "-      name: cluster-3" in shown.output and "BEGIN" not in shown.output, shown.output  # fingerprints only
+    refused = CliRunner().invoke(app, ["remove", "--config", mesh_yaml, "--cluster", "cluster-3"])
+    assert refused.exit_code == 2 and "pass --yes" in refused.output, refused.output
+    assert ai_versions(k) == before
 
     with pytest.raises(PrerequisiteError, match="--cluster cluster-7 is not a cluster of mesh"):
         mesh_remove_cluster(spec, "cluster-7")
@@ -87,3 +103,23 @@ def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothin
     assert [c.cluster for c in dead.changes if c.written] == ["cluster-1"]
     assert any("cluster-2 unreachable" in note for note in dead.notes), dead.notes
     assert k["cluster-2"].peer_names() == ["cluster-1"]  # nothing reached the dead cluster
+
+
+def test_the_map_form_stays_a_map_and_only_a_managed_entry_is_planned_for_removal() -> None:
+    values = {
+        "cluster": {"name": "cluster-1", "id": 1},
+        "clustermesh": {"config": {"clusters": {"cluster-2": {"port": 2379}, "cluster-3": {"port": 2379}}}},
+    }
+    ai = {
+        "metadata": {"annotations": {"clustermesh.io/managed-peers": "cluster-2,cluster-3"}},
+        "spec": {"valuesBlock": yaml.safe_dump(values)},
+    }
+    member = plan_member("cluster-1", ai, "cluster-3")
+    assert member.change is not None
+    assert member.change.new_values["clustermesh"]["config"]["clusters"] == {"cluster-2": {"port": 2379}}
+    assert member.change.new_values["cluster"] == values["cluster"]
+
+    ai["metadata"]["annotations"]["clustermesh.io/managed-peers"] = "cluster-2"  # cluster-3 added by hand
+    by_hand = plan_member("cluster-1", ai, "cluster-3")
+    assert (by_hand.holds_entry, by_hand.managed, by_hand.change) == (True, False, None)
+    assert "added by hand" in by_hand.describe("cluster-3")
