@@ -35,6 +35,7 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
 
     from flows.create_clusters import create_user_clusters
     from flows.failover_drill import failover_drill
+    from flows.mesh_remove import mesh_remove_cluster
     from flows.mesh_setup import cluster_mesh_setup
     from flows.mesh_verify import nightly_mesh_verification
 
@@ -51,7 +52,8 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     )
     drill = failover_drill.to_deployment(name="mesh-failover-drill", tags=[TAG, "mesh-drill"], parameters=with_spec)
     create = create_user_clusters.to_deployment(name="mesh-create-clusters", tags=[TAG, "mesh-create-clusters"])
-    return [setup, nightly, drill, create]
+    remove = mesh_remove_cluster.to_deployment(name="mesh-remove-cluster", tags=[TAG, "mesh-remove-cluster"])
+    return [setup, nightly, drill, create, remove]
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ FLOWS = {
     "mesh-nightly-verification": "nightly-mesh-verification",
     "mesh-failover-drill": "failover-drill",
     "mesh-create-clusters": "mesh-create-clusters",
+    "mesh-remove-cluster": "mesh-remove-cluster",
 }
 
 
