@@ -43,7 +43,8 @@ def remove(
             return
         if leave_plan.changing:
             _confirm(cluster, spec.name)
-        sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
+        if main._main_program and "--yes" not in sys.argv:
+            sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
     elif plan:
         typer.echo(_read_plan(spec, cluster).render_text())
         return

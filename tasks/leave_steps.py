@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clustermesh.drill.manifests import PART_OF
-from clustermesh.errors import ClusterMeshError
+from clustermesh.errors import KubeApiError, KubeconfigError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import leave
 from clustermesh.steps.models import StepChange
@@ -46,7 +46,7 @@ def delete_drill_resources(spec: MeshSpec, cluster: str) -> str:
     try:
         with cluster_client(spec, cluster) as client:
             outcome = client.delete_namespace_if_labelled(namespace, PART_OF)
-    except ClusterMeshError as exc:
+    except (KubeApiError, KubeconfigError) as exc:
         return f"{cluster} unreachable, its drill namespace {namespace} was left: {_first_line(exc)}"
     if outcome == "not ours":
         return f"namespace {namespace} in {cluster} is not labelled as the drill's: left alone"
@@ -59,7 +59,7 @@ def disable_in_removed(spec: MeshSpec, cluster: str) -> StepChange | str:
     try:
         with cluster_client(spec, cluster) as client:
             return leave.disable_mesh_peers(client, spec, cluster)
-    except ClusterMeshError as exc:
+    except (KubeApiError, KubeconfigError) as exc:  # a failing KKP install is an error, not a note
         return f"{cluster} unreachable, its own mesh values were left: {_first_line(exc)}"
 
 
