@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+from collections.abc import Iterator
 
 import pytest
 from pydantic import SecretStr
 
-from clustermesh.cilium.chart_source import ChartUnavailableError, latest_in_line
+from clustermesh.cilium.chart_source import ChartUnavailableError, forget_unreachable, latest_in_line
 from clustermesh.cilium.profiles import REMOVED_IN_1_20
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.upgrade_check import check_upgrade
 from tests.conftest import find_shared
+from tests.domain.test_chart_check import HelmRepo
 from tests.domain.test_profiles_119_120 import ours
 from tests.domain.test_values import mesh
 from tests.domain.test_verify import make_ca
@@ -30,6 +32,13 @@ pytestmark = [
         reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
     ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memory() -> Iterator[None]:
+    forget_unreachable()
+    yield
+    forget_unreachable()
 
 
 def spec() -> MeshSpec:
@@ -128,6 +137,20 @@ def test_the_newest_patch_of_a_line_is_found_in_a_folder() -> None:
     assert latest_in_line(str(CHARTS), "1.20") == "1.20.0"
     with pytest.raises(ChartUnavailableError, match="1.21"):
         latest_in_line(str(CHARTS), "1.21")
+
+
+def test_the_newest_patch_of_a_line_is_read_from_a_repositorys_index_and_a_dead_one_is_said() -> None:
+    assert CHARTS is not None
+    served = HelmRepo(CHARTS / "cilium-1.16.9.tgz")
+    try:
+        assert latest_in_line(served.url, "1.16") == "1.16.9"
+        with pytest.raises(ChartUnavailableError, match=r"lists no cilium 1\.17\.x"):
+            latest_in_line(served.url, "1.17")
+        assert served.requests == ["/index.yaml", "/index.yaml"]  # the index only, never an archive
+    finally:
+        served.close()
+    with pytest.raises(ChartUnavailableError, match="cannot reach"):
+        latest_in_line(served.url, "1.16")  # the server is gone
 
 
 def test_no_chart_for_the_target_is_skipped_saying_why() -> None:
