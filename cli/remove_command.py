@@ -66,8 +66,12 @@ def _read_plan(spec: MeshSpec, cluster: str) -> LeavePlan:
         with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:
             return client.get_application_installation()
 
+    def services(name: str) -> list[dict[str, Any]]:
+        with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:
+            return client.list_services()
+
     try:
-        return plan_leave(spec, cluster, read)
+        return plan_leave(spec, cluster, read, services)
     except ClusterMeshError as exc:
         fail(str(exc))
 

@@ -30,7 +30,11 @@ def plan_leave(spec: MeshSpec, leaving: str) -> leave.LeavePlan:
         with cluster_client(spec, name) as client:
             return client.get_application_installation()
 
-    return leave.plan_leave(spec, leaving, read)
+    def services(name: str) -> list[dict[str, Any]]:
+        with cluster_client(spec, name) as client:
+            return client.list_services()
+
+    return leave.plan_leave(spec, leaving, read, services)
 
 
 @task(name="Remove the peer", **COMMON, **UNPERSISTED)

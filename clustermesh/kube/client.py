@@ -32,6 +32,7 @@ from clustermesh.errors import (
     TransientKubeError,
 )
 from clustermesh.kube.api_errors import CALL_ERRORS, Redactor, cut, is_transient, translate_error
+from clustermesh.kube.cleanup import NamespaceCleanup
 from clustermesh.kube.kubeconfig import (
     KubeconfigSource,
     LoadedKubeconfig,
@@ -88,7 +89,7 @@ class ExecOutput:
 # The client
 
 
-class ClusterClient:
+class ClusterClient(NamespaceCleanup):
     """One cluster's Kubernetes API: typed calls in, the server's JSON and our own errors out.
 
     Build it with :meth:`from_kubeconfig_text` or :meth:`from_kubeconfig_file`. It keeps one
@@ -425,23 +426,6 @@ class ClusterClient:
             return Applied(current, "unchanged")
         replaced = self._call("replace", target, getattr(api, kind.replace), *ids, body, field_manager=FIELD_MANAGER)
         return Applied(as_object(replaced), "replaced")
-
-    def delete_namespace_if_labelled(self, name: str, labels: Mapping[str, str]) -> str:
-        """Delete Namespace ``name`` (and so all it holds) only when it carries every label in ``labels``.
-
-        Returns "absent", "not ours" (the labels differ: left alone) or "deleted".
-        """
-        current = self._get_or_none(f"namespaces/{name}", self._core.read_namespace, name)
-        if current is None:
-            return "absent"
-        found = (current.get("metadata") or {}).get("labels") or {}
-        if any(found.get(key) != value for key, value in labels.items()):
-            return "not ours"
-        try:
-            self._call("delete", f"namespaces/{name}", self._core.delete_namespace, name)
-        except NotFoundError:
-            return "absent"
-        return "deleted"
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Set replicas through ``/scale`` (as ``kubectl scale`` does), touching nothing else."""

@@ -149,8 +149,54 @@ def remaining_members(spec: MeshSpec, leaving: str) -> list[str]:
     return [n for n in names if n != leaving]
 
 
-def plan_leave(spec: MeshSpec, leaving: str, read_installation: Callable[[str], dict[str, Any]]) -> LeavePlan:
-    """Read every remaining member's installation (never the leaving one's: it may be dead) and plan the removal."""
+GLOBAL_SERVICE_ANNOTATIONS = ("service.cilium.io/global", "io.cilium/global-service")
+
+
+def global_services(services: list[dict[str, Any]]) -> set[str]:
+    """``namespace/name`` of every Service marked global (either annotation, as Cilium reads them)."""
+    found = set()
+    for service in services:
+        meta = service.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if any(str(annotations.get(key, "")).lower() == "true" for key in GLOBAL_SERVICE_ANNOTATIONS):
+            found.add(f"{meta.get('namespace')}/{meta.get('name')}")
+    return found
+
+
+def sole_global_services(
+    leaving: str, read_services: Callable[[str], list[dict[str, Any]]], remaining: list[str]
+) -> list[str]:
+    """Warnings: global services that only the leaving cluster defines (its backends are the mesh's only ones).
+
+    Definitions are compared, not backend counts: a member defining the service with no ready backend is
+    not noticed. An unreadable leaving cluster is one note; an unreadable member counts as not defining it.
+    """
+    try:
+        ours = global_services(read_services(leaving))
+    except ClusterMeshError as exc:
+        return [f"global services of {leaving} not checked: {str(exc).splitlines()[0][:200]}"]
+    for name in remaining:
+        if not ours:
+            break
+        try:
+            ours -= global_services(read_services(name))
+        except ClusterMeshError:
+            continue
+    return [
+        f"{leaving} is the only member defining global service {service}: once it leaves, the mesh has no backends "
+        "for it (move them to a remaining member first if it is still used)"
+        for service in sorted(ours)
+    ]
+
+
+def plan_leave(
+    spec: MeshSpec,
+    leaving: str,
+    read_installation: Callable[[str], dict[str, Any]],
+    read_services: Callable[[str], list[dict[str, Any]]] | None = None,
+) -> LeavePlan:
+    """Read every remaining member's installation (never the leaving one's: it may be dead) and plan the removal;
+    with ``read_services``, warn about global services only the leaving cluster defines."""
     members: list[MemberLeave] = []
     unreadable: dict[str, str] = {}
     remaining = remaining_members(spec, leaving)
@@ -159,7 +205,7 @@ def plan_leave(spec: MeshSpec, leaving: str, read_installation: Callable[[str], 
             members.append(plan_member(name, read_installation(name), leaving))
         except ClusterMeshError as exc:
             unreadable[name] = str(exc).splitlines()[0][:300]
-    notes = []
+    notes = sole_global_services(leaving, read_services, remaining) if read_services is not None else []
     if len(remaining) < 2:
         notes.append(f"only {', '.join(remaining)} remains: there is no mesh left to verify")
     return LeavePlan(mesh=spec.name, leaving=leaving, members=members, unreadable=unreadable, notes=notes)

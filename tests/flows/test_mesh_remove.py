@@ -55,6 +55,11 @@ def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothin
     drill_ns = spec.drill.namespace
     body = client.V1Namespace(metadata=client.V1ObjectMeta(name=drill_ns, labels=DRILL_LABELS))
     k["cluster-3"].core.create_namespace(body)
+    only_on_3 = client.V1Service(
+        metadata=client.V1ObjectMeta(name="only-on-3", annotations={"service.cilium.io/global": "true"}),
+        spec=client.V1ServiceSpec(ports=[client.V1ServicePort(port=80)]),
+    )
+    k["cluster-3"].core.create_namespaced_service("default", only_on_3)
 
     # the command: --plan shows the plan and writes nothing; without a terminal it asks for --yes, writes nothing
     mesh_yaml = str(Path(sb.directory) / "mesh.yaml")
@@ -63,6 +68,7 @@ def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothin
     assert shown.exit_code == 0, shown.output
     assert "cluster-1: the managed entry for cluster-3 is removed" in shown.output
     assert "-      name: cluster-3" in shown.output and "BEGIN" not in shown.output, shown.output  # fingerprints only
+    assert "cluster-3 is the only member defining global service default/only-on-3" in shown.output
     refused = CliRunner().invoke(app, ["remove", "--config", mesh_yaml, "--cluster", "cluster-3"])
     assert refused.exit_code == 2 and "pass --yes" in refused.output, refused.output
     assert ai_versions(k) == before
@@ -77,6 +83,10 @@ def test_a_cluster_leaves_managed_entries_go_hand_added_stay_rerun_writes_nothin
     assert (recorded(k["cluster-1"]), recorded(k["cluster-2"])) == ("cluster-2", "cluster-1")
     assert k["cluster-3"].peer_names() == []  # --disable-in-removed: cluster-3 connects to no managed peer
     assert drill_ns not in namespaces(k["cluster-3"])
+    assert [n for n in result.notes if "global service" in n] == [
+        "cluster-3 is the only member defining global service default/only-on-3: once it leaves, the mesh has no "
+        "backends for it (move them to a remaining member first if it is still used)"
+    ]
     assert result.status in ("PASS", "WARN"), result.describe()
     assert not [f for f in result.findings if f.level == "failure"], result.describe()
 
