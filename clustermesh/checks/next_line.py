@@ -18,13 +18,13 @@ from clustermesh.cilium.profiles import SUPPORTED_LINES, parse_cilium_version
 from clustermesh.errors import ClusterMeshError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
 from clustermesh.steps.upgrade_check import ClusterUpgrade, check_upgrade
 from clustermesh.values import read_values
 
 __all__ = ["next_line_findings"]
 
 _SUBJECT = "next Cilium line"
-_REMOTE_CERT = "clustermesh-apiserver-remote-cert"
 
 
 def next_line_findings(
@@ -48,18 +48,18 @@ def next_line_findings(
         try:
             target = latest_in_line(source, line)
         except ChartUnavailableError as exc:
-            skipped.setdefault(f"{exc.problem} ({exc.fix})", []).append(cluster.name)
+            skipped.setdefault(f"no Cilium {line} chart: {exc.problem} ({exc.fix})", []).append(cluster.name)
             continue
         try:
             values, _ = read_values(client.get_application_installation())
-            remote = (client.get_secret("kube-system", _REMOTE_CERT) or {}).get("data") or {}
-        except ClusterMeshError as exc:
+            remote = (client.get_secret(NAMESPACE, REMOTE_CERT) or {}).get("data") or {}
+            result = check_upgrade(
+                spec, cluster.name, found.cilium_version, target, values, remote_cert=str(remote.get("tls.crt") or "")
+            )
+        except ClusterMeshError as exc:  # unreadable values, a renderer setting to fix (helm not on PATH)
             reason, fix = error_parts(exc)
-            findings.append(warn(cluster.name, f"next line not checked: {reason}", fix))
+            findings.append(warn(cluster.name, f"Cilium {target} (the next line) not checked: {reason}", fix))
             continue
-        result = check_upgrade(
-            spec, cluster.name, str(found.cilium_version), target, values, remote_cert=str(remote.get("tls.crt") or "")
-        )
         findings.extend(_findings(result))
     findings += [ok(_SUBJECT, f"not checked for {', '.join(names)}: {reason}") for reason, names in skipped.items()]
     return findings

@@ -30,6 +30,7 @@ from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.chart_check import ChartValuesRefusedError, check_values
 from clustermesh.steps.step1_prerequisites import check_prerequisites
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
 from clustermesh.values import configured_peers, legacy_paths_to_remove, read_values, removed_keys_present, value_at
 
 __all__ = ["ClusterUpgrade", "DefaultChange", "PeerChange", "UpgradeReport", "check_upgrade", "upgrade_check"]
@@ -269,7 +270,7 @@ def upgrade_check(
         try:
             facts = check_prerequisites(client, cluster, spec)
             values, _ = read_values(client.get_application_installation())
-            remote = (client.get_secret("kube-system", "clustermesh-apiserver-remote-cert") or {}).get("data") or {}
+            remote = (client.get_secret(NAMESPACE, REMOTE_CERT) or {}).get("data") or {}
             report.clusters.append(
                 check_upgrade(
                     spec,

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
+from clustermesh.checks.findings import Finding
+from clustermesh.checks.next_line import next_line_findings
 from clustermesh.cilium.chart_source import ChartUnavailableError, forget_unreachable, latest_in_line
 from clustermesh.cilium.profiles import REMOVED_IN_1_20
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.upgrade_check import check_upgrade
 from tests.conftest import find_shared
 from tests.domain.test_chart_check import HelmRepo
-from tests.domain.test_profiles_119_120 import ours
+from tests.domain.test_profiles_119_120 import _facts, ours
 from tests.domain.test_values import mesh
-from tests.domain.test_verify import make_ca
+from tests.domain.test_verify import Mesh, make_ca, make_mesh
 
 SHARED = find_shared()
 CHARTS = None if SHARED is None else SHARED / "charts"
@@ -158,3 +162,52 @@ def test_no_chart_for_the_target_is_skipped_saying_why() -> None:
 
     assert not upgrade.blocking
     assert "cilium-1.20.9.tgz" in upgrade.skipped and "1.20.0" in upgrade.skipped
+
+
+# ------------------------------------------------------------------------------ the nightly's next-line check
+
+
+def _next_line(mesh: Mesh) -> list[Finding]:
+    """The check with each cluster's facts as step 1 finds them (the fakes' version; no policy listing)."""
+    facts = {name: _facts(cluster.cilium, name) for name, cluster in mesh.clusters.items()}
+    return next_line_findings(mesh.clusters, facts, mesh.spec)
+
+
+def test_the_nightly_warns_about_a_key_the_next_line_ignores_naming_cluster_version_and_key() -> None:
+    mesh = make_mesh("1.19.6", "1.19.6", cilium={"chart": {"source": str(CHARTS)}})
+    values = copy.deepcopy(mesh["cluster-2"].values())
+    values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})["enableSecrets"] = True
+    mesh["cluster-2"].set_values(values)
+
+    findings = _next_line(mesh)
+
+    warnings = [(f.subject, f.reason) for f in findings if f.level == "warning"]
+    assert len(warnings) == 1, warnings
+    subject, reason = warnings[0]
+    assert subject == "cluster-2" and "clustermesh.apiserver.tls.enableSecrets" in reason and "1.20.0" in reason
+    assert [f.subject for f in findings if f.level == "ok"] == ["cluster-1"]
+
+
+def test_the_nightly_only_notes_what_it_could_not_check(tmp_path: Path) -> None:
+    assert CHARTS is not None
+    (tmp_path / "cilium-1.16.9.tgz").symlink_to(CHARTS / "cilium-1.16.9.tgz")
+    no_next = make_mesh("1.16.9", "1.16.9", cilium={"chart": {"source": str(tmp_path)}})
+    no_source = make_mesh("1.16.9", "1.16.9", cilium={"chart": {"source": None}})
+    newest = make_mesh("1.20.0", "1.20.0", cilium={"chart": {"source": str(CHARTS)}})
+
+    lacking = _next_line(no_next)
+    assert [f.level for f in lacking] == ["ok"]  # said once for both clusters
+    assert "cluster-1, cluster-2" in lacking[0].reason and "1.17" in lacking[0].reason
+    assert [(f.level, f.reason) for f in _next_line(no_source)] == [("ok", "not checked: cilium.chart.source is empty")]
+    assert [f.level for f in _next_line(newest)] == ["ok", "ok"]
+
+
+@pytest.mark.skipif(shutil.which("helm") is not None, reason="a helm binary is on PATH: nothing to be missing")
+def test_a_renderer_setting_to_fix_is_a_warning_not_a_crashed_nightly() -> None:
+    mesh = make_mesh("1.19.6", "1.19.6", cilium={"chart": {"source": str(CHARTS), "renderer": "helm"}})
+
+    findings = _next_line(mesh)
+
+    assert [(f.level, f.subject) for f in findings] == [("warning", "cluster-1"), ("warning", "cluster-2")]
+    assert "Cilium 1.20.0 (the next line) not checked" in findings[0].reason
+    assert "cilium.chart.renderer is 'helm'" in findings[0].reason and "install helm" in findings[0].fix
