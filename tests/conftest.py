@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,21 @@ def find_shared() -> Path | None:
         if (candidate / "fixtures" / "cilium").is_dir():
             return candidate
     return None
+
+
+CHARTS_DIR: Path | None = None if (_shared := find_shared()) is None else _shared / "charts"
+"""``../shared/charts``: Cilium's packaged charts, for the tests that render with the real chart."""
+
+engine_mark = pytest.mark.skipif(
+    importlib.util.find_spec("helm_python") is None,
+    reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
+)
+
+
+def charts_mark(archive: str = "cilium-*.tgz") -> pytest.MarkDecorator:
+    """Skip unless ``../shared/charts`` holds ``archive`` (a file name or a glob)."""
+    found = CHARTS_DIR is not None and any(CHARTS_DIR.glob(archive))
+    return pytest.mark.skipif(not found, reason="shared/charts (Cilium's chart archives) not found")
 
 
 @pytest.fixture

@@ -23,13 +23,11 @@ from clustermesh.cilium.chart_source import ChartUnavailableError, fetch_chart, 
 from clustermesh.errors import ChartRenderError
 from clustermesh.spec.settings import CiliumSettings
 from clustermesh.steps.chart_check import ChartValuesRefusedError, check_values, values_key
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark
 from tests.domain.test_values import mesh
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-HAVE_CHARTS = CHARTS is not None and (CHARTS / "cilium-1.16.9.tgz").is_file()
-needs_charts = pytest.mark.skipif(not HAVE_CHARTS, reason="shared/charts (Cilium's chart archives) not found")
+CHARTS = CHARTS_DIR
+needs_charts = charts_mark("cilium-1.16.9.tgz")
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,18 +25,12 @@ from clustermesh.cilium.chart import (
 )
 from clustermesh.errors import ChartRenderError, ClusterMeshError
 from clustermesh.values import CaMaterial, deep_merge, render_mesh_values
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_values import CA_2, CERT_2, KEY_2, KKP_VALUES, SHARED_CA_CERT, SHARED_CA_KEY, mesh, peer
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-HAVE_CHARTS = CHARTS is not None and any(CHARTS.glob("cilium-*.tgz"))
-HAVE_ENGINE = importlib.util.find_spec("helm_python") is not None
-
-needs_charts = pytest.mark.skipif(not HAVE_CHARTS, reason="shared/charts (Cilium's chart archives) not found")
-needs_engine = pytest.mark.skipif(
-    not HAVE_ENGINE, reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts"
-)
+CHARTS = CHARTS_DIR
+needs_charts = charts_mark()
+needs_engine = engine_mark
 
 
 def pem(b64: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import importlib.util
 import tarfile
 from typing import Any
 
@@ -38,19 +37,13 @@ from clustermesh.values import (
     render_mesh_values,
     value_at,
 )
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_values import CA_2, CERT_2, KEY_2, KKP_VALUES, mesh, peer
 from tests.domain.test_verify import Mesh, make_ca, make_mesh, problems
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-HAVE_CHARTS = CHARTS is not None and any(CHARTS.glob("cilium-*.tgz"))
-HAVE_ENGINE = importlib.util.find_spec("helm_python") is not None
-
-needs_charts = pytest.mark.skipif(not HAVE_CHARTS, reason="shared/charts (Cilium's chart archives) not found")
-needs_engine = pytest.mark.skipif(
-    not HAVE_ENGINE, reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts"
-)
+CHARTS = CHARTS_DIR
+needs_charts = charts_mark()
+needs_engine = engine_mark
 
 NEW_LINES = ["1.19.0", "1.19.6", "1.20.0"]
 ONE_PER_LINE = ["1.13.18", "1.14.19", "1.15.19", "1.16.19", "1.17.18", "1.18.12", *NEW_LINES]

@@ -4,7 +4,6 @@ what it silently ignores, which defaults change under unpinned keys, and what th
 from __future__ import annotations
 
 import copy
-import importlib.util
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +17,14 @@ from clustermesh.cilium.chart_source import ChartUnavailableError, forget_unreac
 from clustermesh.cilium.profiles import REMOVED_IN_1_20
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.upgrade_check import check_upgrade
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_chart_check import HelmRepo
 from tests.domain.test_profiles_119_120 import _facts, ours
 from tests.domain.test_values import mesh
 from tests.domain.test_verify import Mesh, make_ca, make_mesh
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-pytestmark = [
-    pytest.mark.skipif(
-        CHARTS is None or not any(CHARTS.glob("cilium-*.tgz")),
-        reason="shared/charts (Cilium's chart archives) not found",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("helm_python") is None,
-        reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
-    ),
-]
+CHARTS = CHARTS_DIR
+pytestmark = [charts_mark(), engine_mark]
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,6 @@ write, which the last test here shows.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -27,22 +26,12 @@ from flows.failover_drill import failover_drill
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification, verification_result
 from sandbox.real_chart import ChartRenderer
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.flows.conftest import ai_versions, edited_spec
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
+CHARTS = CHARTS_DIR
 LINES = ("1.13", "1.16", "1.19", "1.20")
-pytestmark = [
-    pytest.mark.skipif(
-        CHARTS is None or not any(CHARTS.glob("cilium-*.tgz")),
-        reason="shared/charts (Cilium's chart archives) not found",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("helm_python") is None,
-        reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
-    ),
-]
+pytestmark = [charts_mark(), engine_mark]
 
 
 def real_chart_sandbox(sandbox_factory: Callable[..., Any], line: str) -> Any:

@@ -10,7 +10,6 @@ real flow on the session's Prefect test server, the CLI as a subprocess, charts 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import shutil
 import socket
@@ -30,24 +29,14 @@ from clustermesh.steps.chart_check import ChartValuesRefusedError, values_checke
 from clustermesh.steps.step1_prerequisites import check_prerequisites
 from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
 from flows.mesh_setup import cluster_mesh_setup
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_chart_check import HelmRepo
 from tests.flows.conftest import AI, REMOTE_CERT, ai_versions, cli, edited_spec, write_edited_yaml
 from tests.flows.test_nightly import run_logs
 from tests.helpers import wait_until
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-pytestmark = [
-    pytest.mark.skipif(
-        CHARTS is None or not (CHARTS / "cilium-1.16.9.tgz").is_file(),
-        reason="shared/charts (Cilium's chart archives) not found",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("helm_python") is None,
-        reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
-    ),
-]
+CHARTS = CHARTS_DIR
+pytestmark = [charts_mark("cilium-1.16.9.tgz"), engine_mark]
 Kubes = Callable[[Any], dict[str, Any]]
 SKIPPED = "Values not rendered with the Cilium chart"
 

@@ -8,7 +8,6 @@ warning about cluster-2 and the next line's version.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,22 +19,12 @@ import yaml
 from clustermesh.cilium.chart_source import forget_unreachable
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification, verification_result
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.flows.conftest import AI, cli, edited_spec
 from tests.helpers import wait_until
 
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-pytestmark = [
-    pytest.mark.skipif(
-        CHARTS is None or not (CHARTS / "cilium-1.20.0.tgz").is_file(),
-        reason="shared/charts (Cilium's chart archives) not found",
-    ),
-    pytest.mark.skipif(
-        importlib.util.find_spec("helm_python") is None,
-        reason="helm-python-sdk (Helm's engine) not installed: uv sync --group charts",
-    ),
-]
+CHARTS = CHARTS_DIR
+pytestmark = [charts_mark("cilium-1.20.0.tgz"), engine_mark]
 REMOVED_KEY = "clustermesh.apiserver.tls.enableSecrets"
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
@@ -28,24 +27,15 @@ from sandbox.resources import builtin_types
 from sandbox.store import Store
 from sandbox.versions import NEWEST_KKP
 from sandbox.world import World
-from tests.conftest import find_shared
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_values import mesh
 from tests.probe import ConnectivityProbe
 from tests.sandbox.test_runner import GROUP, PLURAL, VERSION, cli, sandbox_process  # noqa: F401, F811 - a fixture
 from tests.sandbox.test_world import agent_pods, ai, applied, edit_values, failed, run, secret, wait_for
 
 NS = "kube-system"
-SHARED = find_shared()
-CHARTS = None if SHARED is None else SHARED / "charts"
-HAVE_CHARTS = CHARTS is not None and any(CHARTS.glob("cilium-*.tgz"))
-HAVE_ENGINE = importlib.util.find_spec("helm_python") is not None
-REAL = pytest.param(
-    "real",
-    marks=[
-        pytest.mark.skipif(not HAVE_CHARTS, reason="shared/charts (Cilium's chart archives) not found"),
-        pytest.mark.skipif(not HAVE_ENGINE, reason="Helm's engine (the optional `charts` dependency group) missing"),
-    ],
-)
+CHARTS = CHARTS_DIR
+REAL = pytest.param("real", marks=[charts_mark(), engine_mark])
 MODES = ["builtin", REAL]
 
 
