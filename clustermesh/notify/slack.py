@@ -329,6 +329,26 @@ class Notifier:
         """Reply in the parent's thread with every check of ``summary``: failures first, ``ok`` last."""
         return self._reply(ts, finding_details(summary), channel=channel)
 
+    def upload_file(
+        self, ts: str, content: bytes, *, filename: str, title: str, alt_text: str, channel: str | None = None
+    ) -> PostResult:
+        """Share a file (the nightly's picture) in the parent's thread: ``files_upload_v2`` (needs ``files:write``)."""
+        channel_id = channel or self._channel_id
+        if self._web is None or channel_id is None:
+            return self._failed("upload file", "not_supported", "a file goes only with a bot token, into a thread")
+        try:
+            self._web.files_upload_v2(
+                channel=channel_id,
+                thread_ts=ts,
+                content=content,
+                filename=filename,
+                title=title,
+                alt_txt=alt_text[:1000],  # Slack's limit for alt text
+            )
+        except Exception as e:  # noqa: BLE001 - Slack must never fail the run
+            return self._failure("upload file", e)
+        return PostResult(ok=True, ts=ts, channel=channel_id, posted=1)
+
     def _reply(self, ts: str, chunks: list[str], *, channel: str | None) -> PostResult:
         if self._web is None:
             return self._failed(
