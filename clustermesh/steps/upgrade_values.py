@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,15 +30,24 @@ from clustermesh.cilium.chart_source import ChartUnavailableError
 from clustermesh.cilium.profiles import REMOVED_IN_1_20, parse_cilium_version, profile_for
 from clustermesh.errors import ConflictError
 from clustermesh.kube import ClusterClient
-from clustermesh.spec import MeshSpec
+from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.chart_check import ChartValuesRefusedError, check_values, values_checker
 from clustermesh.steps.models import ClusterFacts, StepChange
+from clustermesh.steps.step1_prerequisites import check_prerequisites
 from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
-from clustermesh.steps.upgrade_check import ClusterUpgrade, check_upgrade
+from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
+from clustermesh.steps.upgrade_check import ClusterUpgrade, UpgradeReport, check_upgrade
 from clustermesh.stopping import note_written, raise_if_stopping
 from clustermesh.values import Path, ValuesChange, legacy_paths_to_remove, plan_change, read_values, value_at
 
-__all__ = ["ClusterValuesPlan", "Fix", "plan_upgrade_values", "write_upgrade_values"]
+__all__ = [
+    "ClusterValuesPlan",
+    "Fix",
+    "UpgradePlan",
+    "plan_mesh_upgrade",
+    "plan_upgrade_values",
+    "write_upgrade_values",
+]
 
 MCS_OLD: Path = ("clustermesh", "enableMCSAPISupport")
 MCS_NEW: Path = ("clustermesh", "mcsapi", "enabled")
@@ -341,3 +351,83 @@ def write_upgrade_values(client: ClusterClient, spec: MeshSpec, facts: ClusterFa
         conflicts_retried=conflicts,
         applied=written,
     )
+
+
+# ------------------------------------------------------------------------------ the mesh
+
+
+@dataclass
+class UpgradePlan:
+    """Every checked cluster's upgrade check and values plan for one target version; nothing secret in the text."""
+
+    mesh: str
+    target: str
+    checks: list[ClusterUpgrade]
+    clusters: list[ClusterValuesPlan]
+
+    @property
+    def changing(self) -> list[str]:
+        return [p.cluster for p in self.clusters if p.writes]
+
+    @property
+    def blocking(self) -> bool:
+        return any(p.blocking for p in self.clusters)
+
+    def report(self) -> UpgradeReport:
+        return UpgradeReport(target=self.target, clusters=self.checks)
+
+    def render_text(self) -> str:
+        head = f"Values for Cilium {self.target} in mesh {self.mesh}: "
+        head += f"write {', '.join(self.changing)}" if self.changing else "nothing to write"
+        head += "; BLOCKING findings below" if self.blocking else ""
+        return "\n".join([head, *(p.render_text() for p in self.clusters)])
+
+    def render_markdown(self) -> str:
+        head = "approve to write" if self.changing else "nothing to write"
+        parts = [f"# Values for Cilium `{self.target}` in mesh `{self.mesh}`: {head}", ""]
+        for plan in self.clusters:
+            parts += [f"- **{plan.cluster}** ({plan.current}): fix {f.finding}: {f.says}" for f in plan.fixes]
+            parts += [f"- **{plan.cluster}** BLOCKING: {b}" for b in plan.blocking]
+            parts += [f"- **{plan.cluster}** note: {n}" for n in plan.notes]
+            if not (plan.fixes or plan.blocking or plan.notes):
+                parts.append(f"- **{plan.cluster}**: the values already work on both lines")
+        for plan in self.clusters:
+            if plan.writes and plan.change is not None:
+                parts += ["", f"## {plan.cluster}", "```diff", *plan.change.diff_lines(redact=True), "```"]
+        return "\n".join(parts) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "blocking": self.blocking,
+            "changing": self.changing,
+            "clusters": [p.as_dict() for p in self.clusters],
+        }
+
+
+def plan_mesh_upgrade(
+    spec: MeshSpec,
+    client_of: Callable[[ClusterSpec], AbstractContextManager[ClusterClient]],
+    target: str,
+    *,
+    only: str | None = None,
+    load_secret: Callable[[str], str] | None = None,
+) -> UpgradePlan:
+    """Every cluster of ``spec`` (or ``only`` that one): the upgrade check and the proved values for ``target``.
+    ``client_of`` gives a cluster's client as a context manager (the CLI opens and closes one; a task borrows)."""
+    profile_for(target)  # an unsupported target is the caller's error, before any cluster is opened
+    plan = UpgradePlan(mesh=spec.name, target=target, checks=[], clusters=[])
+    for cluster in spec.clusters:
+        if only is not None and cluster.name != only:
+            continue
+        with client_of(cluster) as client:
+            facts = check_prerequisites(client, cluster, spec, load_secret=load_secret)
+            values, _ = read_values(client.get_application_installation())
+            remote = (client.get_secret(NAMESPACE, REMOTE_CERT) or {}).get("data") or {}
+        remote_cert = str(remote.get("tls.crt") or "")
+        check, values_plan = plan_upgrade_values(
+            spec, cluster.name, facts.detected_cilium_version, target, values, remote_cert=remote_cert
+        )
+        plan.checks.append(check)
+        plan.clusters.append(values_plan)
+    return plan
