@@ -37,6 +37,7 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     from flows.failover_drill import failover_drill
     from flows.mesh_remove import mesh_remove_cluster
     from flows.mesh_setup import cluster_mesh_setup
+    from flows.mesh_upgrade import mesh_upgrade_prepare
     from flows.mesh_verify import nightly_mesh_verification
 
     tz = timezone or os.environ.get("CLUSTERMESH_TIMEZONE") or DEFAULT_TIMEZONE
@@ -53,7 +54,8 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     drill = failover_drill.to_deployment(name="mesh-failover-drill", tags=[TAG, "mesh-drill"], parameters=with_spec)
     create = create_user_clusters.to_deployment(name="mesh-create-clusters", tags=[TAG, "mesh-create-clusters"])
     remove = mesh_remove_cluster.to_deployment(name="mesh-remove-cluster", tags=[TAG, "mesh-remove-cluster"])
-    return [setup, nightly, drill, create, remove]
+    upgrade = mesh_upgrade_prepare.to_deployment(name="mesh-upgrade-prepare", tags=[TAG, "mesh-upgrade-prepare"])
+    return [setup, nightly, drill, create, remove, upgrade]
 
 
 def main() -> None:
