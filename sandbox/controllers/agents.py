@@ -65,16 +65,15 @@ class Agents:
                 self._delete(c, SECRETS, cur)
 
     def _agent_fingerprint(self, c: SimCluster) -> str:
-        mesh = c.store.try_get(SECRETS, NS, MESH_SECRET)
-        ds = c.store.try_get(DSS, NS, "cilium")
+        """What makes every agent restart at once: the agent configuration (``cilium-config``).
+
+        The mesh Secret is not part of it: agents watch the files it mounts and reconnect to a changed
+        peer on their own (Cilium's clustermesh config watcher), so adding, removing or re-keying a peer
+        restarts nothing. A changed pod template (hostAliases of a new peer, a new image) is the
+        DaemonSet's rolling update (``_roll_agents``), node by node.
+        """
         cm = c.store.try_get(CMS, NS, "cilium-config")
-        return _digest(
-            [
-                mesh.get("data") if mesh else None,
-                _get(ds, "spec", "template", default={}),
-                _get(cm, "data", default={}),
-            ]
-        )
+        return _digest([_get(cm, "data", default={})])
 
     def _create_agent_pod(self, c: SimCluster, node: Obj, *, ready: bool) -> None:
         ds = c.store.get(DSS, NS, "cilium")
