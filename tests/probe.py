@@ -14,6 +14,7 @@ runs the clock is never idle (wait for conditions, not for ``idle``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sandbox.mesh import ClusterState, connection
 from sandbox.world import World
@@ -107,3 +108,41 @@ class ConnectivityProbe:
         keep = set(members or self.members)
         found = [d for (a, b), d in self.drops().items() if a in keep and b in keep]
         return max(found, key=lambda d: d.samples, default=Drop())
+
+
+class SandboxProbe:
+    """A ``ConnectivityProbe`` on an in-process ``sandbox.server.Sandbox`` (``sandbox_factory``, time_scale 0),
+    for flow tests: the probe lives on the sandbox's loop thread, where its world runs; every call is handed
+    there. Use it as a context manager around the flow::
+
+        with SandboxProbe(sb, ["cluster-1", "cluster-2"]) as probe:
+            run_the_flow(...)
+        assert probe.worst().samples == 0, probe.drops()
+    """
+
+    def __init__(self, sandbox: Any, members: list[str] | None = None, *, period: float = 0.5) -> None:
+        self._sandbox = sandbox
+        self._loop = sandbox._loop  # the sandbox's LoopThread
+        assert self._loop is not None, "start the sandbox first"
+        self.probe: ConnectivityProbe = self._loop.call(lambda: ConnectivityProbe(sandbox.world, members, period=period))
+
+    def __enter__(self) -> SandboxProbe:
+        self._loop.call(self.probe.start)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call(self.probe.stop)
+
+    @property
+    def samples(self) -> int:
+        return int(self._loop.call(lambda: self.probe.samples))
+
+    @property
+    def seconds(self) -> float:
+        return float(self._loop.call(lambda: self.probe.seconds))
+
+    def drops(self) -> dict[Pair, Drop]:
+        return dict(self._loop.call(self.probe.drops))
+
+    def worst(self, members: list[str] | None = None) -> Drop:
+        return Drop(**vars(self._loop.call(self.probe.worst, members)))
