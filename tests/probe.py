@@ -124,7 +124,8 @@ class SandboxProbe:
         self._sandbox = sandbox
         self._loop = sandbox._loop  # the sandbox's LoopThread
         assert self._loop is not None, "start the sandbox first"
-        self.probe: ConnectivityProbe = self._loop.call(lambda: ConnectivityProbe(sandbox.world, members, period=period))
+        world = sandbox.world
+        self.probe: ConnectivityProbe = self._loop.call(lambda: ConnectivityProbe(world, members, period=period))
 
     def __enter__(self) -> SandboxProbe:
         self._loop.call(self.probe.start)
