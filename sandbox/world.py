@@ -116,6 +116,7 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
             rng=rng,
         )
         self.clusters.append(c)
+        self._register_remote_cache(c)
         self._bootstrap(c, nodes)
         store.add_listener(lambda _ev, _rt, _obj, c=c: self._kick(c))
         if self.loop is not None:

@@ -1,10 +1,14 @@
 """The faults tests and the runner inject: LoadBalancer never assigned, slow certgen, expired
-certificates, a rotated CA, a changed pod CIDR."""
+certificates, a rotated CA, a changed pod CIDR; and the sandbox clock the agents' memory of a lost
+peer runs on (``sandbox.datapath.remote_cache``: kept until resync, withdrawn after cacheTTL)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import time
+import weakref
+from typing import Any
 
 from sandbox import pki
 from sandbox.controllers.base import (
@@ -20,10 +24,58 @@ from sandbox.controllers.base import (
     _set_node_cidr,
 )
 from sandbox.controllers.certgen import _leaf_spec
+from sandbox.datapath.remote_cache import CacheBook, CacheEvent, register
 
 
 class Faults:
     """The faults tests and the runner inject into one cluster."""
+
+    def _register_remote_cache(self, c: SimCluster) -> None:
+        """``c``'s agents remember lost peers on this World's clock (one book for all its clusters)."""
+        book: CacheBook | None = getattr(self, "_remote_cache_book", None)
+        if book is None:
+            world = weakref.ref(self)  # the book outlives no World: it must not keep one alive
+
+            def now() -> float:
+                w: Any = world()
+                return 0.0 if w is None else w.sandbox_seconds()
+
+            def wake(delay: float) -> None:
+                w: Any = world()
+                if w is not None:
+                    w.wake_after(delay)
+
+            book = CacheBook(clock=now, wake=wake)
+            self._remote_cache_book = book
+        register(c.store, book)
+
+    def sandbox_seconds(self) -> float:
+        """The sandbox's clock in simulated seconds: virtual at ``time_scale`` 0, else real time scaled."""
+        world: Any = self
+        if world.time_scale == 0:
+            return float(world.clock.now)
+        return time.monotonic() / float(world.time_scale)
+
+    def wake_after(self, delay: float) -> None:
+        """Have the controllers look again after ``delay`` simulated seconds (moves a virtual clock that far);
+        safe from any thread."""
+        world: Any = self
+        loop = world.loop
+        if loop is None:
+            return
+
+        def arm() -> None:
+            world.clock.after(delay, lambda: [world._kick(c) for c in world.clusters])
+
+        loop.call_soon_threadsafe(arm)
+
+    def remote_cache_events(self) -> list[CacheEvent]:
+        """What the agents did with lost peers so far (lost, withdrawn, resynced), on :meth:`sandbox_seconds`."""
+        book: CacheBook | None = getattr(self, "_remote_cache_book", None)
+        if book is None:
+            return []
+        with book.lock:
+            return list(book.events)
 
     def set_lb_never(self, cluster: SimCluster | str | int, on: bool) -> None:
         """LoadBalancer services of this cluster never get an address (while on)."""

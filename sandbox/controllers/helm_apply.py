@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from sandbox.chart import Rendered
 from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
+from sandbox.datapath.remote_cache import CACHE_TTL_KEY
 from sandbox.store import Obj
-from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY
+from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY, parse_lenient
 from sandbox.versions import facts as version_facts
+
+CACHE_TTL_SINCE = (1, 19, 0)
+"""``clustermesh.cacheTTL`` reaches cilium-config from this line on (reference/cilium.md §5)."""
 
 
 class HelmApply:
@@ -69,6 +73,8 @@ class HelmApply:
         if version_facts(r.version).global_namespaces:  # the 1.20 chart renders it always (values default true)
             default_global = (r.values.get("clustermesh") or {}).get("defaultGlobalNamespace", True)
             data[DEFAULT_GLOBAL_NAMESPACE_KEY] = "false" if default_global is False else "true"
+        if parse_lenient(r.version) >= CACHE_TTL_SINCE:  # the 1.19+ chart renders it always (default "0s")
+            data[CACHE_TTL_KEY] = str((r.values.get("clustermesh") or {}).get("cacheTTL") or "0s")
         return data
 
     def _apply_apiserver(self, c: SimCluster, r: Rendered, aliases: list[Obj]) -> None:

@@ -17,6 +17,7 @@ from sandbox.cilium_model import (
 )
 from sandbox.datapath.facts import _FACTS_CACHE_LIMIT, _Facts, _PeerConfig
 from sandbox.datapath.links import _health, _Mesh
+from sandbox.datapath.remote_cache import stale_peers
 from sandbox.datapath.state import Clusters, Connection, MeshFaults, _get, _is_true, _ready
 from sandbox.store import Obj, Store
 from sandbox.versions import affinity_none_drops_remote
@@ -236,6 +237,8 @@ def _frontends(mesh: _Mesh, src: _Facts, node: str, plan: list[_PlannedPort] | N
     if plan is None:
         plan = _plan_frontends(mesh, src, node)
     peers = mesh.connected_peers(src, node) if plan else []
+    if plan and mesh.agents_ready(src, node).ok:
+        peers += stale_peers(mesh, src)  # lost but still held (remote_cache): until resync or cacheTTL
     out: list[_Frontend] = []
     for planned in plan:
         svc, port = planned.service, planned.port
