@@ -46,7 +46,7 @@ from clustermesh.drill.manifests import (
     drill_manifests,
 )
 from clustermesh.drill.phases import Drill
-from clustermesh.drill.results import DrillPhase, DrillResult
+from clustermesh.drill.results import SCENARIOS, ClusterLoss, DrillPhase, DrillResult, MemberDuringLoss, Scenario
 from clustermesh.drill.run import run_drill
 
 __all__ = [
@@ -61,13 +61,17 @@ __all__ = [
     "FAILOVER_REPLICAS",
     "ORIGINAL_REPLICAS_ANNOTATION",
     "PART_OF",
+    "SCENARIOS",
     "SERVICE",
     "AgentView",
     "BackendView",
+    "ClusterLoss",
     "Drill",
     "DrillClient",
     "DrillPhase",
     "DrillResult",
+    "MemberDuringLoss",
+    "Scenario",
     "classify_backends",
     "drill_gate",
     "drill_manifests",

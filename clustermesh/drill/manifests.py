@@ -22,6 +22,9 @@ ORIGINAL_REPLICAS_ANNOTATION = "clustermesh.io/drill-original-replicas"
 APPLIED_REPLICAS_ANNOTATION = "clustermesh.io/drill-replicas"
 """The replica count the drill itself last gave its backend: another count there is a person's, and kept."""
 FAILOVER_REPLICAS = 0
+APISERVER = "clustermesh-apiserver"
+APISERVER_NS = "kube-system"
+"""The mesh control plane the cluster-loss drill scales to :data:`FAILOVER_REPLICAS`, recorded like a backend."""
 NAMESPACE_GLOBAL_ANNOTATION = "clustermesh.cilium.io/global"
 """Cilium 1.20+: a Service is global only in a global namespace; with ``clustermesh.defaultGlobalNamespace:
 false`` only namespaces annotated ``"true"`` are. The drill's namespace always says so on those lines."""

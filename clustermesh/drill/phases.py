@@ -16,6 +16,8 @@ from clustermesh.drill.client import DrillClient
 from clustermesh.drill.expectations import AGENT_CHECK, BASELINE_CHECK, Look, steady_problems
 from clustermesh.drill.failover import FailoverRun
 from clustermesh.drill.manifests import (
+    APISERVER,
+    APISERVER_NS,
     BACKEND,
     CLIENT,
     CLIENT_IMAGE,
@@ -233,14 +235,15 @@ class Drill:
         errors: list[str] = []
         self.left_alone, self._dropped = [], []
         for cluster in self.clusters:
-            try:
-                undone = self._undo(cluster, wait_ready=True)
-            except ClusterMeshError as exc:
-                errors.append(f"{cluster}: {exc}")
-                continue
-            if undone is not None:
-                line = undone.describe(self.settings.namespace, since="an earlier drill")
-                (restored if undone.restored else self.left_alone if undone.kept else self._dropped).append(line)
+            for undo, namespace in ((self._undo, self.settings.namespace), (self._undo_apiserver, APISERVER_NS)):
+                try:
+                    undone = undo(cluster, wait_ready=True)
+                except ClusterMeshError as exc:
+                    errors.append(f"{cluster}: {exc}")
+                    continue
+                if undone is not None:
+                    line = undone.describe(namespace, since="an earlier drill")
+                    (restored if undone.restored else self.left_alone if undone.kept else self._dropped).append(line)
         if errors:
             done = f"; restored: {'; '.join(restored)}" if restored else ""
             raise DrillError(
@@ -466,6 +469,24 @@ class Drill:
             wait_ready=(lambda target: self._wait_backend_ready(cluster, target)) if wait_ready else None,
         )
 
+    def _undo_apiserver(self, cluster: str, *, wait_ready: bool) -> Undone | None:
+        """:func:`undo_recorded` on ``cluster``'s clustermesh-apiserver (the cluster-loss drill's record)."""
+        client = self.clients[cluster]
+
+        def ready(target: int) -> None:
+            self.wait(
+                cluster,
+                lambda: client.get_deployment(APISERVER_NS, APISERVER),
+                lambda d: deployment_ready(d, target),
+                expected=f"all {target} replicas of {APISERVER_NS}/{APISERVER} Ready",
+                check=f"kubectl -n {APISERVER_NS} describe deployment {APISERVER} and its pods' events",
+                describe=describe_deployment,
+            )
+
+        return undo_recorded(
+            client, cluster, APISERVER_NS, default=1, wait_ready=ready if wait_ready else None, name=APISERVER
+        )
+
     def restore_all(self) -> DrillPhase:
         """The rollback that always runs: every recorded count still at the drill's 0 is put back (a count someone
         set since is kept); one cluster's failure stops nothing. Runs after a stop too: it undoes, never disrupts."""
@@ -474,14 +495,17 @@ class Drill:
         restored: list[str] = []
         errors: list[str] = []
         for cluster in self.clusters:
-            try:
-                undone = self._undo(cluster, wait_ready=False)
-                if undone is not None and undone.kept:
-                    restored.append(f"{cluster}: left at {undone.found} replicas someone set since; record dropped")
-                elif undone is not None:
-                    restored.append(f"{cluster}: {undone.found} → {undone.target} replicas")
-            except Exception as exc:  # never let one cluster stop the others' rollback
-                errors.append(f"{cluster}: failed to scale {ns}/{BACKEND} back: {cut(str(exc), 400)}")
+            for undo, where in ((self._undo, f"{ns}/{BACKEND}"), (self._undo_apiserver, f"{APISERVER_NS}/{APISERVER}")):
+                try:
+                    undone = undo(cluster, wait_ready=False)
+                    if undone is not None and undone.kept:
+                        restored.append(
+                            f"{cluster}: {where} left at {undone.found} replicas someone set since; record dropped"
+                        )
+                    elif undone is not None:
+                        restored.append(f"{cluster}: {where} {undone.found} → {undone.target} replicas")
+                except Exception as exc:  # never let one cluster stop the others' rollback
+                    errors.append(f"{cluster}: failed to scale {where} back: {cut(str(exc), 400)}")
         if errors:
             return self.phase_result("rollback", None, "failed", "; ".join(errors + restored), start)
         if restored:

@@ -8,9 +8,13 @@ from pydantic import BaseModel, ConfigDict
 
 from clustermesh.drill.agents import BackendView
 
-PhaseName = Literal["recover", "workloads", "baseline", "failover", "restore", "rollback"]
+PhaseName = Literal["recover", "workloads", "baseline", "failover", "restore", "rollback", "cluster-loss", "reconnect"]
 PhaseStatus = Literal["passed", "failed", "skipped"]
 DrillStatus = Literal["passed", "failed", "not run"]
+Scenario = Literal["scale-to-zero", "cluster-loss"]
+SCENARIOS: tuple[Scenario, ...] = ("scale-to-zero", "cluster-loss")
+"""``scale-to-zero``: the guide's failover, backends scaled to 0 one cluster at a time (the default);
+``cluster-loss``: one member's clustermesh-apiserver scaled to 0, the others watched."""
 
 
 class DrillPhase(BaseModel):
@@ -42,6 +46,68 @@ class DrillPhase(BaseModel):
         }
 
 
+class MemberDuringLoss(BaseModel):
+    """What one other member did with the lost cluster's backends of the drill service."""
+
+    model_config = ConfigDict(frozen=True)
+
+    member: str
+    cache_ttl_seconds: float
+    """The member's ``clustermesh-cache-ttl`` (0: keep forever, also on lines before 1.19)."""
+    backends: int
+    """The lost cluster's backends the member listed before the loss."""
+    kept: bool
+    """Every agent still listed all of them at the last look during the loss."""
+    withdrawn_after_s: float | None = None
+    """From the loss seen until no agent listed any of them; None when never withdrawn."""
+    watched_s: float = 0.0
+    probes: int = 0
+    failed_probes: int = 0
+
+
+class ClusterLoss(BaseModel):
+    """The cluster-loss drill of one member: figures for the summary, the artifact and the CLI."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cluster: str
+    apiserver_replicas: int
+    lost_after_s: float | None = None
+    """From the scale to 0 until every other member's agents reported the cluster not connected."""
+    members: list[MemberDuringLoss] = []
+    reconnected_after_s: float | None = None
+    """From the scale back until every member reported every peer connected and listed every backend."""
+
+    def expectation(self) -> str:
+        """What a user should expect from a real outage of this member's mesh control plane, in words and figures."""
+        parts = []
+        for m in self.members:
+            traffic = f"{m.failed_probes}/{m.probes} requests from {m.member} failed"
+            if m.cache_ttl_seconds <= 0:
+                kept = "kept" if m.kept else "NOT kept"
+                parts.append(
+                    f"{m.member} {kept} {self.cluster}'s {m.backends} backend(s) for {m.watched_s:.1f}s "
+                    f"(cacheTTL 0s: kept until it returns; {traffic})"
+                )
+            elif m.withdrawn_after_s is not None:
+                parts.append(
+                    f"{m.member} withdrew {self.cluster}'s {m.backends} backend(s) {m.withdrawn_after_s:.1f}s after "
+                    f"losing it (cacheTTL {m.cache_ttl_seconds:g}s; {traffic})"
+                )
+            else:
+                parts.append(
+                    f"{m.member} did not withdraw {self.cluster}'s backends within {m.watched_s:.1f}s "
+                    f"(cacheTTL {m.cache_ttl_seconds:g}s; {traffic})"
+                )
+        text = f"if {self.cluster}'s clustermesh-apiserver is lost: " + "; ".join(parts)
+        if self.lost_after_s is not None:
+            text += f"; the others noticed after {self.lost_after_s:.1f}s"
+        if self.reconnected_after_s is not None:
+            after = f"{self.reconnected_after_s:.1f}s"
+            text += f"; once it is back, every member reconnected and saw every backend after {after}"
+        return text
+
+
 class DrillResult(BaseModel):
     """The whole drill: "not run" means the steady state did not hold and nothing was disrupted."""
 
@@ -56,6 +122,9 @@ class DrillResult(BaseModel):
     probes: int = 0
     left_alone: list[str] = []
     """Records of an earlier drill dropped without restoring: someone had set another count since."""
+    scenario: Scenario = "scale-to-zero"
+    losses: list[ClusterLoss] = []
+    """cluster-loss only: one entry per member whose mesh control plane was taken away."""
 
     @classmethod
     def not_run(cls, reason: str) -> DrillResult:
@@ -66,11 +135,17 @@ class DrillResult(BaseModel):
         """Rows for a Prefect table artifact: phase, cluster, status, detail, failover s, failed probes."""
         return [p.table_row() for p in self.phases]
 
+    @property
+    def title(self) -> str:
+        return "failover drill" if self.scenario == "scale-to-zero" else "cluster-loss drill"
+
     def summary(self) -> str:
         if self.status == "not run":
-            text = f"failover drill not run: {self.reason}"
+            text = f"{self.title} not run: {self.reason}"
         elif self.status == "failed":
-            text = f"failover drill failed: {self.reason}"
+            text = f"{self.title} failed: {self.reason}"
+        elif self.scenario == "cluster-loss":
+            text = f"{self.title} passed: " + "; ".join(loss.expectation() for loss in self.losses)
         else:
             times = ", ".join(f"{c} in {s:.2f}s" for c, s in self.failover_seconds.items())
             text = f"failover drill passed: failed over {times}; {self.failed_probes}/{self.probes} probes failed"

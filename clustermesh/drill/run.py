@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from clustermesh.drill.client import DrillClient
+from clustermesh.drill.cluster_loss import ClusterLossRun
 from clustermesh.drill.phases import Drill
-from clustermesh.drill.results import DrillPhase, DrillResult, DrillStatus
+from clustermesh.drill.results import DrillPhase, DrillResult, DrillStatus, Scenario
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 
@@ -22,6 +23,7 @@ def run_drill(
     run_phase: Callable[[str, Callable[[], DrillPhase]], DrillPhase] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    scenario: Scenario = "scale-to-zero",
 ) -> DrillResult:
     """Recover leftovers, check the steady state, then fail over and restore one cluster at a time.
 
@@ -30,11 +32,12 @@ def run_drill(
     Leftovers are recovered even with ``drill.enabled: false``: a disabled drill must not keep a
     cluster scaled down. Clusters are always failed one at a time (the spec refuses ``one_at_a_time: false``).
     ``run_phase(name, call)`` runs each phase (the flow makes each a Prefect task); ``on_phase`` sees
-    each result as it comes.
+    each result as it comes. ``scenario`` ``cluster-loss`` takes each target's clustermesh-apiserver away
+    instead of its backends (:mod:`clustermesh.drill.cluster_loss`).
     """
     drill = Drill(clients, facts, spec, clock=clock, sleep=sleep)
     targets = drill.targets(clusters_to_fail)
-    run = _Run(drill, on_phase=on_phase, run_phase=run_phase)
+    run = _Run(drill, on_phase=on_phase, run_phase=run_phase, scenario=scenario)
     try:
         status, reason = run.method(targets, enabled=spec.drill.enabled)
     finally:
@@ -55,8 +58,11 @@ class _Run:
         *,
         on_phase: Callable[[DrillPhase], None] | None,
         run_phase: Callable[[str, Callable[[], DrillPhase]], DrillPhase] | None,
+        scenario: Scenario = "scale-to-zero",
     ) -> None:
         self.drill = drill
+        self.scenario: Scenario = scenario
+        self.losses: list[ClusterLossRun] = []
         self.on_phase = on_phase
         self.run_phase = run_phase
         self.phases: list[DrillPhase] = []
@@ -86,7 +92,25 @@ class _Run:
             return "not run", f"drill workloads not ready, nothing disrupted: {self.phases[-1].detail}"
         if self.record("baseline", drill.baseline).status != "passed":
             return "not run", f"steady state does not hold, nothing disrupted: {self.phases[-1].detail}"
+        if self.scenario == "cluster-loss":
+            return self._lose_each(targets)
         return self._fail_over_each(targets)
+
+    def _lose_each(self, targets: Sequence[str]) -> tuple[DrillStatus, str]:
+        """Loss then reconnection of each member's mesh control plane, one at a time; after a failure the
+        others are skipped."""
+        for index, cluster in enumerate(targets):
+            loss = ClusterLossRun(self.drill, cluster)
+            self.losses.append(loss)
+            lost = self.record(f"cluster-loss {cluster}", loss.lose)
+            back = self.record(f"reconnect {cluster}", loss.reconnect)
+            bad = next((p for p in (lost, back) if p.status == "failed"), None)
+            if bad is not None:
+                for rest in targets[index + 1 :]:
+                    detail = f"not disrupted: the {bad.name} of {cluster} failed"
+                    self._add(DrillPhase(name="cluster-loss", cluster=rest, status="skipped", detail=detail))
+                return "failed", f"{bad.name} of {cluster} failed: {bad.detail}"
+        return "passed", f"{len(targets)} member(s) lost their mesh control plane and reconnected"
 
     def _fail_over_each(self, targets: Sequence[str]) -> tuple[DrillStatus, str]:
         """Failover then restore, one cluster at a time; after a failure the others are skipped, not disrupted."""
@@ -118,4 +142,6 @@ class _Run:
             },
             failed_probes=sum(p.failed_probes for p in failovers),
             probes=sum(p.probes for p in failovers),
+            scenario=self.scenario,
+            losses=[loss.figures() for loss in self.losses],
         )

@@ -30,6 +30,8 @@ class Undone:
     """The record as written."""
     note: str = ""
     """Set when the record was unreadable: says which count was used instead."""
+    name: str = BACKEND
+    """The Deployment: the drill's backend, or ``clustermesh-apiserver`` (the cluster-loss drill)."""
 
     @property
     def restored(self) -> bool:
@@ -43,7 +45,7 @@ class Undone:
 
     def describe(self, namespace: str, *, since: str) -> str:
         """One line for the operator; ``since`` names the failover ("an earlier drill", "the failover")."""
-        where = f"{self.cluster}/{namespace}/{BACKEND}"
+        where = f"{self.cluster}/{namespace}/{self.name}"
         if self.restored:
             return f"restored {where} to {self.target} replicas left at {self.found} by {since}{self.note}"
         if self.kept:
@@ -61,13 +63,15 @@ def undo_recorded(
     *,
     default: int,
     wait_ready: Callable[[int], None] | None = None,
+    name: str = BACKEND,
 ) -> Undone | None:
-    """Scale the backend back to its recorded count if it still shows the drill's hand; drop the record.
+    """Scale Deployment ``name`` (the backend) back to its recorded count if it still shows the drill's hand;
+    drop the record.
 
     None when nothing is recorded. An unreadable record falls back to ``default`` (the note says so).
     With ``wait_ready`` the record is dropped only once the count is back and Ready, so a failure leaves it.
     """
-    deployment = client.get_deployment(namespace, BACKEND)
+    deployment = client.get_deployment(namespace, name)
     record = None if deployment is None else recorded(deployment)
     if deployment is None or record is None:
         return None
@@ -76,11 +80,11 @@ def undo_recorded(
     if target is None:
         target = default
         note = f" (record {record!r} unreadable: used drill.replicas)"
-    undone = Undone(cluster=cluster, found=replicas_of(deployment), target=target, record=record, note=note)
+    undone = Undone(cluster=cluster, found=replicas_of(deployment), target=target, record=record, note=note, name=name)
     if undone.restored:
-        client.scale_deployment(namespace, BACKEND, target)
-        note_written(f"{cluster}: scaled {namespace}/{BACKEND} back to {target} replicas")
+        client.scale_deployment(namespace, name, target)
+        note_written(f"{cluster}: scaled {namespace}/{name} back to {target} replicas")
     if wait_ready is not None and not undone.kept:
         wait_ready(target)
-    client.patch_deployment_annotations(namespace, BACKEND, {ORIGINAL_REPLICAS_ANNOTATION: None})
+    client.patch_deployment_annotations(namespace, name, {ORIGINAL_REPLICAS_ANNOTATION: None})
     return undone

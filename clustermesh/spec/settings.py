@@ -399,6 +399,10 @@ class Timeouts(SpecModel):
         )
 
 
+DRILL_SCENARIOS = ("scale-to-zero", "cluster-loss")
+"""The drill's scenarios (``clustermesh.drill.SCENARIOS`` names the same)."""
+
+
 class DrillSettings(SpecModel):
     """The failover drill of the guide's example: a global nginx, scaled to zero one cluster at a time."""
 
@@ -430,6 +434,36 @@ class DrillSettings(SpecModel):
             description="Scale down one cluster per phase, never two at once (the only mode supported).",
         ),
     ] = True
+    scenarios: Annotated[
+        list[str],
+        Field(
+            title="Scenarios",
+            description="What the nightly drills, in order: scale-to-zero (backends scaled to 0 one cluster at "
+            "a time) and/or cluster-loss (one member's clustermesh-apiserver scaled to 0).",
+        ),
+    ] = ["scale-to-zero"]
+    loss_seconds: Annotated[
+        PositiveSeconds,
+        Field(
+            title="Cluster-loss watch",
+            description="Seconds the cluster-loss drill watches the others keep a lost member's backends "
+            "(without cacheTTL); with cacheTTL it waits for their withdrawal (TTL + timeout at most).",
+        ),
+    ] = 60
+
+    @field_validator("scenarios", mode="after")
+    @classmethod
+    def _known_scenarios(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in DRILL_SCENARIOS]
+        if unknown:
+            raise custom_error(
+                "drill_scenario",
+                f"unknown drill scenario {unknown[0]!r}",
+                f"use one or more of: {', '.join(DRILL_SCENARIOS)}",
+            )
+        if not value:
+            raise custom_error("drill_scenario", "no drill scenario", "name at least one, e.g. [scale-to-zero]")
+        return list(dict.fromkeys(value))
 
     @field_validator("one_at_a_time", mode="after")
     @classmethod
