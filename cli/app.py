@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -356,21 +356,41 @@ def _run_verify(spec: MeshSpec, drill: bool) -> int:
 
 
 @app.command("drill")
-def drill_command(config: ConfigOption) -> None:
+def drill_command(
+    config: ConfigOption,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="scale-to-zero: backends scaled to 0 one cluster at a time; cluster-loss: one member's "
+            "clustermesh-apiserver scaled to 0, the others watched."
+        ),
+    ] = "scale-to-zero",
+    cluster: Annotated[str | None, typer.Option(help="Disrupt only this cluster (default: each in turn).")] = None,
+) -> None:
     """The failover drill alone: exit 0 only when it passed."""
     _warm()
     spec = _load(config)
-    raise typer.Exit(_flow_command(spec, "drill", lambda: _run_drill(spec), what="drill", rerun=_DRILL_RERUN))
+    if scenario not in ("scale-to-zero", "cluster-loss"):
+        typer.echo(f"--scenario {scenario!r} is not a drill scenario: use scale-to-zero or cluster-loss", err=True)
+        raise typer.Exit(2)
+    if cluster is not None and cluster not in [c.name for c in spec.clusters]:
+        names = ", ".join(c.name for c in spec.clusters)
+        typer.echo(f"--cluster {cluster!r} is not a cluster of {config}: use one of {names}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(
+        _flow_command(spec, "drill", lambda: _run_drill(spec, scenario, cluster), what="drill", rerun=_DRILL_RERUN)
+    )
 
 
 _DRILL_RERUN = "the drill's rollback undid its scaling (the next drill restores anything left); a rerun is safe"
 
 
-def _run_drill(spec: MeshSpec) -> int:
+def _run_drill(spec: MeshSpec, scenario: str = "scale-to-zero", cluster: str | None = None) -> int:
     _prefect_api()
     from flows.failover_drill import failover_drill
 
-    result = failover_drill(spec)
+    chosen: Literal["scale-to-zero", "cluster-loss"] = "cluster-loss" if scenario == "cluster-loss" else "scale-to-zero"
+    result = failover_drill(spec, scenario=chosen, cluster=cluster)
     typer.echo(result.summary())
     for row in result.table_rows():
         typer.echo("  " + " | ".join(f"{k}: {v}" for k, v in row.items() if v))

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from clustermesh.drill import DrillPhase, DrillResult, drill_gate, run_drill
+from clustermesh.drill import DrillPhase, DrillResult, Scenario, drill_gate, run_drill
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from flows.locking import mesh_lock
@@ -49,8 +49,11 @@ def failover_drill(
     spec: MeshSpec | None = None,
     facts: dict[str, ClusterFacts] | None = None,
     spec_variable: str | None = SPEC_VARIABLE,
+    scenario: Scenario | None = None,
+    cluster: str | None = None,
 ) -> DrillResult:
-    """Rehearse failover one cluster at a time; the result says passed, failed or "not run" and why.
+    """Rehearse failover (or the loss of a member's mesh) one cluster at a time; the result says passed,
+    failed or "not run" and why.
 
     Started on its own it holds the mesh's lock (``mesh-<name>``) like setup and nightly, so a drill
     never scales backends down in the middle of a setup; as the nightly's subflow it runs under the
@@ -61,26 +64,48 @@ def failover_drill(
             (the deployment's way: ``clustermesh blocks register`` writes it).
         facts: What the nightly already read of the clusters (empty: read them first).
         spec_variable: The Prefect Variable holding the spec when ``spec`` is empty.
+        scenario: ``scale-to-zero`` (the guide's failover) or ``cluster-loss`` (a member's clustermesh-apiserver
+            scaled to 0, the others watched). Empty: the spec's ``drill.scenarios`` in order (the nightly's way).
+        cluster: Only this cluster is disrupted (empty: every cluster, one at a time).
     """
     mesh = resolve_spec(spec, spec_variable)
+    scenarios: list[Scenario] = [scenario] if scenario is not None else list(mesh.drill.scenarios)  # type: ignore[arg-type]
+    targets = None if cluster is None else [cluster]
     with mesh_lock(mesh) if _started_on_its_own() else nullcontext(), cluster_sessions(mesh):
-        return _drill(mesh, facts)
+        return _drill(mesh, facts, scenarios, targets)
 
 
-def _drill(spec: MeshSpec, facts: dict[str, ClusterFacts] | None) -> DrillResult:
+def _drill(
+    spec: MeshSpec, facts: dict[str, ClusterFacts] | None, scenarios: list[Scenario], targets: list[str] | None
+) -> DrillResult:
     logger = get_run_logger()
     if facts is None:
         facts, findings = check_reachability_and_versions(spec)
         if (gate := drill_gate(spec, facts, prerequisites=findings)) is not None:
             return gate
+    results: list[DrillResult] = []
     with all_clients(spec) as clients:
-        result = run_drill(clients, facts, spec, run_phase=_as_task)
+        for scenario in scenarios:
+            result = run_drill(clients, facts, spec, run_phase=_as_task, scenario=scenario, clusters_to_fail=targets)
+            _report(spec, result)
+            for line in result.recovered:
+                logger.warning("restored before the drill: %s", line)
+            logger.info(result.summary())
+            results.append(result)
+            if result.status == "failed":
+                break  # a mesh that failed one scenario is not disrupted by the next
+    return DrillResult.combine(results)
+
+
+def _report(spec: MeshSpec, result: DrillResult) -> None:
+    """The table artifact of every drill; for a cluster-loss drill also the markdown of what a user should expect."""
+    key = f"{spec.name}-failover-drill" if result.scenario == "scale-to-zero" else f"{spec.name}-cluster-loss-drill"
     create_table_artifact(
-        key=f"{spec.name}-failover-drill",
+        key=key,
         table=result.table_rows() or [{"phase": "-", "status": result.status, "detail": result.reason}],
         description=result.summary(),
     )
-    for line in result.recovered:
-        logger.warning("restored before the drill: %s", line)
-    logger.info(result.summary())
-    return result
+    if result.scenario == "cluster-loss":
+        create_markdown_artifact(
+            key=f"{spec.name}-cluster-loss", markdown=result.loss_markdown(), description=result.summary()
+        )

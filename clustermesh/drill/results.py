@@ -125,6 +125,57 @@ class DrillResult(BaseModel):
     scenario: Scenario = "scale-to-zero"
     losses: list[ClusterLoss] = []
     """cluster-loss only: one entry per member whose mesh control plane was taken away."""
+    also: list[str] = []
+    """The summaries of further scenarios run after this one (:meth:`combine`)."""
+
+    @classmethod
+    def combine(cls, results: list[DrillResult]) -> DrillResult:
+        """Several scenarios run in a row as one result: the worst status, every phase, every summary."""
+        if len(results) == 1:
+            return results[0]
+        if not results:
+            return cls.not_run("no drill scenario asked for")
+        statuses = [r.status for r in results]
+        worst: DrillStatus = "failed" if "failed" in statuses else "not run" if "not run" in statuses else "passed"
+        first = results[0]
+        return first.model_copy(
+            update={
+                "status": worst,
+                "reason": "; ".join(f"{r.scenario}: {r.reason}" for r in results),
+                "phases": [p for r in results for p in r.phases],
+                "recovered": [line for r in results for line in r.recovered],
+                "left_alone": [line for r in results for line in r.left_alone],
+                "losses": [loss for r in results for loss in r.losses],
+                "also": [r.summary() for r in results[1:]],
+            }
+        )
+
+    def loss_markdown(self) -> str:
+        """The cluster-loss drill for a person: what to expect from a real outage, then the figures per member."""
+        lines = [f"# Cluster-loss drill: {self.status}", "", self.reason, ""]
+        for loss in self.losses:
+            lines += [f"## Losing {loss.cluster}'s mesh control plane", "", loss.expectation() + ".", ""]
+            lines += [
+                "| member | cacheTTL | backends of " + loss.cluster + " | kept | withdrawn after | watched | "
+                "failed requests |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for m in loss.members:
+                withdrawn = "—" if m.withdrawn_after_s is None else f"{m.withdrawn_after_s:.1f} s"
+                lines.append(
+                    f"| {m.member} | {m.cache_ttl_seconds:g} s | {m.backends} | {'yes' if m.kept else 'no'} | "
+                    f"{withdrawn} | {m.watched_s:.1f} s | {m.failed_probes}/{m.probes} |"
+                )
+            lost = "—" if loss.lost_after_s is None else f"{loss.lost_after_s:.1f} s"
+            back = "—" if loss.reconnected_after_s is None else f"{loss.reconnected_after_s:.1f} s"
+            lines += [
+                "",
+                f"- clustermesh-apiserver replicas: {loss.apiserver_replicas} (scaled to 0, then back)",
+                f"- the others reported {loss.cluster} not connected after: {lost}",
+                f"- every member reconnected and listed every backend again after: {back}",
+                "",
+            ]
+        return "\n".join(lines)
 
     @classmethod
     def not_run(cls, reason: str) -> DrillResult:
@@ -156,4 +207,6 @@ class DrillResult(BaseModel):
                 f" (left {len(self.left_alone)} deployment(s) at the count someone set after an earlier drill; "
                 "its record dropped)"
             )
+        for more in self.also:
+            text += f" | {more}"
         return text
