@@ -1,5 +1,6 @@
 """``upgrade-check`` on values alone, with the real charts of ``../shared/charts``: what the target line refuses,
-what it silently ignores, which defaults change under unpinned keys, and what the peers' dialers would read."""
+what it silently ignores, which defaults change under unpinned keys, and what the peers' dialers would read;
+then the values change that works on both lines (proved by rendering both), or BLOCKING with what to do."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from clustermesh.cilium.chart_source import ChartUnavailableError, forget_unreac
 from clustermesh.cilium.profiles import REMOVED_IN_1_20
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.upgrade_check import check_upgrade
+from clustermesh.steps.upgrade_values import plan_upgrade_values
 from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_chart_check import HelmRepo
 from tests.domain.test_profiles_119_120 import _facts, ours
@@ -200,3 +202,75 @@ def test_a_renderer_setting_to_fix_is_a_warning_not_a_crashed_nightly() -> None:
     assert [(f.level, f.subject) for f in findings] == [("warning", "cluster-1"), ("warning", "cluster-2")]
     assert "Cilium 1.20.0 (the next line) not checked" in findings[0].reason
     assert "cilium.chart.renderer is 'helm'" in findings[0].reason and "install helm" in findings[0].fix
+
+
+# ------------------------------------------------------------------------------ values that work on both lines
+
+
+def test_mcs_api_the_old_way_moves_to_the_key_both_lines_read_and_the_leftover_goes() -> None:
+    values = copy.deepcopy(ours("1.19.6"))
+    values["clustermesh"]["enableMCSAPISupport"] = True
+    values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})["enableSecrets"] = True
+    values["bgpControlPlane"] = {"enabled": False}  # a person's own key
+
+    _, plan = plan_upgrade_values(spec(), "cluster-1", "1.19.6", "1.20.0", values)
+
+    assert plan.blocking == [] and plan.writes, plan.render_text()
+    fixed = [f.finding for f in plan.fixes]
+    assert fixed == ["clustermesh.apiserver.tls.enableSecrets", "clustermesh.enableMCSAPISupport"]
+    assert plan.change is not None
+    new = plan.change.new_values
+    assert new["clustermesh"]["mcsapi"] == {"enabled": True} and "enableMCSAPISupport" not in new["clustermesh"]
+    assert "enableSecrets" not in new["clustermesh"]["apiserver"]["tls"]
+    assert new["bgpControlPlane"] == {"enabled": False}
+    peer_key = values["clustermesh"]["config"]["clusters"][0]["tls"]["key"]
+    assert peer_key not in plan.render_text() and "<sha256:" in plan.render_text()  # key material fingerprinted
+    again, rerun = plan_upgrade_values(spec(), "cluster-1", "1.19.6", "1.20.0", new)
+    assert again.ignored == [] and not rerun.writes and rerun.blocking == []
+
+
+def test_no_form_valid_on_1_18_and_1_20_is_blocking_and_says_to_upgrade_in_two_hops() -> None:
+    values = copy.deepcopy(ours("1.18.12"))
+    values["clustermesh"]["enableMCSAPISupport"] = True
+
+    _, plan = plan_upgrade_values(spec(), "cluster-1", "1.18.12", "1.20.0", values)
+
+    assert plan.change is None and not plan.writes
+    [blocking] = plan.blocking
+    assert blocking.startswith("clustermesh.enableMCSAPISupport: with the change, Cilium 1.18.12 would run differently")
+    assert "upgrade in two hops" in blocking and "first to Cilium 1.19" in blocking
+
+
+def test_certificates_from_values_with_tls_auto_off_are_blocking_with_what_to_do() -> None:
+    values = copy.deepcopy(ours("1.19.6"))
+    tls = values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})
+    tls.setdefault("auto", {})["enabled"] = False
+    for name in ("server", "admin", "remote"):
+        tls[name] = {"cert": "Y2VydA==", "key": "a2V5"}
+
+    check, plan = plan_upgrade_values(spec(), "cluster-1", "1.19.6", "1.20.0", values)
+
+    assert check.blocking and "certs and keys as helm values has been removed" in check.refused[0]
+    assert plan.change is None
+    [blocking] = plan.blocking
+    assert "the Cilium 1.19.6 chart refuses the changed values" in blocking
+    assert "missing clustermesh.apiserver.tls.server.cert" in blocking
+    assert "tls.auto.enabled is false" in blocking and "clustermesh-apiserver-{server,admin,remote}-cert" in blocking
+
+
+def test_the_old_ca_key_1_17_refuses_is_removed_where_1_16_1_ignores_it() -> None:
+    ca = make_ca("old guide CA")
+    values = copy.deepcopy(ours("1.16.1"))
+    values["clustermesh"].setdefault("apiserver", {}).setdefault("tls", {})["ca"] = {
+        "cert": ca.cert_b64,
+        "key": ca.key_b64,
+    }
+
+    check, plan = plan_upgrade_values(spec(), "cluster-1", "1.16.1", "1.17.18", values)
+
+    assert check.blocking  # refused by 1.17 as the values are
+    assert [f.finding for f in plan.fixes] == ["clustermesh.apiserver.tls.ca"] and plan.blocking == []
+    assert plan.change is not None and "ca" not in plan.change.new_values["clustermesh"]["apiserver"]["tls"]
+    assert ca.key_b64 not in plan.render_text()
+    fixed = check_upgrade(spec(), "cluster-1", "1.16.1", "1.17.18", plan.change.new_values)
+    assert not fixed.blocking and fixed.ignored == []
