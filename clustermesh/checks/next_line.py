@@ -72,7 +72,8 @@ def _findings(result: ClusterUpgrade) -> list[Finding]:
         warn(
             name,
             f"the Cilium {target} chart (the next line) would refuse the values: {refused}",
-            f"correct the key in the cluster's cilium ApplicationInstallation values {upgrade}",
+            f"correct the key in the cluster's cilium ApplicationInstallation values {upgrade} "
+            f"(`clustermesh upgrade-check --to {target} --cluster {name}` shows the values that work on both lines)",
         )
         for refused in result.refused
     ]
@@ -80,7 +81,8 @@ def _findings(result: ClusterUpgrade) -> list[Finding]:
         warn(
             name,
             f"{key} is set, which the Cilium {target} chart (the next line) no longer reads (silently ignored)",
-            f"remove {key} from the cluster's cilium ApplicationInstallation values {upgrade}",
+            f"run `clustermesh upgrade-check --to {target} --cluster {name} --yes` {upgrade}: it writes values that "
+            f"work on both lines (or remove {key} from the cluster's cilium ApplicationInstallation values)",
         )
         for key in result.ignored
     ]

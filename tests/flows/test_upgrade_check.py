@@ -3,7 +3,8 @@
 The mesh is set up by the real flow with the pipeline's chart check reading ``../shared/charts``; the CLI
 runs as a subprocess. What the setup wrote upgrades to 1.20.0 with nothing blocking or ignored; after a person
 adds a key 1.20 no longer reads to cluster-2's values, the check names it and so does the nightly, as a
-warning about cluster-2 and the next line's version.
+warning about cluster-2 and the next line's version; ``--yes`` writes the values that work on both lines, after
+which nothing is ignored any more.
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def test_upgrade_check_on_a_1_19_mesh_and_the_nightly_warning(
         ("cluster-2", True, True)
     ], warnings
     assert result.status == "WARN"
+    assert "upgrade-check --to 1.20.0 --cluster cluster-2 --yes" in warnings[0].fix
+
+    wrote = cli(cli_env, "upgrade-check", "--config", config, "--to", "1.20.0", "--yes")
+    assert wrote.returncode == 0, wrote.stdout + wrote.stderr
+    assert "cluster-2: written" in wrote.stdout and "cluster-1: written" not in wrote.stdout, wrote.stdout
+    after = json.loads(cli(cli_env, "upgrade-check", "--config", config, "--to", "1.20.0", "--format", "json").stdout)
+    assert [c["ignored"] for c in after["clusters"]] == [[], []] and after["plan"]["changing"] == [], after
 
 
 def test_unknown_cluster_and_version_are_bad_input(
