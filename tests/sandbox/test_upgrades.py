@@ -83,8 +83,9 @@ def installed(world: World, name: str, version: str) -> bool:
     )
 
 
-async def mesh_world(versions: list[str], mode: str, *, nodes: int = 3) -> World:
-    """Clusters on ``versions`` meshed as the setup flow leaves them (shared CA, LoadBalancer endpoints).
+async def mesh_world(versions: list[str], mode: str, *, nodes: int = 3, ca_mode: str = "shared") -> World:
+    """Clusters on ``versions`` meshed as the setup flow leaves them (shared CA unless ``ca_mode`` says
+    ``auto``: per peer, what the setup writes by default from 1.14; LoadBalancer endpoints).
 
     Three nodes each: the chart's agent DaemonSet rolls with ``maxUnavailable: 2``, so with two nodes both
     agents restart together (``test_with_two_nodes_the_upgraded_member_loses_its_peers_while_agents_restart``).
@@ -95,9 +96,9 @@ async def mesh_world(versions: list[str], mode: str, *, nodes: int = 3) -> World
         store.register(builtin_types())
         world.add_cluster(store, index=i, cilium_version=version, nodes=nodes)
     world.start(asyncio.get_running_loop())
-    spec = mesh(ca_mode="shared")
+    spec = mesh(ca_mode=ca_mode)
     ca = pki.make_ca("shared mesh CA")
-    shared = CaMaterial(cert=b64(ca.cert_pem), key=SecretStr(b64(ca.key_pem)))
+    shared = CaMaterial(cert=b64(ca.cert_pem), key=SecretStr(b64(ca.key_pem))) if ca_mode == "shared" else None
     names = [c.name for c in world.clusters]
 
     def write(name: str, peers: list[PeerEntry]) -> None:
@@ -196,6 +197,24 @@ def test_a_mesh_of_three_upgrades_one_cluster_at_a_time_from_118_to_120(mode: st
                 probe = await upgrade_under_probe(world, c.name, to)
                 assert_no_drop(probe, c.name)
                 assert healthy(world), (c.name, to, links(world))
+        world.stop()
+
+    run(body)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_per_peer_mesh_as_the_setup_writes_it_upgrades_118_to_119_one_cluster_at_a_time(mode: str) -> None:
+    """The setup's default on 1.18 is per peer (each entry carries the peer's remote certificate and CA) with
+    ``tls.auto.method: helm``, which the 1.19 chart renders differently (certgen is no longer a Helm hook); the
+    copies of each member's remote certificate its peer holds must stay valid. A 1.18 + 1.19 mesh, then a 1.19
+    one, never dropping."""
+
+    async def body() -> None:
+        world = await mesh_world(["1.18.12", "1.18.12"], mode, ca_mode="auto")
+        for name in ("cluster-1", "cluster-2"):
+            probe = await upgrade_under_probe(world, name, "1.19.4")
+            assert_no_drop(probe, name)
+            assert healthy(world), (name, links(world))
         world.stop()
 
     run(body)
