@@ -1,4 +1,4 @@
-"""``clustermesh sandbox up|down|fault|upgrade``: simulated KKP clusters with Cilium on this machine."""
+"""``clustermesh sandbox up|down|fault|upgrade|calendar``: simulated KKP clusters with Cilium on this machine."""
 
 from __future__ import annotations
 
@@ -144,4 +144,24 @@ def sandbox_upgrade(
     typer.echo(
         f"{result['cluster']}: cilium ApplicationInstallation set to {result['to']} (was {result['from']}); "
         "KKP installs it now (kubectl -n kube-system get applicationinstallation cilium)"
+    )
+
+
+@sandbox_app.command("calendar")
+def sandbox_calendar(
+    advance_days: Annotated[
+        float, typer.Option("--advance-days", help="Days to move the certificates' calendar on (e.g. 340).")
+    ],
+    directory: DirOption = Path("sandbox-run"),
+) -> None:
+    """Move the sandbox's calendar on: certificates age (and expire) as if that many days had passed."""
+    from sandbox.process import SandboxError, send_calendar
+
+    try:
+        result = send_calendar(directory, advance_days)
+    except SandboxError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"calendar now {result['now']} ({result['offset_days']:g} days ahead of real time); the clusters' APIs send "
+        "that date, certgen issues at it and expired certificates break the links that rely on them"
     )

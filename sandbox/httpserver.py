@@ -117,8 +117,12 @@ async def start_https_server(
     keyfile: str,
     host: str = "127.0.0.1",
     port: int = 0,
+    date_header: bool = True,
 ) -> RunningServer:
-    """Start uvicorn for ``app`` inside the running loop and return once it listens."""
+    """Start uvicorn for ``app`` inside the running loop and return once it listens.
+
+    ``date_header=False``: the app sets ``Date`` itself (a cluster's API, at its calendar time).
+    """
     config = uvicorn.Config(
         app,
         host=host,
@@ -132,6 +136,7 @@ async def start_https_server(
         log_config=None,
         access_log=False,
         lifespan="off",
+        date_header=date_header,
     )
     server = _EmbeddedServer(config)
 

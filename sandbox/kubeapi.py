@@ -34,6 +34,7 @@ from sandbox.resources import (
 )
 from sandbox.selectors import matcher
 from sandbox.store import ApiError, Obj, ResourceType, Store, not_found
+from sandbox.virtual_calendar import DateHeader
 
 log = logging.getLogger(__name__)
 
@@ -597,4 +598,5 @@ def create_app(
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.add_middleware(_Guard, token=token, faults=faults)
+    app.add_middleware(DateHeader, store=store)  # the cluster's clock: its World's calendar
     return app

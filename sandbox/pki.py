@@ -40,15 +40,18 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+def _now(now: dt.datetime | None = None) -> dt.datetime:
+    """``now`` when given (a sandbox's calendar: ``sandbox.virtual_calendar``), else the real UTC time."""
+    return now if now is not None else dt.datetime.now(dt.UTC)
 
 
-def make_ca(common_name: str, *, days: int = 1095, not_before: dt.datetime | None = None) -> KeyPair:
-    """A self-signed CA (ECDSA P-256, like Cilium's certgen)."""
+def make_ca(
+    common_name: str, *, days: int = 1095, not_before: dt.datetime | None = None, now: dt.datetime | None = None
+) -> KeyPair:
+    """A self-signed CA (ECDSA P-256, like Cilium's certgen), issued at ``now`` (default: real time)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    start = not_before or (_now() - dt.timedelta(minutes=5))
+    start = not_before or (_now(now) - dt.timedelta(minutes=5))
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -88,10 +91,11 @@ def issue(
     client: bool = True,
     days: int = 1095,
     not_before: dt.datetime | None = None,
+    now: dt.datetime | None = None,
 ) -> KeyPair:
-    """A leaf certificate signed by ``ca``."""
+    """A leaf certificate signed by ``ca``, issued at ``now`` (default: real time)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    start = not_before or (_now() - dt.timedelta(minutes=5))
+    start = not_before or (_now(now) - dt.timedelta(minutes=5))
     usages = []
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -145,10 +149,11 @@ def matches_key(cert_pem: bytes, key_pem: bytes) -> bool:
     )
 
 
-def valid_now(cert_pem: bytes) -> bool:
+def valid_now(cert_pem: bytes, now: dt.datetime | None = None) -> bool:
+    """Whether the certificate is valid at ``now`` (default: real time)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except Exception:  # noqa: BLE001
         return False
-    now = _now()
-    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+    at = _now(now)
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc

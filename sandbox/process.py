@@ -105,6 +105,11 @@ def send_upgrade(directory: Path, cluster: str, version: str) -> dict[str, Any]:
     return _control(directory, "/upgrade", body, what=f"upgrade of {cluster} to {version!r}")
 
 
+def send_calendar(directory: Path, advance_days: float) -> dict[str, Any]:
+    """``clustermesh sandbox calendar``: move the certificates' calendar on by ``advance_days``."""
+    return _control(directory, "/calendar", {"advance_days": advance_days}, what=f"calendar +{advance_days} days")
+
+
 def _control(directory: Path, path: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
     info = read_info(directory)
     req = urllib.request.Request(

@@ -89,6 +89,9 @@ def builtin_types() -> list[ResourceType]:
             subresources=("status", "scale"),
             categories=("all",),
         ),
+        # certgen's CronJob and the Jobs made from it (``kubectl create job --from=cronjob/...``)
+        ResourceType("batch", "v1", "cronjobs", "CronJob", short_names=("cj",), singular="cronjob"),
+        ResourceType("batch", "v1", "jobs", "Job", singular="job", subresources=("status",), categories=("all",)),
         ResourceType(
             APPINSTALL_GROUP,
             "v1",

@@ -115,6 +115,7 @@ class Sandbox:
     kkp_state: KkpState | None = None
     kkp_port: int = 0
     charts: Path | None = None  # a folder of cilium-<version>.tgz: KKP renders the real charts (else the built-in)
+    helm_reissues_on_render: bool = False  # tls.auto.method helm: each KKP render re-issues the leaves (World's)
     _kkp_server: Any = None
     _kkp_ca: pki.KeyPair | None = None
     endpoints: list[ClusterEndpoint] = field(default_factory=list)
@@ -195,6 +196,7 @@ class Sandbox:
             time_scale=self.time_scale,
             seed=self.seed,
             charts=self.charts,
+            helm_reissues_on_render=self.helm_reissues_on_render,
         )
         self.world = world
         for i in range(1, self.clusters + 1):
@@ -205,6 +207,7 @@ class Sandbox:
             routes=[
                 Route("/faults", self._control_faults, methods=["POST", "GET"]),
                 Route("/upgrade", self._control_upgrade, methods=["POST"]),
+                Route("/calendar", self._control_calendar, methods=["POST"]),
             ]
         )
         self._control = await _start_http_server(control)
@@ -239,7 +242,8 @@ class Sandbox:
             exec_handler=self._exec_handler(sim.name),
             faults=ep.faults,
         )
-        ep.server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile))
+        # no uvicorn Date header: the API sends its own, at the World's calendar time
+        ep.server = await start_https_server(app, certfile=str(certfile), keyfile=str(keyfile), date_header=False)
         ep.port = ep.server.port
         self.endpoints.append(ep)
         return ep
@@ -512,6 +516,24 @@ class Sandbox:
             return JSONResponse(self._apply_upgrade(str(body["cluster"]), str(body["version"])))
         except (SandboxError, KeyError, ValueError) as exc:
             return JSONResponse({"ok": False, "error": str(exc)}, status_code=400)
+
+    def advance_calendar(self, days: float) -> dict[str, Any]:
+        """Move the certificates' calendar on by ``days`` (``World.advance_calendar``). Runs on the loop thread."""
+        assert self._loop is not None
+        return self._loop.call(self._apply_calendar, days)  # type: ignore[no-any-return]
+
+    def _apply_calendar(self, days: float) -> dict[str, Any]:
+        assert self.world is not None
+        offset = self.world.advance_calendar(float(days))  # ValueError: negative
+        return {"ok": True, "offset_days": offset, "now": self.world.calendar.now().isoformat()}
+
+    async def _control_calendar(self, request: Request) -> JSONResponse:
+        if request.headers.get("authorization") != f"Bearer {self.control_token}":
+            return JSONResponse({"ok": False, "error": "missing or wrong control token"}, status_code=401)
+        try:
+            return JSONResponse(self._apply_calendar(float((await request.json())["advance_days"])))
+        except (KeyError, ValueError, TypeError) as exc:
+            return JSONResponse({"ok": False, "error": f"advance_days: {exc}"}, status_code=400)
 
     def _targets(self, cluster: str | None) -> list[ClusterEndpoint]:
         return [self.endpoint(cluster)] if cluster else list(self.endpoints)

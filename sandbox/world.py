@@ -21,7 +21,7 @@ Addressing (cluster index ``i``, node ``k`` counted from 0):
 One module per controller, as kube-controller-manager is split (``sandbox/controllers/``): ``kkp``
 (KKP's application controller), ``helm_apply``, ``certgen``, ``agents`` (and kvstoremesh),
 ``workloads``, ``services``, ``faults``, ``clock``, ``upgrades`` (a new Cilium version, KKP's way),
-plus ``bootstrap`` (a fresh cluster) and ``base``
+``recreate`` (a cluster deleted and created again under its name), plus ``bootstrap`` (a fresh cluster) and ``base``
 (the shared cluster state). ``World`` only wires them: one reconcile per cluster, the timers, the
 listeners. The chart is rendered through a ``sandbox.render.Renderer``.
 """
@@ -51,22 +51,28 @@ from sandbox.controllers.base import (  # noqa: F401 - re-exported: tests, bench
 )
 from sandbox.controllers.bootstrap import Bootstrap
 from sandbox.controllers.certgen import Certgen
+from sandbox.controllers.certgen_jobs import CertgenJobs
 from sandbox.controllers.clock import _Clock
 from sandbox.controllers.faults import Faults
 from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
+from sandbox.controllers.recreate import Recreate
 from sandbox.controllers.services import Services
 from sandbox.controllers.upgrades import Upgrades
 from sandbox.controllers.workloads import Workloads
 from sandbox.render import Renderer, renderer_for
 from sandbox.store import Obj, Store
+from sandbox.virtual_calendar import Calendar
+from sandbox.virtual_calendar import register as register_calendar
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AI_KEY", "CILIUM_PATCH", "NS", "SimCluster", "World", "concrete_version", "deep_merge"]
 
 
-class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Workloads, Services, Upgrades):
+class World(
+    Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, Upgrades, Recreate
+):
     """All simulated clusters and their controllers; the fault methods are what tests and the runner call."""
 
     def __init__(
@@ -78,7 +84,10 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
         seed: int = 0,
         renderer: Renderer | None = None,
         charts: Path | str | None = None,
+        helm_reissues_on_render: bool = False,
     ) -> None:
+        """``helm_reissues_on_render``: with ``tls.auto.method: helm`` every KKP render re-issues the leaf
+        certificates, as the real chart's ``genSignedCert`` does (off: a valid leaf is kept)."""
         if renderer is not None and charts is not None:
             raise ValueError("pass renderer or charts, not both")
         self.renderer: Renderer = renderer or renderer_for(charts)  # charts: the real charts in that folder
@@ -90,6 +99,9 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
         self.clusters: list[SimCluster] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.clock = _Clock(time_scale, busy=lambda: any(c.scheduled for c in self.clusters))
+        self.calendar = Calendar()  # certificates' "now": real UTC time + an offset (advance_calendar)
+        self.certgen_forced: set[str] = set()
+        self.helm_reissues_on_render = helm_reissues_on_render
 
     def add_cluster(
         self,
@@ -116,6 +128,7 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
             rng=rng,
         )
         self.clusters.append(c)
+        register_calendar(store, self.calendar)
         self._register_remote_cache(c)
         self._bootstrap(c, nodes)
         store.add_listener(lambda _ev, _rt, _obj, c=c: self._kick(c))
@@ -140,6 +153,14 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
                 c.job.timeout.cancel()
         self.clock.stop()
         self.loop = None
+
+    def advance_calendar(self, days: float) -> float:
+        """Move the certificates' calendar on by ``days``; returns the total offset. Expired certificates then
+        break the links that rely on them, and certgen re-issues on its next run."""
+        offset = self.calendar.advance(days)
+        for c in self.clusters:
+            self._kick(c)
+        return offset
 
     def cluster(self, ref: SimCluster | str | int) -> SimCluster:
         """A cluster by object, name (``cluster-2``) or index."""
@@ -182,6 +203,7 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, Agents, Work
         self._reconcile_services(c)
         self._reconcile_kkp(c)
         self._reconcile_mesh_secret(c)
+        self._reconcile_certgen_jobs(c)
         self._reconcile_agents(c)
         self._reconcile_workloads(c)
         self._reconcile_endpoints(c)

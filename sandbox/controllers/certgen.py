@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
 
 from sandbox import pki
+from sandbox.chart import Rendered
 from sandbox.controllers.base import LEAF_SECRETS, NS, SECRETS, SimCluster, _b64, _unb64
 from sandbox.store import Obj
 from sandbox.versions import facts as version_facts
+from sandbox.versions import parse_lenient
+from sandbox.virtual_calendar import Calendar
 
 
 class Certgen:
     """Cilium's certgen: the CA and the leaf certificates."""
 
-    def _schedule_certgen(self, c: SimCluster, then: Callable[[], None] | None = None) -> None:
+    calendar: Calendar
+    certgen_forced: set[str]  # clusters whose next certgen run re-issues every leaf
+
+    def _schedule_certgen(self, c: SimCluster, then: Callable[[], None] | None = None, *, force: bool = False) -> None:
+        """Certgen after ``c.certgen_delay``; ``force``: re-issue every leaf (a certgen Job, a helm render)."""
+        if force:
+            self.certgen_forced.add(c.name)
         if c.certgen_timer is not None and c.certgen_timer.pending and then is None:
             return
         if c.certgen_timer is not None:
@@ -24,7 +34,9 @@ class Certgen:
 
         def run() -> None:
             c.certgen_timer = None
-            self._certgen(c)
+            forced = c.name in self.certgen_forced
+            self.certgen_forced.discard(c.name)
+            self._certgen(c, force=forced)
             if then is not None:
                 then()
             self._kick(c)
@@ -39,18 +51,23 @@ class Certgen:
         kp = pki.KeyPair(_unb64(data.get("ca.crt", "")), _unb64(data.get("ca.key", "")))
         return kp if pki.matches_key(kp.cert_pem, kp.key_pem) else None
 
-    def _certgen(self, c: SimCluster) -> None:
-        """What certgen (or the chart's ``helm`` method) does: keep or make the CA, (re-)issue leaf certs."""
+    def _certgen(self, c: SimCluster, *, force: bool = False) -> None:
+        """What certgen (or the chart's ``helm`` method) does: keep or make the CA, (re-)issue leaf certs.
+
+        At the World's calendar time; ``force`` re-issues every leaf (real certgen does on each run), else a
+        leaf that is valid, issued by the CA in use and covering the addresses is kept.
+        """
         r = c.current
         if r is None or not r.mesh_enabled:
             return
+        now = self.calendar.now()
         ca: pki.KeyPair | None = None
         if r.ca_cert:
             given = pki.KeyPair(_unb64(r.ca_cert), _unb64(r.ca_key))
             if pki.matches_key(given.cert_pem, given.key_pem):
                 ca = given
         if ca is None:
-            ca = self._ca_from_secret(c) or pki.make_ca("Cilium CA")
+            ca = self._ca_from_secret(c) or pki.make_ca("Cilium CA", now=now)
         ca_data = {"ca.crt": _b64(ca.cert_pem), "ca.key": _b64(ca.key_pem)}
         self._put_secret(c, "cilium-ca", ca_data, "Opaque")
         if r.ca_source == "clustermesh.apiserver.tls.ca":
@@ -61,9 +78,17 @@ class Certgen:
                 continue
             spec = _leaf_spec(c, name, lb_ip)
             cur = c.store.try_get(SECRETS, NS, name)
-            if cur is not None and _leaf_ok(cur, ca, spec["ips"]):
+            if cur is not None and not force and _leaf_ok(cur, ca, spec["ips"], now):
                 continue
-            kp = pki.issue(ca, spec["cn"], dns_names=spec["dns"], ip_addresses=spec["ips"], server=spec["server"])
+            kp = pki.issue(
+                ca,
+                spec["cn"],
+                dns_names=spec["dns"],
+                ip_addresses=spec["ips"],
+                server=spec["server"],
+                days=leaf_validity_days(r),
+                now=now,
+            )
             self._put_tls_secret(c, name, ca, kp)
 
     def _put_tls_secret(self, c: SimCluster, name: str, ca: pki.KeyPair, kp: pki.KeyPair) -> None:
@@ -73,6 +98,20 @@ class Certgen:
             {"ca.crt": _b64(ca.cert_pem), "tls.crt": _b64(kp.cert_pem), "tls.key": _b64(kp.key_pem)},
             "kubernetes.io/tls",
         )
+
+
+LEAF_DAYS_BEFORE_1_20, LEAF_DAYS_FROM_1_20 = 1095, 365
+"""``clustermesh.apiserver.tls.auto.certValidityDuration`` in the real charts' values.yaml: 1095 up to 1.19,
+365 from 1.20."""
+
+
+def leaf_validity_days(r: Rendered) -> int:
+    """The leaf certificates' lifetime: the values' ``certValidityDuration``, else the line's chart default."""
+    auto = (((r.values.get("clustermesh") or {}).get("apiserver") or {}).get("tls") or {}).get("auto") or {}
+    given = auto.get("certValidityDuration") if isinstance(auto, dict) else None
+    if isinstance(given, int | float) and given > 0:
+        return int(given)
+    return LEAF_DAYS_FROM_1_20 if parse_lenient(r.version) >= (1, 20, 0) else LEAF_DAYS_BEFORE_1_20
 
 
 def _leaf_spec(c: SimCluster, name: str, lb_ip: str | None) -> dict[str, Any]:
@@ -98,11 +137,11 @@ def _issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
         return False
 
 
-def _leaf_ok(secret: Obj, ca: pki.KeyPair, need_ips: tuple[str, ...]) -> bool:
-    """Certgen keeps a leaf that is valid, issued by the CA in use and covers the wanted addresses."""
+def _leaf_ok(secret: Obj, ca: pki.KeyPair, need_ips: tuple[str, ...], now: dt.datetime | None = None) -> bool:
+    """Certgen keeps a leaf that is valid (at ``now``), issued by the CA in use and covers the wanted addresses."""
     data = secret.get("data") or {}
     cert = _unb64(data.get("tls.crt", ""))
-    if not (_issued_by(cert, ca.cert_pem) and pki.valid_now(cert)):
+    if not (_issued_by(cert, ca.cert_pem) and pki.valid_now(cert, now)):
         return False
     if _unb64(data.get("ca.crt", "")) != ca.cert_pem:
         return False

@@ -96,7 +96,7 @@ class Faults:
         ca = self._ca_from_secret(c)
         if ca is None:
             return
-        start = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+        start = self.calendar.now() - dt.timedelta(days=3)  # the World's calendar (advance_calendar)
         for name in LEAF_SECRETS:
             cur = c.store.try_get(SECRETS, NS, name)
             if cur is None:
@@ -117,7 +117,7 @@ class Faults:
     def rotate_ca(self, cluster: SimCluster | str | int) -> None:
         """A new ``cilium-ca`` now; certgen re-issues the leaf certs by it after its delay."""
         c = self.cluster(cluster)
-        ca = pki.make_ca("Cilium CA")
+        ca = pki.make_ca("Cilium CA", now=self.calendar.now())
         self._put_secret(c, "cilium-ca", {"ca.crt": _b64(ca.cert_pem), "ca.key": _b64(ca.key_pem)}, "Opaque")
         if c.current is not None and c.current.mesh_enabled:
             self._schedule_certgen(c)

@@ -40,12 +40,14 @@ class HelmApply:
         if r.mesh_enabled:
             self._apply_apiserver(c, r, apiserver_aliases)
             if certgen and r.tls_auto_enabled and r.tls_method in ("helm", "cronJob") and not r.certgen_is_hook:
-                self._schedule_certgen(c)
+                # the chart's genSignedCert re-issues the leaves on every render (only with that World option)
+                self._schedule_certgen(c, force=self.helm_reissues_on_render and r.tls_method == "helm")
         else:
             for key, name in ((DEPLOYS, APISERVER), (SVCS, APISERVER)):
                 cur = s.try_get(key, NS, name)
                 if cur is not None:
                     self._delete(c, key, cur)
+        self._reconcile_certgen_workloads(c, r)
 
     def _cilium_config(self, r: Rendered) -> dict[str, str]:
         data = {

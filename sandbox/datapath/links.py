@@ -34,6 +34,7 @@ from sandbox.datapath.state import (
     _seed,
     _validity_error,
 )
+from sandbox.virtual_calendar import calendar_now
 
 
 @dataclass
@@ -70,7 +71,8 @@ class _Mesh:
         items: Iterable[ClusterState] = clusters.values() if isinstance(clusters, Mapping) else clusters
         self.states = {c.name: c for c in items}
         self.faults = faults or MeshFaults()
-        self.now = _now(now)
+        # no ``now`` given: the calendar of the World these stores belong to (sandbox.virtual_calendar)
+        self.now = _now(now) if now is not None else calendar_now(c.store for c in self.states.values())
         self._facts: dict[str, _Facts] = {}
         self._links: dict[tuple[str, str], Connection] = {}
         self._shared: _SharedLinks | None = None
