@@ -21,7 +21,7 @@ Addressing (cluster index ``i``, node ``k`` counted from 0):
 One module per controller, as kube-controller-manager is split (``sandbox/controllers/``): ``kkp``
 (KKP's application controller), ``helm_apply``, ``certgen``, ``agents`` (and kvstoremesh),
 ``workloads``, ``services``, ``faults``, ``clock``, ``upgrades`` (a new Cilium version, KKP's way),
-``recreate`` (a cluster deleted and created again under its name), plus ``bootstrap`` (a fresh cluster) and ``base``
+plus ``bootstrap`` (a fresh cluster) and ``base``
 (the shared cluster state). ``World`` only wires them: one reconcile per cluster, the timers, the
 listeners. The chart is rendered through a ``sandbox.render.Renderer``.
 """
@@ -56,7 +56,6 @@ from sandbox.controllers.clock import _Clock
 from sandbox.controllers.faults import Faults
 from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
-from sandbox.controllers.recreate import Recreate
 from sandbox.controllers.services import Services
 from sandbox.controllers.upgrades import Upgrades
 from sandbox.controllers.workloads import Workloads
@@ -70,9 +69,7 @@ log = logging.getLogger(__name__)
 __all__ = ["AI_KEY", "CILIUM_PATCH", "NS", "SimCluster", "World", "concrete_version", "deep_merge"]
 
 
-class World(
-    Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, Upgrades, Recreate
-):
+class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, Upgrades):
     """All simulated clusters and their controllers; the fault methods are what tests and the runner call."""
 
     def __init__(
