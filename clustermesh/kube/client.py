@@ -42,6 +42,7 @@ from clustermesh.kube.kubeconfig import (
     read_kubeconfig_file,
 )
 from clustermesh.kube.objects import KINDS, Applied, as_object, contains, items, replacement
+from clustermesh.kube.secrets import SecretWrites
 from clustermesh.kube.waiting import describe_object, wait_for
 
 __all__ = [
@@ -89,7 +90,7 @@ class ExecOutput:
 # The client
 
 
-class ClusterClient(NamespaceCleanup):
+class ClusterClient(NamespaceCleanup, SecretWrites):
     """One cluster's Kubernetes API: typed calls in, the server's JSON and our own errors out.
 
     Build it with :meth:`from_kubeconfig_text` or :meth:`from_kubeconfig_file`. It keeps one
