@@ -221,7 +221,9 @@ Render = Callable[[str, Mapping[str, Any]], list[dict[str, Any]] | None]
 
 
 def prove(render: Render, current: str, target: str, values: Mapping[str, Any], fixes: list[Fix]) -> str:
-    """ "" when the fixed values render on both lines and the current line runs what it runs today; else why not."""
+    """ "" when the fixed values render on both lines and the current line runs what it runs today; else why not.
+    Within one line (the upgrade done, or a patch upgrade) the fix is for the line the cluster runs: it may
+    change what runs (a key that line ignores, set the way it reads it)."""
     new = _change(values, fixes).new_values
     try:
         render(target, new)
@@ -231,6 +233,8 @@ def prove(render: Render, current: str, target: str, values: Mapping[str, Any], 
         fixed_today = render(current, new)
     except ChartValuesRefusedError as exc:
         return f"the Cilium {current} chart refuses the changed values: {' '.join(exc.helm_message.split())}"
+    if parse_cilium_version(current).line == parse_cilium_version(target).line:
+        return ""
     try:
         today = render(current, values)
     except ChartValuesRefusedError:

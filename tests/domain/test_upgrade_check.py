@@ -274,3 +274,14 @@ def test_the_old_ca_key_1_17_refuses_is_removed_where_1_16_1_ignores_it() -> Non
     assert ca.key_b64 not in plan.render_text()
     fixed = check_upgrade(spec(), "cluster-1", "1.16.1", "1.17.18", plan.change.new_values)
     assert not fixed.blocking and fixed.ignored == []
+
+
+def test_after_the_upgrade_the_old_mcs_key_is_moved_for_the_line_that_runs() -> None:
+    """Already on 1.20 with the old key (MCS-API silently off): the move is proposed, though it changes what runs."""
+    values = copy.deepcopy(ours("1.20.0"))
+    values["clustermesh"]["enableMCSAPISupport"] = True
+
+    _, plan = plan_upgrade_values(spec(), "cluster-1", "1.20.0", "1.20.0", values)
+
+    assert plan.blocking == [] and [f.finding for f in plan.fixes] == ["clustermesh.enableMCSAPISupport"]
+    assert plan.change is not None and plan.change.new_values["clustermesh"]["mcsapi"] == {"enabled": True}

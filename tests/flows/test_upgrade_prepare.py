@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from clustermesh.cilium.chart_source import forget_unreachable
+from clustermesh.errors import PrerequisiteError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.chart_check import check_values
 from clustermesh.steps.membership import MANAGED_PEERS_ANNOTATION
@@ -125,6 +126,8 @@ def test_values_prepared_for_1_20_then_each_cluster_upgrades_without_a_drop(
     assert "write cluster-2" in plan and "BLOCKING" not in plan, plan
     assert ai_versions(k) == before, "--plan writes nothing"
 
+    with pytest.raises(PrerequisiteError, match="cluster-7"):
+        mesh_upgrade_prepare(spec, TARGET, cluster="cluster-7")
     result = mesh_upgrade_prepare(spec, TARGET)
     assert [(c.cluster, c.written) for c in result.changes] == [("cluster-2", True)], result.describe()
     assert result.blocking == [] and result.status != "FAIL", result.describe()
