@@ -272,6 +272,11 @@ def plan_upgrade_values(
     """The upgrade check of ``values`` and the proved values change that fixes what it found."""
     check = check_upgrade(spec, cluster, current, target, values, remote_cert=remote_cert)
     plan = ClusterValuesPlan(cluster=cluster, current=current, target=target)
+    now, then = parse_cilium_version(current), parse_cilium_version(target)
+    if (then.major, then.minor) > (now.major, now.minor + 1):
+        plan.notes.append(
+            f"Cilium upgrades one minor line at a time: upgrade to {now.major}.{now.minor + 1} first, then to {target}"
+        )
     if check.skipped:
         plan.notes.append(f"no values proposed: {check.skipped}")
         return check, plan

@@ -239,6 +239,7 @@ def test_no_form_valid_on_1_18_and_1_20_is_blocking_and_says_to_upgrade_in_two_h
     [blocking] = plan.blocking
     assert blocking.startswith("clustermesh.enableMCSAPISupport: with the change, Cilium 1.18.12 would run differently")
     assert "upgrade in two hops" in blocking and "first to Cilium 1.19" in blocking
+    assert plan.notes == ["Cilium upgrades one minor line at a time: upgrade to 1.19 first, then to 1.20.0"]
 
 
 def test_certificates_from_values_with_tls_auto_off_are_blocking_with_what_to_do() -> None:
