@@ -32,6 +32,7 @@ from clustermesh.errors import (
     TransientKubeError,
 )
 from clustermesh.kube.api_errors import CALL_ERRORS, Redactor, cut, is_transient, translate_error
+from clustermesh.kube.batch import BatchAndClock
 from clustermesh.kube.cleanup import NamespaceCleanup
 from clustermesh.kube.kubeconfig import (
     KubeconfigSource,
@@ -90,7 +91,7 @@ class ExecOutput:
 # The client
 
 
-class ClusterClient(NamespaceCleanup, SecretWrites):
+class ClusterClient(NamespaceCleanup, SecretWrites, BatchAndClock):
     """One cluster's Kubernetes API: typed calls in, the server's JSON and our own errors out.
 
     Build it with :meth:`from_kubeconfig_text` or :meth:`from_kubeconfig_file`. It keeps one
