@@ -44,12 +44,24 @@ class Certgen:
         c.certgen_timer = self.clock.after(c.certgen_delay, run)
 
     def _ca_from_secret(self, c: SimCluster) -> pki.KeyPair | None:
+        """The signer of ``cilium-ca``: of the certificates its ca.crt holds (a bundle during a CA rotation),
+        the one matching ca.key, alone (``_ca_bundle`` gives the whole ca.crt)."""
         sec = c.store.try_get(SECRETS, NS, "cilium-ca")
         if sec is None:
             return None
         data = sec.get("data") or {}
-        kp = pki.KeyPair(_unb64(data.get("ca.crt", "")), _unb64(data.get("ca.key", "")))
-        return kp if pki.matches_key(kp.cert_pem, kp.key_pem) else None
+        key = _unb64(data.get("ca.key", ""))
+        return next(
+            (pki.KeyPair(pem, key) for pem in _pem_blocks(_unb64(data.get("ca.crt", ""))) if pki.matches_key(pem, key)),
+            None,
+        )
+
+    def _ca_bundle(self, c: SimCluster, ca: pki.KeyPair) -> bytes:
+        """``cilium-ca``'s ca.crt verbatim when ``ca`` is one of its certificates (every leaf Secret's ca.crt then),
+        else ``ca`` alone."""
+        sec = c.store.try_get(SECRETS, NS, "cilium-ca")
+        bundle = _unb64(((sec or {}).get("data") or {}).get("ca.crt", ""))
+        return bundle if ca.cert_pem in _pem_blocks(bundle) else ca.cert_pem
 
     def _certgen(self, c: SimCluster, *, force: bool = False) -> None:
         """What certgen (or the chart's ``helm`` method) does: keep or make the CA, (re-)issue leaf certs.
@@ -68,7 +80,8 @@ class Certgen:
                 ca = given
         if ca is None:
             ca = self._ca_from_secret(c) or pki.make_ca("Cilium CA", now=now)
-        ca_data = {"ca.crt": _b64(ca.cert_pem), "ca.key": _b64(ca.key_pem)}
+        bundle = self._ca_bundle(c, ca)
+        ca_data = {"ca.crt": _b64(bundle), "ca.key": _b64(ca.key_pem)}
         self._put_secret(c, "cilium-ca", ca_data, "Opaque")
         if r.ca_source == "clustermesh.apiserver.tls.ca":
             self._put_secret(c, "clustermesh-apiserver-ca-cert", ca_data, "Opaque")
@@ -78,7 +91,7 @@ class Certgen:
                 continue
             spec = _leaf_spec(c, name, lb_ip)
             cur = c.store.try_get(SECRETS, NS, name)
-            if cur is not None and not force and _leaf_ok(cur, ca, spec["ips"], now):
+            if cur is not None and not force and _leaf_ok(cur, ca, spec["ips"], now, bundle):
                 continue
             kp = pki.issue(
                 ca,
@@ -89,13 +102,16 @@ class Certgen:
                 days=leaf_validity_days(r),
                 now=now,
             )
-            self._put_tls_secret(c, name, ca, kp)
+            self._put_tls_secret(c, name, ca, kp, bundle)
 
-    def _put_tls_secret(self, c: SimCluster, name: str, ca: pki.KeyPair, kp: pki.KeyPair) -> None:
+    def _put_tls_secret(
+        self, c: SimCluster, name: str, ca: pki.KeyPair, kp: pki.KeyPair, bundle: bytes | None = None
+    ) -> None:
+        """A leaf Secret; its ca.crt is ``bundle`` (cilium-ca's ca.crt verbatim) when given, else the signer."""
         self._put_secret(
             c,
             name,
-            {"ca.crt": _b64(ca.cert_pem), "tls.crt": _b64(kp.cert_pem), "tls.key": _b64(kp.key_pem)},
+            {"ca.crt": _b64(bundle or ca.cert_pem), "tls.crt": _b64(kp.cert_pem), "tls.key": _b64(kp.key_pem)},
             "kubernetes.io/tls",
         )
 
@@ -137,13 +153,21 @@ def _issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
         return False
 
 
-def _leaf_ok(secret: Obj, ca: pki.KeyPair, need_ips: tuple[str, ...], now: dt.datetime | None = None) -> bool:
+def _pem_blocks(bundle: bytes) -> list[bytes]:
+    """Each certificate of a PEM bundle, as its own block (one trailing newline), in order."""
+    end = b"-----END CERTIFICATE-----"
+    return [part.strip() + b"\n" + end + b"\n" for part in bundle.split(end) if b"-----BEGIN CERTIFICATE-----" in part]
+
+
+def _leaf_ok(
+    secret: Obj, ca: pki.KeyPair, need_ips: tuple[str, ...], now: dt.datetime | None = None, bundle: bytes | None = None
+) -> bool:
     """Certgen keeps a leaf that is valid (at ``now``), issued by the CA in use and covers the wanted addresses."""
     data = secret.get("data") or {}
     cert = _unb64(data.get("tls.crt", ""))
     if not (_issued_by(cert, ca.cert_pem) and pki.valid_now(cert, now)):
         return False
-    if _unb64(data.get("ca.crt", "")) != ca.cert_pem:
+    if _unb64(data.get("ca.crt", "")) != (bundle or ca.cert_pem):
         return False
     if need_ips:
         try:
