@@ -14,7 +14,6 @@ KKP keeps are the ones the real 1.20 chart renders with MCS-API on (as edited, i
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from sandbox.world import World
 from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.flows.conftest import AI, Kube, ai_versions, cli, edited_spec
 from tests.helpers import wait_until
-from tests.probe import ConnectivityProbe
+from tests.probe import SandboxProbe
 from tests.sandbox.test_upgrades import healthy, installed, links
 
 CHARTS = CHARTS_DIR
@@ -68,40 +67,26 @@ def mcs_api(spec: MeshSpec, version: str, values: dict[str, Any]) -> str:
     return str(config["data"].get("clustermesh-enable-mcs-api"))
 
 
-class ProbeOnLoop:
-    """The connectivity probe on the sandbox's loop thread (the world is only touched from there)."""
-
-    def __init__(self, sb: Any) -> None:
-        self.sb = sb
-        self.probe: ConnectivityProbe = sb._loop.call(lambda: ConnectivityProbe(sb.world).start())
-
-    def ask(self, fn: Callable[[], Any]) -> Any:
-        return self.sb._loop.call(fn)
-
-    def settle(self, seconds: float) -> None:
-        until = self.ask(lambda: self.probe.seconds) + seconds
-        deadline = time.monotonic() + 120
-        while self.ask(lambda: self.probe.seconds) < until:
-            assert time.monotonic() < deadline, f"the sandbox clock did not pass {seconds} s"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.ask(self.probe.stop)
+def settle(probe: SandboxProbe, seconds: float) -> None:
+    """Let ``seconds`` of sandbox time pass (the probe's timer keeps the virtual clock going)."""
+    until = probe.seconds + seconds
+    wait_until(f"{seconds} sandbox seconds", lambda: probe.seconds >= until, timeout=120)
 
 
 def upgrade_one_cluster(sb: Any, name: str) -> None:
     """KKP's upgrade of ``name`` to 1.20.0 under the probe: the install succeeds and no pair ever drops."""
     world: World = sb.world
-    probe = ProbeOnLoop(sb)
-    probe.settle(2)
-    sb.upgrade(name, TARGET)
-    wait_until(f"{name} installed on {TARGET}", lambda: probe.ask(lambda: installed(world, name, TARGET)), timeout=120)
-    probe.settle(10)
-    probe.stop()
-    drops = probe.ask(probe.probe.drops)
+    on_loop = sb._loop.call
+    with SandboxProbe(sb) as probe:
+        settle(probe, 2)
+        sb.upgrade(name, TARGET)
+        done = lambda: on_loop(lambda: installed(world, name, TARGET))  # noqa: E731 - read on the loop thread
+        wait_until(f"{name} installed on {TARGET}", done, timeout=120)
+        settle(probe, 10)
+    drops = probe.drops()
     assert drops and all(d.samples == 0 for d in drops.values()), (name, drops)
-    assert probe.probe.samples >= 2 * probe.probe.seconds, "the probe samples at least twice a sandbox second"
-    assert probe.ask(lambda: healthy(world)), probe.ask(lambda: links(world))
+    assert probe.samples >= 2 * probe.seconds, "the probe samples at least twice a sandbox second"
+    assert on_loop(lambda: healthy(world)), on_loop(lambda: links(world))
 
 
 def test_values_prepared_for_1_20_then_each_cluster_upgrades_without_a_drop(
