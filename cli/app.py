@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
+from cli.certs_command import certs_app
 from cli.common import fail as _fail
 from cli.remove_command import remove as remove_cluster
 from cli.sandbox_commands import sandbox_app
@@ -288,6 +289,7 @@ def _quiet_setup_summary(spec: MeshSpec) -> None:
 
 
 app.command("remove")(remove_cluster)  # cli/remove_command.py: a cluster leaves the mesh
+app.add_typer(certs_app, name="certs")  # cli/certs_command.py: certs renew
 
 clusters_app = typer.Typer(help="KKP user clusters of the mesh, through the KKP REST API.", no_args_is_help=True)
 app.add_typer(clusters_app, name="clusters")

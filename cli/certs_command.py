@@ -1,0 +1,101 @@
+"""``clustermesh certs renew --config FILE [--cluster X] [--plan] [--yes]`` (flows/mesh_renew.py).
+
+The plan is read straight from the clusters (no Prefect): ``--plan`` prints it and stops; otherwise it is
+printed and, on a terminal, the command asks before writing (``--yes`` skips the question; without a
+terminal ``--yes`` is required).
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cli.common import fail
+
+if TYPE_CHECKING:
+    from clustermesh.spec import MeshSpec
+    from clustermesh.steps.renew import RenewPlan
+
+certs_app = typer.Typer(help="The mesh's certificates: renew them (and hand them to the peers).", no_args_is_help=True)
+
+
+@certs_app.command("renew")
+def renew(
+    config: Annotated[Path, typer.Option("--config", help="The mesh spec (YAML).")],
+    cluster: Annotated[
+        str | None,
+        typer.Option("--cluster", help="Re-issue this cluster's certificates now, whatever their expiry."),
+    ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="Print what would be re-issued and replaced; write nothing.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Write without asking (required without a terminal).")] = False,
+) -> None:
+    """Re-issue the certificates nearer than certificates.warn_days to expiry, hand them to every peer, verify."""
+    from cli import app as main  # cli.app registers this command: imported here, not at import time
+
+    spec = main._load(config)
+    if not yes:
+        renew_plan = _read_plan(spec, cluster)
+        typer.echo(renew_plan.render_text())
+        if plan:
+            return
+        if renew_plan.changing:
+            _confirm(spec.name)
+        if main._main_program and "--yes" not in sys.argv:
+            sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
+    elif plan:
+        typer.echo(_read_plan(spec, cluster).render_text())
+        return
+    main._warm()
+    target = f" --cluster {cluster}" if cluster else ""
+    rerun = f"a rerun continues safely: `clustermesh certs renew --config {config}{target} --yes` re-issues only what "
+    rerun += "is still due and hands out only copies that differ"
+    code = main._flow_command(spec, "certs renew", lambda: _run_renew(spec, cluster), what="renewal", rerun=rerun)
+    raise typer.Exit(code)
+
+
+def _read_plan(spec: MeshSpec, cluster: str | None) -> RenewPlan:
+    from clustermesh import checks
+    from clustermesh.errors import ClusterMeshError
+    from clustermesh.kube.credentials import open_cluster
+    from clustermesh.steps.renew import plan_renew
+
+    try:
+        with ExitStack() as stack:
+            clients = {
+                c.name: stack.enter_context(open_cluster(c, request_timeout=spec.timeouts.api)) for c in spec.clusters
+            }
+            facts, _findings = checks.check_reachability_and_versions(clients, spec)
+            return plan_renew(spec, facts, lambda name: clients[name], cluster)
+    except ClusterMeshError as exc:
+        fail(str(exc))
+
+
+def _confirm(mesh: str) -> None:
+    if not sys.stdin.isatty():
+        fail("not a terminal, so nothing was asked and nothing written: pass --yes to write the plan above")
+    if not typer.confirm(f"Renew the certificates of mesh {mesh} as shown above?", default=False):
+        fail("not confirmed: nothing written", 1)
+
+
+def _run_renew(spec: MeshSpec, cluster: str | None) -> int:
+    from cli import app as main
+
+    main._prefect_api()
+    from clustermesh.errors import ClusterMeshError
+    from clustermesh.stopping import stop_requested
+    from flows.mesh_renew import mesh_renew_certificates
+
+    try:
+        result = mesh_renew_certificates(spec, cluster)
+    except ClusterMeshError as exc:
+        if not stop_requested():
+            typer.echo(f"certs renew failed: {exc}", err=True)
+        return 1
+    typer.echo(result.describe())
+    return 1 if result.status == "FAIL" else 0
