@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
 
+from cli.ca_command import ca_app
 from cli.certs_command import certs_app
 from cli.common import fail as _fail
 from cli.remove_command import remove as remove_cluster
@@ -290,6 +291,7 @@ def _quiet_setup_summary(spec: MeshSpec) -> None:
 
 app.command("remove")(remove_cluster)  # cli/remove_command.py: a cluster leaves the mesh
 app.add_typer(certs_app, name="certs")  # cli/certs_command.py: certs renew
+app.add_typer(ca_app, name="ca")  # cli/ca_command.py: ca rotate
 
 clusters_app = typer.Typer(help="KKP user clusters of the mesh, through the KKP REST API.", no_args_is_help=True)
 app.add_typer(clusters_app, name="clusters")

@@ -35,6 +35,7 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
 
     from flows.create_clusters import create_user_clusters
     from flows.failover_drill import failover_drill
+    from flows.mesh_ca import mesh_rotate_ca
     from flows.mesh_remove import mesh_remove_cluster
     from flows.mesh_setup import cluster_mesh_setup
     from flows.mesh_upgrade import mesh_upgrade_prepare
@@ -55,7 +56,8 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     create = create_user_clusters.to_deployment(name="mesh-create-clusters", tags=[TAG, "mesh-create-clusters"])
     remove = mesh_remove_cluster.to_deployment(name="mesh-remove-cluster", tags=[TAG, "mesh-remove-cluster"])
     upgrade = mesh_upgrade_prepare.to_deployment(name="mesh-upgrade-prepare", tags=[TAG, "mesh-upgrade-prepare"])
-    return [setup, nightly, drill, create, remove, upgrade]
+    rotate_ca = mesh_rotate_ca.to_deployment(name="mesh-rotate-ca", tags=[TAG, "mesh-rotate-ca"])
+    return [setup, nightly, drill, create, remove, upgrade, rotate_ca]
 
 
 def main() -> None:

@@ -1,0 +1,459 @@
+"""CA rotation with trust overlap: one cluster's CA replaced while every peer keeps trusting it.
+
+Per-peer CA mode: each peer P of cluster X holds, in its entry for X, X's remote client certificate and
+X's CA (``caCert``, to verify X's server); X's clustermesh-apiserver verifies P's client against the ca.crt
+of its own leaf Secrets. The rotation from the old CA O to a new CA N runs in phases, each a state that
+can be read back from the clusters, so a rerun (after a crash or a stop) goes on where the last one ended:
+
+0. N is generated (ECDSA P-256, 1095 days, like the chart's CA) and stored *first* in X's Secret
+   ``clustermesh-ca-next`` (with O's certificate), so a crash never loses its key; a rerun reuses it.
+1. trust both: ``cilium-ca`` = {ca.crt: O+N, ca.key: O's key}; the leaves are re-issued (still by O,
+   ca.crt the bundle: X's apiserver now accepts clients of either CA); every peer's caCert for X = O+N.
+2. switch: ``cilium-ca`` = {ca.crt: N+O, ca.key: N's key}; the leaves are re-issued by N (ca.crt still the
+   bundle); every peer gets X's new remote certificate (caCert still O+N).
+3. drop old: ``cilium-ca`` = {N, N's key} (and a record of the rotation); the leaves are re-issued (ca.crt
+   N alone); every peer's entry for X = N and X's newest remote certificate; ``clustermesh-ca-next`` goes.
+
+Why no peer ever holds a certificate its target refuses: until phase 3, X's apiserver trusts O and N, so
+any client certificate X issued (by O or N) is accepted; X's server certificate is signed by N only from
+phase 2, when every peer already trusts O+N (phase 1). In phase 3 X trusts N alone only once its leaves are
+re-issued, and by then every peer already holds an N-signed client certificate (phase 2); the peers drop
+O right after. Phase 3 writes each peer once (caCert N and the newest certificate together) instead of
+twice (caCert first, certificate after): both orders are safe, this one reloads each peer once less.
+
+A cluster whose ``cilium-ca`` this pipeline rotated less than ``FRESH_FOR`` ago (annotation on the Secret)
+is not rotated again: a rerun of a finished rotation writes nothing. Pure logic over
+:class:`ClusterClient`; the re-issue itself (a certgen Job) is passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import re
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from clustermesh.certs import fingerprint, issued_by, key_matches, load_cert, load_private_key
+from clustermesh.errors import AlreadyExistsError, CertificateError, ClusterStateError, ConflictError
+from clustermesh.kube import ClusterClient
+from clustermesh.spec import MeshSpec
+from clustermesh.steps.membership import managed_peers
+from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
+from clustermesh.stopping import note_written, raise_if_stopping
+from clustermesh.values import CLUSTERS_PATH, peer_entries, read_values, value_at
+
+NAMESPACE = "kube-system"
+CA_SECRET = "cilium-ca"
+NEXT_SECRET = "clustermesh-ca-next"
+LEAF_SECRETS = (
+    "clustermesh-apiserver-server-cert",
+    "clustermesh-apiserver-admin-cert",
+    "clustermesh-apiserver-remote-cert",
+    "clustermesh-apiserver-local-cert",  # only where KVStoreMesh has one: an absent one is skipped
+)
+REMOTE_CERT = "clustermesh-apiserver-remote-cert"
+ROTATED_TO = "clustermesh.io/ca-rotated-to"
+ROTATED_AT = "clustermesh.io/ca-rotated-at"
+FRESH_FOR = dt.timedelta(hours=24)
+CA_VALIDITY_DAYS = 1095  # the chart's tls.ca.certValidityDuration
+CA_COMMON_NAME = "Cilium CA"
+
+Phase = Literal["done", "start", "stored", "trust-both", "switched", "drop-old"]
+PHASE_TEXT: dict[str, str] = {
+    "done": "rotated less than a day ago by this pipeline: nothing to do",
+    "start": "not started: a new CA is generated and stored in clustermesh-ca-next first",
+    "stored": "new CA stored (phase 0 done): next, trust both",
+    "trust-both": "trusting both CAs (phase 1 under way)",
+    "switched": "signing with the new CA (phase 2 under way)",
+    "drop-old": "dropping the old CA (phase 3 under way)",
+}
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+Wrote = Callable[[str], None]
+Reissue = Callable[[ClusterClient], None]
+PeerClient = Callable[[str], AbstractContextManager[ClusterClient]]
+
+
+# ------------------------------------------------------------------------------------ CA material
+
+
+def split_pem(text: str) -> list[str]:
+    """Each certificate of a PEM bundle as its own block (one trailing newline), in order."""
+    return [block + "\n" for block in _PEM_CERT.findall(text)]
+
+
+def pem_bundle(certs: Sequence[str]) -> str:
+    return "".join(c.strip() + "\n" for c in certs)
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def unb64(data: str | None) -> str:
+    return base64.b64decode(data or "").decode(errors="replace")
+
+
+def fingerprints(certs: Sequence[str]) -> tuple[str, ...]:
+    return tuple(fingerprint(c) for c in certs)
+
+
+@dataclass(frozen=True)
+class NewCa:
+    """A CA as PEM text; the key is never shown."""
+
+    cert_pem: str
+    key_pem: str = field(repr=False)
+
+
+def generate_ca(now: dt.datetime | None = None) -> NewCa:
+    """A self-signed CA like the chart's: ECDSA P-256, CN "Cilium CA", ``CA_VALIDITY_DAYS`` days."""
+    start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_COMMON_NAME)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=CA_VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return NewCa(cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem)
+
+
+# ------------------------------------------------------------------------------------ state
+
+
+@dataclass(frozen=True)
+class CaState:
+    """X's ``cilium-ca`` and ``clustermesh-ca-next`` as read; which phase of a rotation they record."""
+
+    cluster: str
+    certs: tuple[str, ...]
+    key_pem: str = field(repr=False)
+    resource_version: str | None
+    annotations: dict[str, str]
+    next_ca: NewCa | None = None
+    previous: str | None = None  # the CA being replaced, recorded with the next one
+
+    @property
+    def signer(self) -> str | None:
+        """The certificate of ``cilium-ca`` that matches its key: the one certgen signs with."""
+        try:
+            key = load_private_key(self.key_pem, source=f"{CA_SECRET} ca.key")
+        except CertificateError:
+            return None
+        return next((c for c in self.certs if key_matches(load_cert(c), key)), None)
+
+    def phase(self, now: dt.datetime | None = None) -> Phase:
+        if self.next_ca is None:
+            return "done" if self._recently_rotated(now) else "start"
+        new, old = fingerprint(self.next_ca.cert_pem), fingerprint(self.previous or "")
+        signer = fingerprint(self.signer or "")
+        held = fingerprints(self.certs)
+        for phase, want_signer, want_certs in (
+            ("stored", old, (old,)),
+            ("trust-both", old, (old, new)),
+            ("switched", new, (new, old)),
+            ("drop-old", new, (new,)),
+        ):
+            if signer == want_signer and held == want_certs:
+                return phase  # type: ignore[return-value]
+        raise ClusterStateError(
+            self.cluster,
+            f"Secret {NAMESPACE}/{CA_SECRET} holds {', '.join(held) or 'no certificate'} (signer "
+            f"{signer if self.signer else 'none'}): no state of the rotation from {old} to {new} that "
+            f"{NEXT_SECRET} records; someone changed the CA in between",
+            fix=f"put {CA_SECRET} back as the rotation left it, or, if the old CA is gone for good, delete "
+            f"{NAMESPACE}/{NEXT_SECRET} and rotate again",
+        )
+
+    def _recently_rotated(self, now: dt.datetime | None) -> bool:
+        if len(self.certs) != 1 or self.annotations.get(ROTATED_TO) != fingerprint(self.certs[0]):
+            return False
+        try:
+            at = dt.datetime.fromisoformat(self.annotations.get(ROTATED_AT, ""))
+        except ValueError:
+            return False
+        return (now or dt.datetime.now(dt.UTC)) - at < FRESH_FOR
+
+
+def read_ca_state(read_secret: Callable[[str], dict[str, Any] | None], cluster: str) -> CaState:
+    """X's CA state from ``read_secret(name)`` (kube-system Secrets); no ``cilium-ca`` is refused."""
+    ca = read_secret(CA_SECRET)
+    data = (ca or {}).get("data") or {}
+    if ca is None or not data.get("ca.crt") or not data.get("ca.key"):
+        raise ClusterStateError(
+            cluster,
+            f"Secret {NAMESPACE}/{CA_SECRET} is missing or has no ca.crt and ca.key",
+            fix="run the setup first: certgen makes the CA when the mesh is enabled",
+        )
+    meta = ca.get("metadata") or {}
+    state = CaState(
+        cluster=cluster,
+        certs=tuple(split_pem(unb64(data["ca.crt"]))),
+        key_pem=unb64(data["ca.key"]),
+        resource_version=meta.get("resourceVersion"),
+        annotations=dict(meta.get("annotations") or {}),
+    )
+    nxt = ((read_secret(NEXT_SECRET) or {}).get("data")) or {}
+    if nxt.get("ca.crt") and nxt.get("ca.key") and nxt.get("previous.crt"):
+        pending = NewCa(unb64(nxt["ca.crt"]), unb64(nxt["ca.key"]))
+        return CaState(**{**state.__dict__, "next_ca": pending, "previous": unb64(nxt["previous.crt"])})
+    return state
+
+
+# ------------------------------------------------------------------------------------ peers' entries
+
+
+def entry_for(values: Mapping[str, Any], target: str) -> dict[str, Any] | None:
+    return next((e for e in peer_entries(values) if str(e.get("name")) == target), None)
+
+
+def entry_is_current(entry: Mapping[str, Any], trust: Sequence[str], remote: Mapping[str, str]) -> bool:
+    """The peer's entry for X holds X's remote certificate and key as they are and trusts exactly ``trust``."""
+    tls = entry.get("tls") or {}
+    return (
+        str(tls.get("cert", "")).strip() == remote.get("tls.crt", "").strip()
+        and str(tls.get("key", "")).strip() == remote.get("tls.key", "").strip()
+        and fingerprints(split_pem(unb64(str(tls.get("caCert", ""))))) == fingerprints(trust)
+    )
+
+
+def rekeyed(values: Mapping[str, Any], target: str, trust: Sequence[str], remote: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``values`` whose entry for ``target`` carries ``remote``'s certificate and key and trusts
+    ``trust`` (list or map form kept, the entry's other keys untouched)."""
+    result = copy.deepcopy(dict(values))
+    _, clusters = value_at(result, CLUSTERS_PATH)
+    new_tls = {"cert": remote["tls.crt"], "key": remote["tls.key"], "caCert": b64(pem_bundle(trust))}
+    if isinstance(clusters, dict) and isinstance(clusters.get(target), dict):
+        entry = clusters[target]
+        entry["tls"] = {**(entry.get("tls") or {}), **new_tls}
+    elif isinstance(clusters, list):
+        for entry in clusters:
+            if isinstance(entry, dict) and str(entry.get("name")) == target:
+                entry["tls"] = {**(entry.get("tls") or {}), **new_tls}
+    return result
+
+
+def rekey_peer(
+    client: ClusterClient,
+    spec: MeshSpec,
+    peer: str,
+    target: str,
+    trust: Sequence[str],
+    remote: Mapping[str, str],
+    wrote: Wrote,
+) -> bool:
+    """Write ``peer``'s managed entry for ``target`` (see :func:`rekeyed`) unless current; True when written.
+
+    The write carries the resourceVersion read (a 409 means read again) and waits until KKP applied it.
+    """
+    step = f"Re-key {target} in {peer}"
+    for _attempt in range(MAX_CONFLICT_RETRIES + 1):
+        ai = client.get_application_installation()
+        values, values_field = read_values(ai)
+        entry = entry_for(values, target)
+        if entry is None or target not in managed_peers(ai, values):
+            return False
+        if entry_is_current(entry, trust, remote):
+            wait_applied(client, spec, peer)  # written by a run that stopped before KKP had applied it
+            return False
+        raise_if_stopping(f"{step} (mesh values)")
+        try:
+            client.replace_application_installation(
+                installation_with_values(ai, rekeyed(values, target, trust, remote), values_field)
+            )
+        except ConflictError:
+            continue
+        note_written(f"{peer}: {step}")
+        wrote(f"{peer}: entry for {target} trusts {', '.join(fingerprints(trust))}")
+        wait_applied(client, spec, peer)
+        return True
+    raise ConflictError(peer, "replace", f"{NAMESPACE}/applicationinstallations/cilium", "changed under every write")
+
+
+# ------------------------------------------------------------------------------------ the phases
+
+
+@dataclass
+class Rotation:
+    """What rotating cluster X's CA needs: X's client, the peers to re-key, the re-issue, the write hook."""
+
+    client: ClusterClient
+    spec: MeshSpec
+    cluster: str
+    peers: list[str]  # members holding a managed entry for X
+    peer_client: PeerClient
+    reissue: Reissue
+    wrote: Wrote
+    writes: list[str] = field(default_factory=list)
+
+    def note(self, what: str) -> None:
+        self.writes.append(what)
+        self.wrote(what)
+
+    def state(self) -> CaState:
+        return read_ca_state(lambda name: self.client.get_secret(NAMESPACE, name), self.cluster)
+
+
+def rotate_cluster(rotation: Rotation, now: dt.datetime | None = None) -> tuple[Phase, str | None]:
+    """Rotate X's CA from wherever the last run left it; (the phase found, the new CA's fingerprint or None)."""
+    state = rotation.state()
+    found = state.phase(now)
+    if found == "done":
+        return found, None
+    if found == "start":
+        state = _store_next(rotation, state)
+    assert state.next_ca is not None and state.previous is not None
+    new, old = state.next_ca, state.previous
+    first = {"start": 0, "stored": 0, "trust-both": 0, "switched": 1, "drop-old": 2}[found]
+    if first <= 0:  # 1. trust both: still signed by the old CA, whose key cilium-ca holds
+        _ensure_ca(rotation, (old, new.cert_pem), state.key_pem)
+        _ensure_leaves(rotation)
+        _ensure_peers(rotation, (old, new.cert_pem))
+    if first <= 1:  # 2. switch: signed by the new CA, both still trusted
+        _ensure_ca(rotation, (new.cert_pem, old), new.key_pem)
+        _ensure_leaves(rotation)
+        _ensure_peers(rotation, (old, new.cert_pem))
+    marker = {ROTATED_TO: fingerprint(new.cert_pem), ROTATED_AT: (now or dt.datetime.now(dt.UTC)).isoformat()}
+    _ensure_ca(rotation, (new.cert_pem,), new.key_pem, marker)  # 3. drop old
+    _ensure_leaves(rotation)
+    _ensure_peers(rotation, (new.cert_pem,))
+    if rotation.client.delete_secret(NAMESPACE, NEXT_SECRET):
+        note_written(f"{rotation.cluster}: delete {NEXT_SECRET}")
+        rotation.note(f"{rotation.cluster}: {NEXT_SECRET} deleted")
+    return found, fingerprint(new.cert_pem)
+
+
+def _store_next(rotation: Rotation, state: CaState) -> CaState:
+    signer = state.signer
+    if signer is None or len(state.certs) != 1:
+        raise ClusterStateError(
+            rotation.cluster,
+            f"Secret {NAMESPACE}/{CA_SECRET} holds {len(state.certs)} certificate(s) and "
+            f"{'none matches' if signer is None else 'one matches'} its key, with no {NEXT_SECRET}",
+            fix=f"a rotation starts from one CA and its key: put {CA_SECRET} back to that form (or restore "
+            f"{NEXT_SECRET} from a backup), then run again",
+        )
+    new = generate_ca()
+    raise_if_stopping(f"{rotation.cluster}: store the new CA")
+    data = {"ca.crt": b64(new.cert_pem), "ca.key": b64(new.key_pem), "previous.crt": b64(signer)}
+    try:
+        rotation.client.write_secret(NAMESPACE, NEXT_SECRET, data, resource_version=None)
+    except AlreadyExistsError:
+        return rotation.state()  # a run in between stored one: that one is used
+    note_written(f"{rotation.cluster}: store {NEXT_SECRET}")
+    rotation.note(f"{rotation.cluster}: new CA {fingerprint(new.cert_pem)} stored in {NEXT_SECRET}")
+    return rotation.state()
+
+
+def _ensure_ca(rotation: Rotation, certs: Sequence[str], key_pem: str, marker: Mapping[str, str] | None = None) -> None:
+    """``cilium-ca`` = {ca.crt: ``certs`` in this order, ca.key: ``key_pem``}, written only if it differs."""
+    for _attempt in range(MAX_CONFLICT_RETRIES + 1):
+        state = rotation.state()
+        same_key = state.key_pem.strip() == key_pem.strip()
+        if fingerprints(state.certs) == fingerprints(certs) and same_key:
+            return
+        raise_if_stopping(f"{rotation.cluster}: write {CA_SECRET}")
+        data = {"ca.crt": b64(pem_bundle(certs)), "ca.key": b64(key_pem)}
+        try:
+            rotation.client.write_secret(
+                NAMESPACE, CA_SECRET, data, resource_version=state.resource_version, annotations=marker
+            )
+        except ConflictError:
+            continue
+        note_written(f"{rotation.cluster}: write {CA_SECRET}")
+        rotation.note(f"{rotation.cluster}: {CA_SECRET} = {', '.join(fingerprints(certs))}")
+        return
+    raise ConflictError(rotation.cluster, "replace", f"{NAMESPACE}/secrets/{CA_SECRET}", "changed under every write")
+
+
+def leaf_problems(read_secret: Callable[[str], dict[str, Any] | None], state: CaState) -> list[str]:
+    """Why X's leaf Secrets do not match ``cilium-ca`` yet (ca.crt the whole bundle, signed by its signer)."""
+    signer = state.signer
+    want = fingerprints(state.certs)
+    problems = []
+    for name in LEAF_SECRETS:
+        secret = read_secret(name)
+        if secret is None:
+            if name != LEAF_SECRETS[-1]:
+                problems.append(f"{name}: missing")
+            continue
+        data = secret.get("data") or {}
+        if fingerprints(split_pem(unb64(data.get("ca.crt")))) != want:
+            problems.append(f"{name}: ca.crt is not {CA_SECRET}'s ca.crt")
+        elif signer is None or not issued_by(load_cert(data.get("tls.crt", ""), source=name), load_cert(signer)):
+            problems.append(f"{name}: tls.crt not signed by {fingerprint(signer or '')}")
+    return problems
+
+
+def _ensure_leaves(rotation: Rotation) -> None:
+    """Re-issue X's leaves unless they already match ``cilium-ca``; wait until they do."""
+    client, spec = rotation.client, rotation.spec
+    state = rotation.state()
+
+    def read(name: str) -> dict[str, Any] | None:
+        return client.get_secret(NAMESPACE, name)
+
+    if not leaf_problems(read, state):
+        return
+    raise_if_stopping(f"{rotation.cluster}: re-issue the clustermesh certificates")
+    rotation.reissue(client)
+    note_written(f"{rotation.cluster}: re-issue the clustermesh certificates")
+    rotation.note(f"{rotation.cluster}: certgen asked to re-issue by {fingerprint(state.signer or '')}")
+    client.wait_for(
+        lambda: leaf_problems(read, state),
+        lambda problems: not problems,
+        timeout=spec.timeouts.certificates,
+        expected=f"leaf certificates signed by {fingerprint(state.signer or '')}, ca.crt = {CA_SECRET}'s",
+        check="the certgen Job in kube-system (kubectl -n kube-system get jobs,pods -l "
+        "k8s-app=clustermesh-apiserver-generate-certs) and its log",
+        poll_interval=spec.timeouts.poll_interval,
+        describe=lambda problems: "; ".join(problems) or "ready",
+    )
+
+
+def _ensure_peers(rotation: Rotation, trust: Sequence[str]) -> None:
+    """Every peer's managed entry for X = X's current remote certificate, trusting ``trust``."""
+    remote = ((rotation.client.get_secret(NAMESPACE, REMOTE_CERT) or {}).get("data")) or {}
+    if not remote.get("tls.crt") or not remote.get("tls.key"):
+        raise ClusterStateError(
+            rotation.cluster,
+            f"Secret {NAMESPACE}/{REMOTE_CERT} has no tls.crt/tls.key",
+            fix="check the certgen Job in kube-system, then run again",
+        )
+    for peer in rotation.peers:
+        with rotation.peer_client(peer) as client:
+            rekey_peer(client, rotation.spec, peer, rotation.cluster, trust, remote, rotation.note)

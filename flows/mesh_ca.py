@@ -1,0 +1,191 @@
+"""``mesh_rotate_ca``: replace a cluster's CA (or every member's, one at a time) with trust overlap.
+
+The phases are in ``clustermesh.steps.ca_rotation``: every peer first trusts the old and the new CA, then the
+cluster's certificates are re-issued by the new one and handed out, then the old CA is dropped. Each phase is
+read back from the cluster (``cilium-ca`` and ``clustermesh-ca-next``), so a rerun after a crash or a stop goes
+on from there, and a rerun of a finished rotation writes nothing. Supported: per-peer CA mode with certgen's
+``cronJob`` method; ``helm``, ``certmanager`` and a shared CA are refused before any write, with the reason
+and the fix. Then the mesh gets the nightly's read-only checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.flow_runs import pause_flow_run
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+from pydantic import BaseModel, ConfigDict
+
+from clustermesh.checks import Finding, Verdict, overall
+from clustermesh.errors import ClusterStateError, StopRequested
+from clustermesh.notify import Summary
+from clustermesh.spec import MeshSpec
+from clustermesh.steps.ca_plan import RotationPlan, rotation_targets
+from flows.locking import mesh_lock
+from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
+from tasks import ca_steps, verify_steps
+from tasks.ca_steps import ClusterRotation
+from tasks.common import cluster_sessions
+from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.results import owner_only_files
+
+quiet_reported_ends()
+
+
+class CaRotationResult(BaseModel):
+    """What the rotation did per cluster and what the verification found; fingerprints only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    mesh: str
+    clusters: list[ClusterRotation]
+    status: Verdict
+    findings: list[Finding]
+
+    @property
+    def wrote_anything(self) -> bool:
+        return any(c.writes for c in self.clusters)
+
+    def describe(self) -> str:
+        lines = [f"mesh {self.mesh}: CA rotation of {', '.join(c.cluster for c in self.clusters) or 'no cluster'}"]
+        if not self.wrote_anything:
+            lines.append("nothing written")
+        lines.extend(f"  {c.describe()}" for c in self.clusters)
+        lines.append(f"verification of the mesh: {self.status}")
+        lines.extend(f"  {f.level}: {f.subject}: {f.reason}" for f in self.findings if f.level != "ok")
+        return "\n".join(lines)
+
+
+class _WriteCount:
+    """Counts the rotation's writes; with a limit, stops the run right after the limit-th (a drill/test aid)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def __call__(self, what: str) -> None:
+        self.count += 1
+        get_run_logger().info("Write %d: %s", self.count, what)
+        if self.limit is not None and self.count >= self.limit:
+            raise StopRequested("the next write", f"stop_after_writes={self.limit} reached after: {what}")
+
+
+@flow(
+    name="mesh-rotate-ca",
+    validate_parameters=True,
+    on_failure=[alert_on_failure],
+    on_crashed=[alert_on_failure],
+)
+def mesh_rotate_ca(
+    spec: MeshSpec, cluster: str | None = None, require_approval: bool = False, stop_after_writes: int | None = None
+) -> CaRotationResult:
+    """Rotate the CA of ``cluster`` (every member when None, one at a time) with trust overlap.
+
+    Args:
+        spec: The mesh.
+        cluster: The cluster whose CA is replaced; empty: every member's, one after the other.
+        require_approval: Show the plan as an artifact and pause for approval before the first write.
+        stop_after_writes: Drill/test aid: stop the run right after this many writes (as a crash would), to
+            prove that a rerun converges. Leave empty.
+    """
+    rotation_targets(spec, cluster)  # an unknown name fails before the lock, nothing read
+    with mesh_lock(spec), owner_only_files(), cluster_sessions(spec):
+        return _rotate(spec, cluster, require_approval, _WriteCount(stop_after_writes))
+
+
+def _rotate(spec: MeshSpec, cluster: str | None, require_approval: bool, count: _WriteCount) -> CaRotationResult:
+    logger = get_run_logger()
+    plan = ca_steps.plan_rotation(spec, cluster)
+    artifact_id = create_markdown_artifact(
+        key=_key(f"{spec.name}-rotate-ca-{cluster or 'all'}-plan"),
+        markdown=plan.render_markdown(),
+        description="The CA rotation: phases and peers, certificates as fingerprints",
+    )
+    logger.info(plan.render_text())
+    _refuse(plan)
+    if require_approval and plan.changing and not _approved(spec, plan, artifact_id):
+        return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
+    done = []
+    for name in [c.cluster for c in plan.clusters]:
+        rotate = ca_steps.rotate_cluster.with_options(task_run_name=f"Rotate the CA of {name}")
+        done.append(rotate(spec, name, count))
+        logger.info(done[-1].describe())
+    status, findings = _verify(spec)
+    result = CaRotationResult(mesh=spec.name, clusters=done, status=status, findings=findings)
+    logger.info(result.describe())
+    _post_summary(spec, result)
+    return result
+
+
+def _refuse(plan: RotationPlan) -> None:
+    """A refused or unreadable target stops the run before any write."""
+    for refused in plan.refused:
+        raise ClusterStateError(
+            refused.cluster,
+            f"its CA cannot be rotated here: {refused.refusal}; nothing was written",
+            fix="see the reason above; the other clusters can be rotated with --cluster",
+        )
+    targets = {c.cluster for c in plan.clusters}
+    for name, why in plan.unreadable.items():
+        raise ClusterStateError(
+            name,
+            f"its installation could not be read ({why}); nothing was written",
+            fix="every member must be reachable: its peers' entries change"
+            + (" and its own CA is rotated" if name in targets else ""),
+        )
+
+
+def _verify(spec: MeshSpec) -> tuple[Verdict, list[Finding]]:
+    """The nightly's read-only checks (no drill)."""
+    facts, findings = verify_steps.check_reachability_and_versions(spec)
+    if facts:
+        findings += verify_steps.check_drift(spec, facts)
+        _, health = verify_steps.check_mesh_health(spec, findings)
+        findings += health
+    return overall(findings), findings
+
+
+def _approved(spec: MeshSpec, plan: RotationPlan, artifact_id: Any) -> bool:
+    logger = get_run_logger()
+    logger.info("Plan ready: CA rotation of %s; waiting for approval", ", ".join(plan.changing))
+    text = (
+        f"**Rotate the CA of `{'`, `'.join(plan.changing)}` in mesh `{spec.name}`:** plan artifact {artifact_id}."
+        "\n\nSubmit with Approve on to write; off cancels the run, nothing written."
+    )
+    answer = pause_flow_run(
+        wait_for_input=SetupApproval.with_initial_data(description=text),
+        timeout=APPROVAL_TIMEOUT_SECONDS,
+        poll_interval=2,
+    )
+    if not answer.approve:
+        logger.warning("CA rotation not approved%s: nothing written", f" ({answer.comment})" if answer.comment else "")
+    return bool(answer.approve)
+
+
+def _post_summary(spec: MeshSpec, result: CaRotationResult) -> None:
+    slack = RunSlack.for_run(spec)
+    if not slack.configured:
+        return
+    notes = [
+        Finding(level="ok", subject=c.cluster, reason=c.describe().splitlines()[0].split(": ", 1)[-1])
+        for c in result.clusters
+    ]
+    summary = Summary(
+        title=f"Cluster Mesh {spec.name}: CA rotated",
+        status=result.status,
+        mesh=spec.name,
+        clusters=len(spec.clusters),
+        run_url=run_url(spec, flow_run.get_id()),
+        findings=notes + result.findings,
+    )
+    slack.post_summary(summary)
+
+
+def _key(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
+
+
+__all__ = ["CaRotationResult", "mesh_rotate_ca"]
