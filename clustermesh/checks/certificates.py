@@ -39,6 +39,7 @@ __all__ = [
     "CertificateStatus",
     "certificate_report",
     "check_certificates",
+    "cluster_now",
     "nearest_expiry_days",
 ]
 
@@ -108,12 +109,12 @@ def certificate_report(
 ) -> CertificateReport:
     """Per cluster: the CA and the clustermesh-apiserver leaf certificates, judged by cryptography.
 
-    Readable, valid now, far enough from expiry, issued by both the CA in their own ``ca.crt`` and the
+    Judged at ``now``, else at each cluster's own clock (:func:`cluster_now`). Readable, valid then, far
+    enough from expiry, issued by both the CA in their own ``ca.crt`` and the
     cluster's CA (by signature), and matching their key. One finding per problem; one ok per sound cert.
     Fewer than ``thresholds.fail_days`` whole days left fails, fewer than ``warn_days`` warns (default:
     the spec's defaults, 7 and 30).
     """
-    now = now or datetime.now(UTC)
     limits = thresholds or CertificateSettings()
     findings: list[Finding] = []
     statuses: list[CertificateStatus] = []
@@ -122,16 +123,28 @@ def certificate_report(
         if client is None:
             continue
         try:
-            _certs_of(name, client, profile_for(found.cilium_version), limits, now, findings, statuses)
+            at = now or cluster_now(client)
+            _certs_of(name, client, profile_for(found.cilium_version), limits, at, findings, statuses)
         except ClusterMeshError as exc:
             reason, fix = error_parts(exc)
             findings.append(fail(name, reason, fix))
     return CertificateReport(findings=findings, certificates=statuses)
 
 
+def cluster_now(client: VerifyClient) -> datetime:
+    """The cluster's clock (``ClusterClient.server_time``: its API's ``Date``); local UTC now for a client
+    without one."""
+    server_time = getattr(client, "server_time", None)
+    if callable(server_time):
+        found = server_time()
+        if isinstance(found, datetime):
+            return found
+    return datetime.now(UTC)
+
+
 _REISSUE = (
-    "have certgen issue it again: delete the Secret (certgen — its CronJob, or KKP's next Helm upgrade "
-    "with tls.auto.method helm — recreates it), then run the setup again so peers get the new certificate"
+    "re-issue it and hand it to the peers: `clustermesh certs renew --config <mesh.yaml> --cluster <this cluster>` "
+    "(certgen's Job, or a new KKP render with tls.auto.method helm)"
 )
 _ROTATE_CA = (
     "rotate the CA: delete {secret} so certgen issues a new CA and new leaf certificates, then run the "

@@ -8,12 +8,14 @@ remote certificate or its replaced CA shows up as the stale copy it is.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
 
 from clustermesh.certs import issued_by, key_matches, load_private_key
+from clustermesh.checks.certificates import cluster_now
 from clustermesh.checks.common import (
     RERUN_SETUP,
     SERVER_CERT,
@@ -32,6 +34,7 @@ from clustermesh.checks.findings import Finding, fail, ok, warn
 from clustermesh.cilium.profiles import CaMode, CiliumProfile, parse_cilium_version, profile_for
 from clustermesh.errors import CertificateError, ClusterMeshError
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.cert_copies import copy_problem, trusted_cas
 from clustermesh.steps.membership import unlisted_managed_peers, unlisted_peer_problem
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step2_4_6_mesh_values import install_state
@@ -68,12 +71,15 @@ class _PeerNow:
     remote_ca: x509.Certificate | None = None
     server_cert: x509.Certificate | None = None
     problem: str | None = None
+    trusted: list[x509.Certificate] = field(default_factory=list)  # the CAs its clustermesh-apiserver trusts
+    clock: datetime | None = None  # the cluster's own time (its API's Date)
+    warn_days: int = 30  # the spec's certificates.warn_days: a copy nearer to expiry is not current
 
 
-def _read_peer(name: str, client: VerifyClient | None) -> _PeerNow:
+def _read_peer(name: str, client: VerifyClient | None, warn_days: int = 30) -> _PeerNow:
     if client is None:
         return _PeerNow(name, problem="no client for this cluster")
-    now = _PeerNow(name)
+    now = _PeerNow(name, warn_days=warn_days)
     try:
         svc = client.get_service(NAMESPACE, SERVICE)
         nodes = client.list_nodes()
@@ -86,6 +92,11 @@ def _read_peer(name: str, client: VerifyClient | None) -> _PeerNow:
     now.remote_cert, _ = try_cert(remote.get("tls.crt"), f"{REMOTE_CERT} tls.crt")
     now.remote_ca, _ = try_cert(remote.get("ca.crt"), f"{REMOTE_CERT} ca.crt")
     now.server_cert, _ = try_cert(server.get("tls.crt"), f"{SERVER_CERT} tls.crt")
+    now.trusted = trusted_cas(server.get("ca.crt"))
+    try:
+        now.clock = cluster_now(client)
+    except ClusterMeshError:
+        now.clock = None
     return now
 
 
@@ -104,7 +115,7 @@ def check_drift(
 
     def peer(name: str) -> _PeerNow:
         if name not in peers:
-            peers[name] = _read_peer(name, clients.get(name))
+            peers[name] = _read_peer(name, clients.get(name), spec.certificates.warn_days)
         return peers[name]
 
     shared_ca: tuple[x509.Certificate | None, str] | None = None
@@ -498,14 +509,26 @@ def _remote_cert_findings(
             )
         )
     elif not same_cert(cert, now.remote_cert):
-        found.append(
-            fail(
-                subject,
-                f"stale remote certificate: {label} carries {fingerprint(cert)}, {now.name} now has "
-                f"{fingerprint(now.remote_cert)} ({now.name} re-issued its certificate)",
-                f"run the setup again to copy {now.name}'s current remote certificate",
+        # an earlier certificate of the peer is fine while it is current (trusted, far from expiry)
+        stale = copy_problem(tls, now.trusted, now=now.clock or datetime.now(UTC), warn_days=now.warn_days)
+        if stale is None:
+            found.append(
+                ok(
+                    subject,
+                    f"{label} carries {fingerprint(cert)}, an earlier remote certificate of {now.name} (now "
+                    f"{fingerprint(now.remote_cert)}) that is still current: kept",
+                )
             )
-        )
+        else:
+            found.append(
+                fail(
+                    subject,
+                    f"stale remote certificate: {label} carries {fingerprint(cert)}, {now.name} now has "
+                    f"{fingerprint(now.remote_cert)}: {stale}",
+                    f"clustermesh certs renew --config <mesh.yaml> --cluster {now.name} (hands {now.name}'s "
+                    "current certificate to its peers)",
+                )
+            )
     problem = key_problem(cert, tls.get("key"), f"{label}: tls.key", "tls.cert")
     if problem is not None:
         found.append(fail(subject, problem, RERUN_SETUP))

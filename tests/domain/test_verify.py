@@ -419,14 +419,38 @@ def test_a_missing_peer_is_a_failure_that_says_run_the_setup_again(mesh: Mesh) -
     assert "run the setup again" in failure.fix
 
 
-def test_a_re_issued_peer_certificate_leaves_a_stale_copy(mesh: Mesh) -> None:
-    mesh["cluster-2"].reissue(REMOTE)
+def test_a_re_issued_peer_certificate_leaves_a_copy_that_is_kept_while_it_is_current(mesh: Mesh) -> None:
+    mesh["cluster-2"].reissue(REMOTE)  # same CA, years left: the copy cluster-1 holds still works
     findings = mesh.drift()
-    [failure] = problems(findings)
-    assert (failure.level, failure.subject) == ("failure", "cluster-1 → cluster-2")
-    assert failure.reason.startswith("stale remote certificate")
-    assert "run the setup again" in failure.fix
+    assert problems(findings) == []
+    [kept] = [f for f in findings if f.subject == "cluster-1 → cluster-2"]
+    assert kept.level == "ok" and "still current: kept" in kept.reason, kept
     assert_no_key_material(findings, mesh)
+
+
+def test_a_copy_near_expiry_is_stale_and_the_fix_is_certs_renew(mesh: Mesh) -> None:
+    peer = mesh["cluster-2"]
+    peer.reissue(REMOTE)
+    short = issue(peer.ca, REMOTE, start=datetime.now(UTC) - timedelta(days=1), days=6)  # 5 days left
+    values = mesh["cluster-1"].values()
+    [entry] = [e for e in values["clustermesh"]["config"]["clusters"] if e["name"] == "cluster-2"]
+    entry["tls"]["cert"], entry["tls"]["key"] = short.cert_b64, short.key_b64
+    mesh["cluster-1"].set_values(values)
+    [failure] = problems(mesh.drift())
+    assert (failure.level, failure.subject) == ("failure", "cluster-1 → cluster-2")
+    assert failure.reason.startswith("stale remote certificate") and "under warn_days 30" in failure.reason
+    assert "clustermesh certs renew --config <mesh.yaml> --cluster cluster-2" in failure.fix
+
+
+def test_a_copy_from_another_ca_is_stale(mesh: Mesh) -> None:
+    other = issue(make_ca(), REMOTE)
+    mesh["cluster-2"].reissue(REMOTE)
+    values = mesh["cluster-1"].values()
+    [entry] = [e for e in values["clustermesh"]["config"]["clusters"] if e["name"] == "cluster-2"]
+    entry["tls"]["cert"], entry["tls"]["key"] = other.cert_b64, other.key_b64
+    mesh["cluster-1"].set_values(values)
+    [failure] = problems(mesh.drift())
+    assert "not issued by a CA the cluster trusts now" in failure.reason
 
 
 def test_a_rotated_peer_ca_fails_the_entry_cert_and_ca_cert(mesh: Mesh) -> None:
@@ -631,7 +655,7 @@ def test_an_expired_certificate_is_a_failure_saying_how_long_ago(mesh: Mesh) -> 
     [failure] = problems(report.findings)
     assert (failure.level, failure.subject) == ("failure", "cluster-1 clustermesh-apiserver-remote-cert")
     assert failure.reason == "tls.crt expired 3 days ago (2025-05-29)"
-    assert "run the setup again" in failure.fix
+    assert "clustermesh certs renew" in failure.fix
     assert nearest_expiry_days(report) == -3
     assert report.nearest is not None and report.nearest.secret == REMOTE
 
