@@ -39,6 +39,7 @@ __all__ = [
     "CaMode",
     "CiliumProfile",
     "CiliumVersion",
+    "MCS_API_CONFIG_KEY",
     "HealthLayout",
     "OldCaKeyEffect",
     "TlsMethod",
@@ -57,6 +58,10 @@ LEGACY_CA_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "ca")
 TOP_LEVEL_CA_PATH: tuple[str, ...] = ("tls", "ca")
 SERVER_EXTRA_NAMES_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "server")
 AUTO_SERVER_EXTRA_NAMES_PATH: tuple[str, ...] = ("clustermesh", "apiserver", "tls", "auto", "server")
+MCS_API_SUPPORT_PATH: tuple[str, ...] = ("clustermesh", "enableMCSAPISupport")
+MCS_API_ENABLED_PATH: tuple[str, ...] = ("clustermesh", "mcsapi", "enabled")
+MCS_API_CONFIG_KEY = "clustermesh-enable-mcs-api"
+"""cilium-config's key for MCS-API on every line that has it ("true"/"false")."""
 
 # Keys the 1.20 chart no longer reads; its schema lets unknown keys through, so they are silently ignored
 # (``server``/``admin``/``remote`` certs with ``tls.auto.enabled: false`` are a render error instead).
@@ -163,6 +168,14 @@ class CiliumProfile:
     """Lifetime of the clustermesh-apiserver certificates ``tls.auto`` makes (1095; 365 from 1.20)."""
     server_extra_names_path: tuple[str, ...]
     """Where the server certificate's ``extraDnsNames``/``extraIpAddresses`` go (``tls.auto.server`` from 1.20)."""
+    mcs_api_values_path: tuple[str, ...] | None
+    """The key that turns the Multi-Cluster Services API on (cilium-config ``clustermesh-enable-mcs-api``, the
+    clustermesh-apiserver's ``--clustermesh-enable-mcs-api``, the operator's MCS controllers): ``enableMCSAPISupport``
+    on 1.17–1.18, ``mcsapi.enabled`` from 1.19 (the old key deprecated there, gone in 1.20). None: no MCS-API
+    (1.16's chart has the old key, but the clustermesh-apiserver gets no flag: partial, not supported here)."""
+    mcs_api_coredns_auto: bool
+    """The chart can configure CoreDNS for ``clusterset.local`` (``clustermesh.mcsapi.corednsAutoConfigure``,
+    1.19+, CoreDNS 1.12.2+); before, CoreDNS's ``multicluster`` plugin is configured by hand."""
     unverified: tuple[str, ...] = ()
     """Facts above taken from the previous line rather than a source."""
 
@@ -240,6 +253,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=None,
+        mcs_api_coredns_auto=False,
     ),
     # Per-peer ``caCert``, top-level ``tls.ca``, ``cilium-ca`` first, certgen a Helm hook, new annotations.
     CiliumProfile(
@@ -272,6 +287,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=None,
+        mcs_api_coredns_auto=False,
     ),
     # ``cilium-dbg``, only ``cilium-ca``, old CA key ignored then rejected from 1.15.8, 511 clusters.
     CiliumProfile(
@@ -304,6 +321,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=None,
+        mcs_api_coredns_auto=False,
     ),
     # Old CA key rejected from 1.16.2, "remote clusters ready", name rule enforced, KVStoreMesh on.
     CiliumProfile(
@@ -336,8 +355,10 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=None,
+        mcs_api_coredns_auto=False,
     ),
-    # Old CA key rejected on every patch, health table layout, ``/TCP`` on service-list addresses.
+    # Old CA key rejected on every patch, health table layout, ``/TCP`` on service-list addresses, MCS-API.
     CiliumProfile(
         line="1.17",
         agent_cli="cilium-dbg",
@@ -368,6 +389,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=MCS_API_SUPPORT_PATH,
+        mcs_api_coredns_auto=False,
     ),
     # ``affinity: none`` drops remote backends, ``(preferred)`` on every backend, probe interval shown.
     CiliumProfile(
@@ -400,9 +423,11 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=MCS_API_SUPPORT_PATH,
+        mcs_api_coredns_auto=False,
     ),
     # certgen no longer a Helm hook (cronJob safe again); clusters map, per-entry certs deprecated, authMode
-    # migration, cacheTTL, policyDefaultLocalCluster true; agent output assumed as 1.18.
+    # migration, cacheTTL, policyDefaultLocalCluster true, MCS-API under ``mcsapi.*``; agent output assumed as 1.18.
     CiliumProfile(
         line="1.19",
         agent_cli="cilium-dbg",
@@ -433,6 +458,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=(),
         cert_validity_days=1095,
         server_extra_names_path=SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=MCS_API_ENABLED_PATH,
+        mcs_api_coredns_auto=True,
         unverified=("health layout", "status header", "none-affinity bug"),
     ),
     # Global namespaces, 365-day certificates, server/admin/remote cert keys and enableSecrets removed,
@@ -467,6 +494,8 @@ _ROWS: tuple[CiliumProfile, ...] = (
         removed_value_paths=REMOVED_IN_1_20,
         cert_validity_days=365,
         server_extra_names_path=AUTO_SERVER_EXTRA_NAMES_PATH,
+        mcs_api_values_path=MCS_API_ENABLED_PATH,
+        mcs_api_coredns_auto=True,
         unverified=("health layout", "status header", "none-affinity bug", "service list ID column"),
     ),
 )

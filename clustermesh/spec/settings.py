@@ -162,6 +162,15 @@ class CiliumSettings(SpecModel):
             description="clustermesh.maxConnectedClusters; 511 needs Cilium 1.15+, fixed after install.",
         ),
     ] = 255
+    mcs_api: Annotated[
+        bool,
+        Field(
+            title="Multi-Cluster Services API",
+            description="Enable MCS-API (ServiceExport/ServiceImport, <svc>.<ns>.svc.clusterset.local) on every "
+            "cluster: clustermesh.enableMCSAPISupport on 1.17–1.18, clustermesh.mcsapi.enabled from 1.19; "
+            "needs Cilium 1.17+, and CoreDNS 1.12.2+ with its multicluster plugin for the names.",
+        ),
+    ] = False
     chart: Annotated[
         ChartSettings,
         Field(
@@ -207,6 +216,15 @@ class CiliumSettings(SpecModel):
                     f"Cilium {line} has no clusters[].tls.caCert, so peers must share one CA",
                     "use ca_mode auto or shared",
                     self.ca_mode,
+                )
+            )
+        if self.mcs_api and profile.mcs_api_values_path is None:
+            found.append(
+                (
+                    f"{prefix}.mcs_api",
+                    f"Cilium {line} has no Multi-Cluster Services API (1.17+)",
+                    "upgrade every cluster to Cilium 1.17 or later first, or set mcs_api: false",
+                    self.mcs_api,
                 )
             )
         if not profile.supports_max_connected_clusters(self.max_connected_clusters):

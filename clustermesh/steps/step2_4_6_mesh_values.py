@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from clustermesh.cilium.mcs import mcs_api_values
 from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube import ClusterClient
@@ -33,6 +34,7 @@ from clustermesh.values import (
     CaMaterial,
     PeerEntry,
     ValuesChange,
+    deep_merge,
     dump_values,
     legacy_paths_to_remove,
     plan_change,
@@ -59,6 +61,7 @@ def plan_mesh_values(
     profile = facts.profile
     current, _field = read_values(ai)
     overlay = render_mesh_values(profile, cluster, spec, shared_ca=shared_ca, peers=peers)
+    overlay = deep_merge(overlay, mcs_api_values(profile, enabled=spec.cilium.mcs_api, cluster=cluster.name))
     remove = legacy_paths_to_remove(profile, current, parse_cilium_version(facts.cilium_version).patch)
     return plan_change(current, overlay, remove=remove)
 
