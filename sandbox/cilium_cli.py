@@ -37,6 +37,7 @@ from sandbox.agentcli.cobra import _Command, _execute, _Flag
 from sandbox.agentcli.go import _NS_S, Result, TabWriter, Version, _rfc3339, go_duration
 from sandbox.agentcli.health import _format_health_legacy, _format_health_table, _health_json, _HealthView, _local_node
 from sandbox.agentcli.services import _format_service_list, _service_json
+from sandbox.agentcli.troubleshoot import troubleshoot_clustermesh
 from sandbox.cilium_model import (
     AgentSnapshot,
     PeerStatus,
@@ -471,7 +472,28 @@ def _agent_cli(version: Version) -> _Command:
         run=_agent_status,
     )
     version_cmd = _Command("version", "Print version information", run=_show_version)
-    return root.add(service, status_cmd, version_cmd)
+    root.add(service, status_cmd, version_cmd)
+    if version >= (1, 14):  # cilium#32336; patches before the backport answer "unknown command" themselves
+        root.add(_troubleshoot_cmd(name, version))
+    return root
+
+
+def _troubleshoot_cmd(binary: str, version: Version) -> _Command:
+    etcd = _ETCD_VERSION.get(version[1], "3.5.17")
+    return _Command("troubleshoot", "Run troubleshooting utilities to check control-plane connectivity").add(
+        _Command(
+            "clustermesh",
+            "Troubleshoot connectivity towards remote clusters",
+            flags=(
+                _Flag("clustermesh-config", "Path to the ClusterMesh configuration directory", takes_value=True),
+                _Flag("timeout", "Timeout when checking connectivity to a given cluster", takes_value=True),
+                _Flag("without-service-resolution", "Disable k8s service to IP resolution through the k8s client"),
+            ),
+            run=lambda snap, ver, opts, args: troubleshoot_clustermesh(
+                snap, ver, opts, args, binary=binary, etcd_version=etcd
+            ),
+        )
+    )
 
 
 def _not_found(executable: str) -> Result:

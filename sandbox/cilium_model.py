@@ -96,6 +96,38 @@ class PeerStatus:
 
 
 @dataclass(frozen=True)
+class CertInfo:
+    """One certificate as ``troubleshoot clustermesh`` prints it (never its PEM)."""
+
+    serial: str  # hex, as Go's ``big.Int.Text(16)``
+    subject: str  # RFC 4514, as Go's ``pkix.Name.String()``
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class MeshConfigCheck:
+    """What ``troubleshoot clustermesh`` finds for one remote cluster configuration, stage by stage.
+
+    The first stage with an error ends the checks, as the agent's etcd client does (the datapath's verdict).
+    """
+
+    name: str
+    config_error: str | None = None  # the configuration or a file it names cannot be loaded
+    endpoint: str | None = None  # None: no endpoints configured
+    endpoint_error: str | None = None
+    resolved_ip: str | None = None  # None: an IP endpoint, or the name did not resolve
+    dns_error: str | None = None
+    tcp_error: str | None = None
+    tls_error: str | None = None  # the client refusing the server (unknown authority, expired, name)
+    client_auth_error: str | None = None  # the server refusing the client ("remote error: tls: …")
+    root_cas: tuple[CertInfo, ...] = ()
+    client_certs: tuple[CertInfo, ...] = ()
+    client_verifies: bool = True  # the client certificate is issued by one of the root CAs
+
+
+@dataclass(frozen=True)
 class AgentSnapshot:
     """Everything an agent's CLI can print, for one agent pod."""
 
@@ -109,3 +141,4 @@ class AgentSnapshot:
     peers: list[PeerStatus]
     global_services: int = 0
     kube_proxy_replacement: str = "True"
+    mesh_checks: list[MeshConfigCheck] = field(default_factory=list)  # troubleshoot clustermesh

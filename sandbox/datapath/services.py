@@ -12,6 +12,7 @@ from sandbox.cilium_model import (
     AgentSnapshot,
     Backend,
     HealthReport,
+    MeshConfigCheck,
     PeerStatus,
     ServiceEntry,
 )
@@ -376,6 +377,12 @@ class _LazySnapshot(AgentSnapshot):
     @functools.cached_property
     def global_services(self) -> int:  # type: ignore[override]
         return _global_count(self._src)
+
+    @functools.cached_property
+    def mesh_checks(self) -> list[MeshConfigCheck]:  # type: ignore[override]
+        from sandbox.datapath.troubleshoot import mesh_checks  # only ``troubleshoot clustermesh`` reads it
+
+        return mesh_checks(self._mesh, self._src)
 
     def resolved(self) -> AgentSnapshot:
         """A plain ``AgentSnapshot`` with every part computed."""
