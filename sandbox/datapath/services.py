@@ -333,6 +333,7 @@ def peer_statuses(
 def _peers(mesh: _Mesh, src: _Facts, node: str) -> list[PeerStatus]:
     if not src.agent_ready.get(node, False):
         return []
+    stale_peers(mesh, src)  # the agents notice a lost or returned peer here too (remote_cache's record)
     return [_peer_status(mesh, src, node, src.peers[name]) for name in sorted(src.peers)]
 
 

@@ -232,3 +232,74 @@ def test_an_unknown_scenario_in_the_spec_is_refused_naming_it_and_the_choices(ba
     assert "drill.scenarios" in text and repr(bad) in text
     assert "scale-to-zero" in text and "cluster-loss" in text
     assert from_data({"clusters": clusters}).drill.scenarios == ["scale-to-zero"]  # the nightly's default
+
+
+def listed_backends(k: Kube, service: str) -> set[str]:
+    """Backend IPs every agent of the cluster lists (``cilium-dbg service list -o json``) for ``service``'s
+    ClusterIP: the ones all agents agree on."""
+    ip = k.core.read_namespaced_service(service, "clustermesh-drill").spec.cluster_ip
+    seen: list[set[str]] = []
+    for pod in k.agent_pods():
+        entries = json.loads(k.exec(pod, ["cilium-dbg", "service", "list", "-o", "json"]))
+        ips = {
+            b["ip"]
+            for e in entries
+            if e["spec"]["frontend-address"]["ip"] == ip
+            for b in e["spec"].get("backend-addresses") or []
+            if b.get("state") == "active"
+        }
+        seen.append(ips)
+    return set.intersection(*seen) if seen else set()
+
+
+def backend_ips(k: Kube) -> set[str]:
+    pods = k.core.list_namespaced_pod("clustermesh-drill", label_selector="app=clustermesh-drill-backend").items
+    return {p.status.pod_ip for p in pods if p.status.pod_ip}
+
+
+def test_the_spec_can_ask_for_both_scenarios_and_the_sandbox_fault_switch_also_loses_a_member(
+    sandbox_factory: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
+) -> None:
+    """drill.scenarios [scale-to-zero, cluster-loss]: a run without a scenario (the nightly's way) runs both,
+    one artifact each; then TCP 2379 blocked between the members loses cluster-1 as scaling did."""
+    sb, k = loss_mesh(sandbox_factory, kubes)
+    spec = with_loss_seconds(sb, 1)
+    spec = spec.model_copy(
+        update={"drill": spec.drill.model_copy(update={"scenarios": ["scale-to-zero", "cluster-loss"]})}
+    )
+
+    state = failover_drill(spec, cluster="cluster-1", return_state=True)
+
+    result = state.result()
+    assert isinstance(result, DrillResult) and result.status == "passed", result.reason
+    names = [p.name for p in result.phases]
+    assert "failover" in names and "cluster-loss" in names and "reconnect" in names
+    assert result.summary().startswith("failover drill passed") and "| cluster-loss drill passed" in result.summary()
+    markdown = artifact(state.state_details.flow_run_id, "sandbox-cluster-loss")
+    assert "## Losing cluster-1's mesh control plane" in markdown and "| cluster-2 | 0 s | 2 | yes |" in markdown
+
+    # the fault switch: the agents of cluster-2 can no longer reach cluster-1's apiserver (nor it theirs)
+    lost = backend_ips(k["cluster-1"])
+    assert lost and lost <= listed_backends(k["cluster-2"], "clustermesh-drill-mesh")
+    sb.fault("block-port", a="cluster-1", b="cluster-2", port="tcp/2379")
+    wait_until("cluster-2 reports cluster-1 not connected", lambda: peers_ready(k["cluster-2"]) == {"cluster-1": False})
+    assert lost <= listed_backends(k["cluster-2"], "clustermesh-drill-mesh")  # kept: no cacheTTL
+    sb.fault("unblock-port", a="cluster-1", b="cluster-2", port="tcp/2379")
+    wait_until("cluster-2 reconnected", lambda: peers_ready(k["cluster-2"]) == {"cluster-1": True}, WAIT)
+    assert [e.what for e in sb.world.remote_cache_events() if e.cluster == "cluster-2"][-2:] == ["lost", "resynced"]
+
+
+def artifact(flow_run_id: Any, key: str) -> str:
+    """The markdown artifact ``key`` of one flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as prefect:
+        found = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+            )
+        )
+    assert len(found) == 1, found
+    assert found[0].type == "markdown"
+    return str(found[0].data)
