@@ -37,6 +37,7 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     from flows.failover_drill import failover_drill
     from flows.mesh_ca import mesh_rotate_ca
     from flows.mesh_remove import mesh_remove_cluster
+    from flows.mesh_renew import mesh_renew_certificates
     from flows.mesh_setup import cluster_mesh_setup
     from flows.mesh_upgrade import mesh_upgrade_prepare
     from flows.mesh_verify import nightly_mesh_verification
@@ -57,7 +58,9 @@ def build_deployments(timezone: str | None = None, variable: str | None = None) 
     remove = mesh_remove_cluster.to_deployment(name="mesh-remove-cluster", tags=[TAG, "mesh-remove-cluster"])
     upgrade = mesh_upgrade_prepare.to_deployment(name="mesh-upgrade-prepare", tags=[TAG, "mesh-upgrade-prepare"])
     rotate_ca = mesh_rotate_ca.to_deployment(name="mesh-rotate-ca", tags=[TAG, "mesh-rotate-ca"])
-    return [setup, nightly, drill, create, remove, upgrade, rotate_ca]
+    # form: cluster (optional), require_approval; max_writes is a test/drill aid, left empty
+    renew = mesh_renew_certificates.to_deployment(name="mesh-renew-certificates", tags=[TAG, "mesh-renew-certificates"])
+    return [setup, nightly, drill, create, remove, upgrade, rotate_ca, renew]
 
 
 def main() -> None:
