@@ -21,6 +21,15 @@ re-issued, and by then every peer already holds an N-signed client certificate (
 O right after. Phase 3 writes each peer once (caCert N and the newest certificate together) instead of
 twice (caCert first, certificate after): both orders are safe, this one reloads each peer once less.
 
+What this assumes of the issuer: the signer is the certificate of ``cilium-ca`` that matches ca.key and every
+leaf Secret's ca.crt is cilium-ca's ca.crt verbatim. The chart's ``helm`` method renders exactly that
+(``buildCustomCert`` keeps the whole ca.crt; tests/domain/test_ca_rotation.py renders it), and the sandbox's
+certgen does. cilium/certgen itself does not: v0.3.1+ (Cilium 1.16.19+, 1.19, 1.20) reads ca.crt as a *chain*
+(signs with the first, writes only the last into the leaves' ca.crt, appends the rest to tls.crt), v0.2.x fails
+on more than one certificate ("the PEM file should contain only one object"). Against a real certgen the leaves
+never match and the wait after the first re-issue fails, naming it (with v0.3.1+ only after X's apiserver came
+to trust the new CA alone); overlap there needs ``tls.caBundle`` (the chart's trust bundle) or a cross-signed CA.
+
 A cluster whose ``cilium-ca`` this pipeline rotated less than ``FRESH_FOR`` ago (annotation on the Secret)
 is not rotated again: a rerun of a finished rotation writes nothing. Pure logic over
 :class:`ClusterClient`; the re-issue itself (a certgen Job) is passed in.
