@@ -17,7 +17,9 @@ from sandbox.store import Obj, ResourceType
 
 APPINSTALL_GROUP = "apps.kubermatic.k8c.io"
 CILIUM_GROUP = "cilium.io"
-CUSTOM_GROUPS = {APPINSTALL_GROUP, CILIUM_GROUP}
+MCS_GROUP = "multicluster.x-k8s.io"  # ServiceExport/ServiceImport (sandbox/controllers/mcs.py)
+CUSTOM_GROUPS = {APPINSTALL_GROUP, CILIUM_GROUP, MCS_GROUP}
+_MCS_KINDS = ("ServiceExport", "ServiceImport")
 
 
 def builtin_types() -> list[ResourceType]:
@@ -131,6 +133,7 @@ def builtin_types() -> list[ResourceType]:
             subresources=("status",),
             categories=("cilium", "ciliumpolicy"),
         ),
+        *(ResourceType(MCS_GROUP, "v1alpha1", f"{k.lower()}s", k, singular=k.lower()) for k in _MCS_KINDS),
     ]
 
 

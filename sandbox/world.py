@@ -56,6 +56,7 @@ from sandbox.controllers.clock import _Clock
 from sandbox.controllers.faults import Faults
 from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
+from sandbox.controllers.mcs import McsApi
 from sandbox.controllers.services import Services
 from sandbox.controllers.upgrades import Upgrades
 from sandbox.controllers.workloads import Workloads
@@ -69,7 +70,9 @@ log = logging.getLogger(__name__)
 __all__ = ["AI_KEY", "CILIUM_PATCH", "NS", "SimCluster", "World", "concrete_version", "deep_merge"]
 
 
-class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, Upgrades):
+class World(
+    Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, McsApi, Upgrades
+):
     """All simulated clusters and their controllers; the fault methods are what tests and the runner call."""
 
     def __init__(
@@ -204,6 +207,7 @@ class World(Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs,
         self._reconcile_agents(c)
         self._reconcile_workloads(c)
         self._reconcile_endpoints(c)
+        self._reconcile_mcs(c)
         self._check_install(c)
 
     def _delete(self, c: SimCluster, key: str, obj: Obj) -> None:

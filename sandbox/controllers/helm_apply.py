@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sandbox.chart import Rendered
 from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
+from sandbox.controllers.mcs import mcs_config
 from sandbox.datapath.remote_cache import CACHE_TTL_KEY
 from sandbox.store import Obj
 from sandbox.versions import DEFAULT_GLOBAL_NAMESPACE_KEY, parse_lenient
@@ -77,6 +78,7 @@ class HelmApply:
             data[DEFAULT_GLOBAL_NAMESPACE_KEY] = "false" if default_global is False else "true"
         if parse_lenient(r.version) >= CACHE_TTL_SINCE:  # the 1.19+ chart renders it always (default "0s")
             data[CACHE_TTL_KEY] = str((r.values.get("clustermesh") or {}).get("cacheTTL") or "0s")
+        data.update(mcs_config(parse_lenient(r.version), r.values))  # clustermesh-enable-mcs-api (1.16+)
         return data
 
     def _apply_apiserver(self, c: SimCluster, r: Rendered, aliases: list[Obj]) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
+from sandbox.controllers.mcs import CLUSTERSET_SUFFIX, clusterset_address
 from sandbox.datapath.facts import _Facts
 from sandbox.datapath.links import _Mesh
 from sandbox.datapath.services import _frontends, _LazySnapshot, _selects
@@ -365,6 +366,8 @@ def _resolve(ctx: _ExecContext, host: str) -> str | None:
     except ValueError:
         pass
     name = host.lower().rstrip(".")
+    if name.endswith(CLUSTERSET_SUFFIX):  # MCS-API: the ServiceImport's address (CoreDNS's multicluster plugin)
+        return clusterset_address(ctx.mesh.states[ctx.src.name].store, name)
     for suffix in (".svc.cluster.local", ".svc"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
