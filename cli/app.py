@@ -366,7 +366,8 @@ def drill_command(
         str,
         typer.Option(
             help="scale-to-zero: backends scaled to 0 one cluster at a time; cluster-loss: one member's "
-            "clustermesh-apiserver scaled to 0, the others watched."
+            "clustermesh-apiserver scaled to 0, the others watched; mcs: the failover through an MCS-API "
+            "exported service (cilium.mcs_api)."
         ),
     ] = "scale-to-zero",
     cluster: Annotated[str | None, typer.Option(help="Disrupt only this cluster (default: each in turn).")] = None,
@@ -374,8 +375,8 @@ def drill_command(
     """The failover drill alone: exit 0 only when it passed."""
     _warm()
     spec = _load(config)
-    if scenario not in ("scale-to-zero", "cluster-loss"):
-        typer.echo(f"--scenario {scenario!r} is not a drill scenario: use scale-to-zero or cluster-loss", err=True)
+    if scenario not in ("scale-to-zero", "cluster-loss", "mcs"):
+        typer.echo(f"--scenario {scenario!r} is not a drill scenario: use scale-to-zero, cluster-loss or mcs", err=True)
         raise typer.Exit(2)
     if cluster is not None and cluster not in [c.name for c in spec.clusters]:
         names = ", ".join(c.name for c in spec.clusters)
@@ -393,7 +394,9 @@ def _run_drill(spec: MeshSpec, scenario: str = "scale-to-zero", cluster: str | N
     _prefect_api()
     from flows.failover_drill import failover_drill
 
-    chosen: Literal["scale-to-zero", "cluster-loss"] = "cluster-loss" if scenario == "cluster-loss" else "scale-to-zero"
+    chosen: Literal["scale-to-zero", "cluster-loss", "mcs"] = (
+        "mcs" if scenario == "mcs" else "cluster-loss" if scenario == "cluster-loss" else "scale-to-zero"
+    )
     result = failover_drill(spec, scenario=chosen, cluster=cluster)
     typer.echo(result.summary())
     for row in result.table_rows():

@@ -64,12 +64,15 @@ def failover_drill(
             (the deployment's way: ``clustermesh blocks register`` writes it).
         facts: What the nightly already read of the clusters (empty: read them first).
         spec_variable: The Prefect Variable holding the spec when ``spec`` is empty.
-        scenario: ``scale-to-zero`` (the guide's failover) or ``cluster-loss`` (a member's clustermesh-apiserver
-            scaled to 0, the others watched). Empty: the spec's ``drill.scenarios`` in order (the nightly's way).
+        scenario: ``scale-to-zero`` (the guide's failover), ``cluster-loss`` (a member's clustermesh-apiserver
+            scaled to 0, the others watched) or ``mcs`` (the failover through an MCS-API exported service). Empty:
+            the spec's ``drill.scenarios`` in order (the nightly's way), and ``mcs`` where ``cilium.mcs_api`` is true.
         cluster: Only this cluster is disrupted (empty: every cluster, one at a time).
     """
     mesh = resolve_spec(spec, spec_variable)
     scenarios: list[Scenario] = [scenario] if scenario is not None else list(mesh.drill.scenarios)  # type: ignore[arg-type]
+    if scenario is None and mesh.cilium.mcs_api and "mcs" not in scenarios:
+        scenarios.append("mcs")  # a mesh with MCS-API on is also drilled through an exported service
     targets = None if cluster is None else [cluster]
     with mesh_lock(mesh) if _started_on_its_own() else nullcontext(), cluster_sessions(mesh):
         return _drill(mesh, facts, scenarios, targets)
@@ -99,7 +102,9 @@ def _drill(
 
 def _report(spec: MeshSpec, result: DrillResult) -> None:
     """The table artifact of every drill; for a cluster-loss drill also the markdown of what a user should expect."""
-    key = f"{spec.name}-failover-drill" if result.scenario == "scale-to-zero" else f"{spec.name}-cluster-loss-drill"
+    key = f"{spec.name}-" + {"scale-to-zero": "failover-drill", "cluster-loss": "cluster-loss-drill"}.get(
+        result.scenario, "mcs-drill"
+    )
     create_table_artifact(
         key=key,
         table=result.table_rows() or [{"phase": "-", "status": result.status, "detail": result.reason}],

@@ -101,13 +101,13 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
         reissued.append(task(spec, name, by_name[name].method))
         writes.spent(f"re-issuing the certificates of {name}")
     changes: list[StepChange] = []
-    if plan.changing:
-        for holder in [c.name for c in spec.clusters if c.name in facts]:
-            task_ = renew_steps.hand_out.with_options(task_run_name=f"Hand out certificates to {holder}")
-            change = task_(spec, holder, facts)
-            changes.append(change)
-            if change.written:
-                writes.spent(f"handing out the certificates to {holder}")
+    for holder in plan.holders:  # one values write per holder: the due peers' and the stale copies
+        replace = sorted({c.of for c in plan.copies if c.holder == holder})
+        task_ = renew_steps.hand_out.with_options(task_run_name=f"Hand out certificates to {holder}")
+        change = task_(spec, holder, facts, replace)
+        changes.append(change)
+        if change.written:
+            writes.spent(f"handing out the certificates to {holder}")
     status, findings = _verify(spec)
     result = RenewResult(
         mesh=spec.name,

@@ -42,8 +42,9 @@ def reissue_cluster(spec: MeshSpec, cluster: str, method: str) -> str:
 
 
 @task(name="Hand out the peers' certificates", **COMMON, **UNPERSISTED)
-def hand_out(spec: MeshSpec, holder: str, facts: dict[str, ClusterFacts]) -> StepChange:
-    """``holder``'s values with every peer's current certificate (endpoints read now, after the re-issues)."""
+def hand_out(spec: MeshSpec, holder: str, facts: dict[str, ClusterFacts], replace: list[str]) -> StepChange:
+    """``holder``'s values with the newest certificate of every peer in ``replace`` (endpoints read now, after
+    the re-issues); its other copies are kept while current."""
     with cluster_clients(spec) as clients:
         endpoints = renew.collect_endpoints(spec, facts, lambda name: clients[name])
-        return renew.hand_out(clients[holder], spec, facts[holder], endpoints)
+        return renew.hand_out(clients[holder], spec, facts[holder], endpoints, replace)

@@ -8,13 +8,16 @@ from pydantic import BaseModel, ConfigDict
 
 from clustermesh.drill.agents import BackendView
 
-PhaseName = Literal["recover", "workloads", "baseline", "failover", "restore", "rollback", "cluster-loss", "reconnect"]
+PhaseName = Literal[
+    "recover", "workloads", "baseline", "failover", "restore", "rollback", "cluster-loss", "reconnect", "mcs-export"
+]
 PhaseStatus = Literal["passed", "failed", "skipped"]
 DrillStatus = Literal["passed", "failed", "not run"]
-Scenario = Literal["scale-to-zero", "cluster-loss"]
-SCENARIOS: tuple[Scenario, ...] = ("scale-to-zero", "cluster-loss")
+Scenario = Literal["scale-to-zero", "cluster-loss", "mcs"]
+SCENARIOS: tuple[Scenario, ...] = ("scale-to-zero", "cluster-loss", "mcs")
 """``scale-to-zero``: the guide's failover, backends scaled to 0 one cluster at a time (the default);
-``cluster-loss``: one member's clustermesh-apiserver scaled to 0, the others watched."""
+``cluster-loss``: one member's clustermesh-apiserver scaled to 0, the others watched; ``mcs``: the failover through
+an exported service (MCS-API ServiceExport/ServiceImport, ``clusterset.local``; :mod:`clustermesh.drill.mcs`)."""
 
 
 class DrillPhase(BaseModel):
@@ -188,7 +191,9 @@ class DrillResult(BaseModel):
 
     @property
     def title(self) -> str:
-        return "failover drill" if self.scenario == "scale-to-zero" else "cluster-loss drill"
+        return {"scale-to-zero": "failover drill", "cluster-loss": "cluster-loss drill"}.get(
+            self.scenario, "MCS-API drill"
+        )
 
     def summary(self) -> str:
         if self.status == "not run":
@@ -199,7 +204,7 @@ class DrillResult(BaseModel):
             text = f"{self.title} passed: " + "; ".join(loss.expectation() for loss in self.losses)
         else:
             times = ", ".join(f"{c} in {s:.2f}s" for c, s in self.failover_seconds.items())
-            text = f"failover drill passed: failed over {times}; {self.failed_probes}/{self.probes} probes failed"
+            text = f"{self.title} passed: failed over {times}; {self.failed_probes}/{self.probes} probes failed"
         if self.recovered:
             text += f" (first restored {len(self.recovered)} deployment(s) left by an earlier drill)"
         if self.left_alone:

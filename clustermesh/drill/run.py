@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from clustermesh.drill.client import DrillClient
 from clustermesh.drill.cluster_loss import ClusterLossRun
+from clustermesh.drill.mcs import run_mcs
 from clustermesh.drill.phases import Drill
 from clustermesh.drill.results import DrillPhase, DrillResult, DrillStatus, Scenario
 from clustermesh.spec import MeshSpec
@@ -94,6 +95,8 @@ class _Run:
             return "not run", f"steady state does not hold, nothing disrupted: {self.phases[-1].detail}"
         if self.scenario == "cluster-loss":
             return self._lose_each(targets)
+        if self.scenario == "mcs":
+            return run_mcs(self, targets)
         return self._fail_over_each(targets)
 
     def _lose_each(self, targets: Sequence[str]) -> tuple[DrillStatus, str]:

@@ -417,7 +417,7 @@ class Timeouts(SpecModel):
         )
 
 
-DRILL_SCENARIOS = ("scale-to-zero", "cluster-loss")
+DRILL_SCENARIOS = ("scale-to-zero", "cluster-loss", "mcs")
 """The drill's scenarios (``clustermesh.drill.SCENARIOS`` names the same)."""
 
 
@@ -457,7 +457,8 @@ class DrillSettings(SpecModel):
         Field(
             title="Scenarios",
             description="What the nightly drills, in order: scale-to-zero (backends scaled to 0 one cluster at "
-            "a time) and/or cluster-loss (one member's clustermesh-apiserver scaled to 0).",
+            "a time), cluster-loss (one member's clustermesh-apiserver scaled to 0) and/or mcs (the failover "
+            "through an MCS-API exported service; added on its own where cilium.mcs_api is true).",
         ),
     ] = ["scale-to-zero"]
     loss_seconds: Annotated[

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from cryptography import x509
+from pydantic import SecretStr
 
 from clustermesh.certs import cert_info, issued_by, key_matches, load_cert, load_private_key
 from clustermesh.errors import CertificateError
+from clustermesh.values import PeerEntry, peer_entries
 
-__all__ = ["copy_problem", "trusted_cas"]
+__all__ = ["copy_problem", "keep_current_copies", "trusted_cas"]
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
@@ -76,3 +78,32 @@ def copy_problem(
     if info.days_left < warn_days:
         return f"tls.cert expires in {info.days_left} days (under warn_days {warn_days})"
     return None
+
+
+def keep_current_copies(
+    current_values: Mapping[str, Any],
+    peers: list[PeerEntry],
+    *,
+    replace: Collection[str] = (),
+    warn_days: int,
+    now: dt.datetime,
+) -> list[PeerEntry]:
+    """``peers`` with each current copy the values already hold put back in place of the peer's newest
+    certificate, so a write leaves it as it is (per-peer CA mode only: the copy is judged against the peer's
+    ``caCert``). Peers named in ``replace`` always get their newest certificate."""
+    held = {str(e.get("name")): e.get("tls") for e in peer_entries(current_values)}
+    kept: list[PeerEntry] = []
+    for peer in peers:
+        tls = held.get(peer.name)
+        if (
+            peer.name in replace
+            or peer.ca_cert is None
+            or not isinstance(tls, Mapping)
+            or not (tls.get("cert") and tls.get("key"))
+            or tls.get("cert") == peer.cert
+            or copy_problem(tls, trusted_cas(peer.ca_cert), now=now, warn_days=warn_days) is not None
+        ):
+            kept.append(peer)
+            continue
+        kept.append(peer.model_copy(update={"cert": str(tls["cert"]), "key": SecretStr(str(tls["key"]))}))
+    return kept

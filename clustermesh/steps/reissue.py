@@ -32,13 +32,15 @@ __all__ = [
     "CERTGEN",
     "LEAF_SECRETS",
     "RENEWED_ANNOTATION",
+    "SERVER_CERT",
     "leaf_fingerprints",
     "request_reissue",
     "wait_reissued",
 ]
 
 CERTGEN = "clustermesh-apiserver-generate-certs"
-LEAF_SECRETS = ("clustermesh-apiserver-server-cert", REMOTE_CERT, "clustermesh-apiserver-admin-cert")
+SERVER_CERT = "clustermesh-apiserver-server-cert"
+LEAF_SECRETS = (SERVER_CERT, REMOTE_CERT, "clustermesh-apiserver-admin-cert")
 RENEWED_ANNOTATION = "clustermesh.io/certificates-renewed"
 """Under ``clustermesh.apiserver.podAnnotations``: the time of the renewal that made KKP render again."""
 _CONTROLLER_LABELS = (

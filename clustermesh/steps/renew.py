@@ -23,8 +23,9 @@ from clustermesh.certs import cert_info, fingerprint, load_cert
 from clustermesh.errors import CertificateError, ClusterMeshError, PrerequisiteError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.cert_copies import copy_problem, trusted_cas
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
-from clustermesh.steps.reissue import LEAF_SECRETS
+from clustermesh.steps.reissue import LEAF_SECRETS, SERVER_CERT
 from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, collect_mesh_endpoint, uses_shared_ca
 from clustermesh.values import peer_entries, read_values, value_at
@@ -43,6 +44,8 @@ class ClusterRenewal:
     due: bool
     reason: str
     leaves: dict[str, str] = field(default_factory=dict)  # Secret → fingerprint now
+    trusted_ca: str = ""  # base64 ca.crt of its server certificate: the CAs its clustermesh-apiserver trusts
+    clock: dt.datetime | None = None  # the cluster's own time when read
 
     def describe(self) -> str:
         if not self.due:
@@ -58,9 +61,11 @@ class CopyRenewal:
     of: str
     old: str
     new: str
+    why: str = ""
 
     def describe(self) -> str:
-        return f"{self.holder}: its copy of {self.of}'s remote certificate {self.old} → {self.new}"
+        because = f" ({self.why})" if self.why else ""
+        return f"{self.holder}: its copy of {self.of}'s remote certificate {self.old} → {self.new}{because}"
 
 
 @dataclass(frozen=True)
@@ -142,27 +147,34 @@ def plan_cluster(
     reason = f"{which}, at the cluster's clock {now:%Y-%m-%d}; warning below {warn} days"
     if forced:
         reason = f"named with --cluster; {which}"
-    renewal = ClusterRenewal(facts.name, tls_method(ai, facts, spec), days, due, reason, prints)
+    server = (client.get_secret(NAMESPACE, SERVER_CERT) or {}).get("data") or {}
+    method = tls_method(ai, facts, spec)
+    renewal = ClusterRenewal(facts.name, method, days, due, reason, prints, str(server.get("ca.crt") or ""), now)
     return renewal, ai
 
 
 def plan_copies(
-    installations: Mapping[str, Mapping[str, Any]], remote_prints: Mapping[str, str], due: Collection[str]
+    installations: Mapping[str, Mapping[str, Any]], clusters: Mapping[str, ClusterRenewal], warn_days: int
 ) -> list[CopyRenewal]:
-    """Pure: every copy a holder keeps of a due cluster's remote certificate, or of one that differs from the
-    cluster's current certificate (the setup's step 6 would rewrite it as well)."""
+    """Pure: every copy a holder keeps of a due cluster's remote certificate, and every copy of another cluster
+    that is no longer current (``clustermesh.steps.cert_copies``, judged at that cluster's clock); a copy that
+    differs from its cluster's newest certificate but is still current is kept."""
     copies: list[CopyRenewal] = []
     for holder, ai in installations.items():
         values, _ = read_values(ai)
         for entry in peer_entries(values):
             name, tls = str(entry.get("name")), entry.get("tls") or {}
-            if name not in remote_prints or not isinstance(tls, dict) or not tls.get("cert"):
+            target = clusters.get(name)
+            if target is None or not isinstance(tls, dict) or not tls.get("cert"):
                 continue
-            old = fingerprint(str(tls["cert"]))
-            if name in due:
-                copies.append(CopyRenewal(holder, name, old, "the re-issued certificate"))
-            elif old != remote_prints[name]:
-                copies.append(CopyRenewal(holder, name, old, remote_prints[name]))
+            old, newest = fingerprint(str(tls["cert"])), target.leaves.get(REMOTE_CERT, "absent")
+            if target.due:
+                copies.append(CopyRenewal(holder, name, old, "the re-issued certificate", f"{name} is re-issued"))
+                continue
+            now = target.clock or dt.datetime.now(dt.UTC)
+            problem = copy_problem(tls, trusted_cas(target.trusted_ca), now=now, warn_days=warn_days)
+            if problem is not None:
+                copies.append(CopyRenewal(holder, name, old, newest, problem))
     return copies
 
 
@@ -198,14 +210,14 @@ def plan_renew(
             renewal = ClusterRenewal(name, renewal.method, renewal.days_left, False, "not named", renewal.leaves)
         clusters.append(renewal)
         installations[name] = ai
-    due = [c.cluster for c in clusters if c.due]
-    remote = {c.cluster: c.leaves.get(REMOTE_CERT, "absent") for c in clusters}
+    by_name = {c.cluster: c for c in clusters}
     notes = [
         f"{c.cluster}: method certmanager is refused: renew with cmctl"
         for c in clusters
         if c.due and c.method == "certmanager"
     ]
-    return RenewPlan(spec.name, clusters, plan_copies(installations, remote, due), unreadable, notes)
+    copies = plan_copies(installations, by_name, spec.certificates.warn_days)
+    return RenewPlan(spec.name, clusters, copies, unreadable, notes)
 
 
 def collect_endpoints(
@@ -226,12 +238,15 @@ def hand_out(
     spec: MeshSpec,
     facts: ClusterFacts,
     endpoints: Mapping[str, MeshEndpoint],
+    replace: Collection[str],
 ) -> StepChange:
-    """``holder``'s values with every peer's current endpoint and certificate: the setup's step 6 write."""
+    """The holder's values with the newest certificate of every peer in ``replace`` (the others' current copies
+    are kept): the setup's step 6 write."""
     cluster = next(c for c in spec.clusters if c.name == facts.name)
     shared = uses_shared_ca(spec, facts) and spec.first.name in endpoints
     shared_ca = endpoints[spec.first.name].shared_ca() if shared else None
     peers = [endpoints[o.name].peer_entry() for o in spec.clusters if o.name != cluster.name]
+    step = f"{RENEW_STEP} in {cluster.name}"
     return configure_mesh(
-        client, facts, cluster, spec, step=f"{RENEW_STEP} in {cluster.name}", peers=peers, shared_ca=shared_ca
+        client, facts, cluster, spec, step=step, peers=peers, shared_ca=shared_ca, replace_copies=replace
     )

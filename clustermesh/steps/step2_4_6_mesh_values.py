@@ -19,7 +19,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from clustermesh.cilium.mcs import mcs_api_values
@@ -27,6 +28,7 @@ from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import ClusterSpec, MeshSpec
+from clustermesh.steps.cert_copies import keep_current_copies
 from clustermesh.steps.membership import MANAGED_PEERS_ANNOTATION, managed_peers_after_write
 from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.stopping import note_written, raise_if_stopping
@@ -56,10 +58,20 @@ def plan_mesh_values(
     *,
     peers: list[PeerEntry],
     shared_ca: CaMaterial | None,
+    replace_copies: Collection[str] = (),
+    now: datetime | None = None,
 ) -> ValuesChange:
-    """What the values of ``cluster`` must become; pure, so ``--plan`` and the write share it."""
+    """What the values of ``cluster`` must become; pure, so ``--plan`` and the write share it.
+
+    A peer's copy the values hold that is still current (``clustermesh.steps.cert_copies``: trusted by the
+    peer's CA, more than ``certificates.warn_days`` left at ``now``) is kept rather than replaced by the peer's
+    newest certificate, unless the peer is in ``replace_copies`` (a renewal hands those out).
+    """
     profile = facts.profile
     current, _field = read_values(ai)
+    peers = keep_current_copies(
+        current, peers, replace=replace_copies, warn_days=spec.certificates.warn_days, now=now or datetime.now(UTC)
+    )
     overlay = render_mesh_values(profile, cluster, spec, shared_ca=shared_ca, peers=peers)
     overlay = deep_merge(overlay, mcs_api_values(profile, enabled=spec.cilium.mcs_api, cluster=cluster.name))
     remove = legacy_paths_to_remove(profile, current, parse_cilium_version(facts.cilium_version).patch)
@@ -77,18 +89,21 @@ def configure_mesh(
     shared_ca: CaMaterial | None = None,
     write: bool = True,
     check_values: Callable[[Mapping[str, Any]], None] | None = None,
+    replace_copies: Collection[str] = (),
 ) -> StepChange:
     """Bring ``cluster``'s mesh values to the desired state and wait for KKP; see the module docstring.
 
     ``check_values`` sees the exact values right before they are written (the chart check) and raises
-    to stop the write.
+    to stop the write. ``replace_copies``: peers whose copy is replaced even while current (a renewal).
     """
     conflicts = 0
     while True:
         ai = client.get_application_installation()
         retry = _failed_install_to_retry(cluster.name, ai)
         _, field = read_values(ai)
-        change = plan_mesh_values(ai, facts, cluster, spec, peers=peers, shared_ca=shared_ca)
+        change = plan_mesh_values(
+            ai, facts, cluster, spec, peers=peers, shared_ca=shared_ca, replace_copies=replace_copies
+        )
         if not write or not (change.changed or retry):
             written = False
             break

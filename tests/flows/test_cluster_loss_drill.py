@@ -220,7 +220,7 @@ def _drop_mesh_limit() -> None:
         prefect.delete_global_concurrency_limit_by_name("mesh-sandbox")
 
 
-@pytest.mark.parametrize("bad", ["mcs", "chaos"])
+@pytest.mark.parametrize("bad", ["chaos", "scale-up"])
 def test_an_unknown_scenario_in_the_spec_is_refused_naming_it_and_the_choices(bad: str) -> None:
     from clustermesh.errors import SpecError
     from clustermesh.spec import from_data
