@@ -23,6 +23,7 @@ from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from flows.locking import mesh_lock
 from flows.spec_source import SPEC_VARIABLE, alert_with_spec, resolve_spec
+from tasks import evidence
 from tasks.common import cluster_sessions
 from tasks.verify_steps import all_clients, check_reachability_and_versions
 
@@ -97,7 +98,10 @@ def _drill(
             results.append(result)
             if result.status == "failed":
                 break  # a mesh that failed one scenario is not disrupted by the next
-    return DrillResult.combine(results)
+    combined = DrillResult.combine(results)
+    if combined.status == "failed" and _started_on_its_own():  # the nightly collects its own evidence
+        evidence.on_failure(spec, "FAIL", [], drill=combined)
+    return combined
 
 
 def _report(spec: MeshSpec, result: DrillResult) -> None:

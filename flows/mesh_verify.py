@@ -45,7 +45,7 @@ from clustermesh.steps.step8_health import HealthMatrix, HealthProgress
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
 from flows.spec_source import SPEC_VARIABLE, alert_with_spec, resolve_spec
-from tasks import verify_steps
+from tasks import evidence, verify_steps
 from tasks.common import cluster_sessions
 from tasks.notify import RunSlack, quiet_reported_ends, run_url
 
@@ -229,6 +229,9 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
     status = overall(seen.findings)
     summary = _summary(spec, title, status, seen, link)
     delivered = _deliver(slack, parent, summary)
+    evidence.on_failure(
+        spec, status, seen.findings, seen.health, seen.drill, slack, parent if parent and parent.ok else delivered
+    )
     create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=render_markdown(summary), description=status)
     result = VerificationResult(
         mesh=spec.name,
