@@ -262,6 +262,12 @@ class RunSlack:
         ts = parent.ts
         return self._call("details", lambda n: n.post_findings(ts, summary, channel=parent.channel))
 
+    def post_lines(self, parent: PostResult, lines: list[str], what: str = "details") -> PostResult:
+        """Plain lines (escaped) as replies in the parent's thread."""
+        assert parent.ts is not None
+        ts = parent.ts
+        return self._call(what, lambda n: n.post_details(ts, lines, channel=parent.channel))
+
     def status(self, delivered: PostResult | None) -> str:
         """For ``VerificationResult.slack`` and the CLI: delivered, or why not and the fix."""
         if delivered is not None and delivered.ok:
