@@ -21,7 +21,7 @@ Addressing (cluster index ``i``, node ``k`` counted from 0):
 One module per controller, as kube-controller-manager is split (``sandbox/controllers/``): ``kkp``
 (KKP's application controller), ``helm_apply``, ``certgen``, ``agents`` (and kvstoremesh),
 ``workloads``, ``services``, ``faults``, ``clock``, ``upgrades`` (a new Cilium version, KKP's way),
-plus ``bootstrap`` (a fresh cluster) and ``base``
+``recreate`` (a cluster deleted and created again under its name), plus ``bootstrap`` (a fresh cluster) and ``base``
 (the shared cluster state). ``World`` only wires them: one reconcile per cluster, the timers, the
 listeners. The chart is rendered through a ``sandbox.render.Renderer``.
 """
@@ -57,6 +57,7 @@ from sandbox.controllers.faults import Faults
 from sandbox.controllers.helm_apply import HelmApply
 from sandbox.controllers.kkp import KkpApplications
 from sandbox.controllers.mcs import McsApi
+from sandbox.controllers.recreate import Recreate
 from sandbox.controllers.services import Services
 from sandbox.controllers.upgrades import Upgrades
 from sandbox.controllers.workloads import Workloads
@@ -71,7 +72,18 @@ __all__ = ["AI_KEY", "CILIUM_PATCH", "NS", "SimCluster", "World", "concrete_vers
 
 
 class World(
-    Faults, Bootstrap, KkpApplications, HelmApply, Certgen, CertgenJobs, Agents, Workloads, Services, McsApi, Upgrades
+    Faults,
+    Bootstrap,
+    KkpApplications,
+    HelmApply,
+    Certgen,
+    CertgenJobs,
+    Agents,
+    Workloads,
+    Services,
+    McsApi,
+    Upgrades,
+    Recreate,
 ):
     """All simulated clusters and their controllers; the fault methods are what tests and the runner call."""
 
