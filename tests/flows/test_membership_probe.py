@@ -21,6 +21,7 @@ from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import nightly_mesh_verification, verification_result
 from tests.flows.conftest import REMOTE_CERT, Kube, edited_spec, health_problems, mesh_spec
 from tests.flows.test_managed_peers import SLACK_ENV, without_cluster_3
+from tests.helpers import wait_until
 from tests.probe import SandboxProbe
 
 Kubes = Callable[[Any], dict[str, Kube]]
@@ -76,17 +77,21 @@ def assert_points_at(kube: Kube, peer: Kube, name: str) -> None:
     assert ca and decoded(ca).strip() == own_ca(peer).strip(), f"{name}'s CA in its peer's values is not its own"
 
 
-def test_join_and_leave_under_the_probe_touch_each_member_once_and_never_drop_the_stayers(
-    sandbox_factory: Callable[..., Any], kubes: Kubes
-) -> None:
-    sb = sandbox_factory(clusters=3, cilium_version="1.19", nodes=3)
-    k = kubes(sb)
-    two = edited_spec(sb, without_cluster_3, name="two.yaml")
-    first = cluster_mesh_setup(two)
-    assert first.health.healthy, first.health.render_text()
-    assert k["cluster-1"].peer_names() == ["cluster-2"]
+def assert_client_cert_of(kube: Kube, peer: Kube, name: str) -> None:
+    """``kube``'s entry for ``name`` carries ``peer``'s remote certificate (the client certificate its dialer
+    presents to ``peer``, issued by ``peer``'s CA)."""
+    cert = ((entry_for(kube, name).get("tls") or {}).get("cert")) or ""
+    assert cert and decoded(cert).strip() == own_remote_cert(peer).strip(), f"{name}'s client cert is not current"
 
-    # join: cluster-3 enters the spec; setup connects it while the probe watches cluster-1 and cluster-2
+
+def nightly_does_not_fail(sb: Any) -> None:
+    state = nightly_mesh_verification(mesh_spec(sb), run_drill=False, return_state=True)
+    verdict = verification_result(state)
+    assert verdict is not None and verdict.status != "FAIL", verdict.describe() if verdict else state
+
+
+def join_cluster_3(sb: Any, k: dict[str, Kube]) -> None:
+    """cluster-3 enters the spec of a running 2-cluster mesh; setup connects it under the probe."""
     before = generations(k)
     with SandboxProbe(sb, ALL) as probe:
         joined = cluster_mesh_setup(mesh_spec(sb))
@@ -94,17 +99,53 @@ def test_join_and_leave_under_the_probe_touch_each_member_once_and_never_drop_th
     assert probe.worst(STAYERS).samples == 0, probe.drops()
     after = generations(k)
     writes = {name: after[name] - before[name] for name in ALL}
-    assert writes["cluster-1"] == 1 and writes["cluster-2"] == 1, writes
-    assert writes["cluster-3"] == 2, writes  # step 4 (pointed at cluster-1), step 6 (every peer)
+    assert writes == {"cluster-1": 1, "cluster-2": 1, "cluster-3": 2}, writes  # cluster-3: step 4, then step 6
     assert joined.health.healthy, joined.health.render_text()
     for name in ALL:
         assert sorted(k[name].peer_names()) == [n for n in ALL if n != name]
-    assert_points_at(k["cluster-1"], k["cluster-3"], "cluster-3")
-    assert_points_at(k["cluster-2"], k["cluster-3"], "cluster-3")
+    for stayer in STAYERS:
+        assert_points_at(k[stayer], k["cluster-3"], "cluster-3")
+        assert_points_at(k["cluster-3"], k[stayer], stayer)
     assert health_problems(k) == []
-    state = nightly_mesh_verification(mesh_spec(sb), run_drill=False, return_state=True)
-    verdict = verification_result(state)
-    assert verdict is not None and verdict.status != "FAIL", verdict.describe() if verdict else state
+    nightly_does_not_fail(sb)
+
+
+def recreate_cluster_3(sb: Any, k: dict[str, Kube]) -> None:
+    """cluster-3 is deleted and created again under its name (new address, new CA); the next setup updates
+    the stayers, one write each, and their pair never drops."""
+    k3 = k["cluster-3"]
+    old = (lb_address(k3), own_ca(k3), own_remote_cert(k3))
+    sb._loop.call(sb.world.recreate_cluster, "cluster-3")
+    wait_until("cluster-3 back as new (KKP applied its defaults)", lambda: k3.applied() and k3.peer_names() == [])
+    assert k3.secret_data("cilium-ca") is None
+    before = generations(k)
+    with SandboxProbe(sb, STAYERS) as probe:
+        again = cluster_mesh_setup(mesh_spec(sb))
+    assert probe.worst(STAYERS).samples == 0, probe.drops()
+    after = generations(k)
+    assert [after[n] - before[n] for n in STAYERS] == [1, 1], (before, after)
+    assert again.health.healthy, again.health.render_text()
+    new = (lb_address(k3), own_ca(k3), own_remote_cert(k3))
+    assert [a != b for a, b in zip(old, new, strict=True)] == [True, True, True], "cluster-3 did not come back new"
+    for stayer in STAYERS:
+        assert_points_at(k[stayer], k3, "cluster-3")
+        assert_client_cert_of(k[stayer], k3, "cluster-3")
+        assert_points_at(k3, k[stayer], stayer)
+    assert health_problems(k) == []
+    nightly_does_not_fail(sb)
+
+
+def test_join_recreate_and_leave_under_the_probe_touch_each_member_once_and_never_drop_the_stayers(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    sb = sandbox_factory(clusters=3, cilium_version="1.19", nodes=3)
+    k = kubes(sb)
+    first = cluster_mesh_setup(edited_spec(sb, without_cluster_3, name="two.yaml"))
+    assert first.health.healthy, first.health.render_text()
+    assert k["cluster-1"].peer_names() == ["cluster-2"]
+
+    join_cluster_3(sb, k)
+    recreate_cluster_3(sb, k)
 
     # leave: cluster-3 goes again; the stayers' pair never drops
     with SandboxProbe(sb, STAYERS) as probe:
