@@ -152,3 +152,28 @@ def test_a_line_without_mcs_api_is_refused_naming_the_field_before_anything_is_w
     with pytest.raises(Exception, match=r"cilium\.mcs_api.*Cilium 1\.16 has no Multi-Cluster Services API"):
         state.result()
     assert {name: kube.ai()["metadata"]["generation"] for name, kube in k.items()} == before
+
+
+def test_the_mcs_drill_does_not_run_where_mcs_api_is_off_and_names_the_field(
+    sandbox_factory: Callable[..., Any], kubes: Callable[[Any], dict[str, Kube]]
+) -> None:
+    from clustermesh.drill import run_drill
+    from tests.helpers import build_mesh
+
+    sb = sandbox_factory(clusters=2, cilium_version="1.19")
+    spec, clients, facts = build_mesh(sb, 60)  # the guide's steps without cilium.mcs_api
+    try:
+        result = run_drill(clients, facts, spec, scenario="mcs")
+    finally:
+        for c in clients.values():
+            c.close()
+
+    assert result.status == "not run"
+    assert "MCS-API is off in cluster-1 (cilium-config clustermesh-enable-mcs-api: false)" in result.reason
+    assert "set cilium.mcs_api: true in the spec and run the setup" in result.reason
+    assert [p.name for p in result.phases] == ["recover", "workloads", "baseline", "rollback"]
+    for name, kube in kubes(sb).items():
+        exports = kube.custom.list_namespaced_custom_object(*MCS, "serviceexports")["items"]
+        assert exports == [], name  # nothing exported, nothing scaled
+        backend = k8s.AppsV1Api(kube.api).read_namespaced_deployment("clustermesh-drill-backend", NS)
+        assert (backend.spec.replicas, (backend.metadata.annotations or {}).get(RECORD)) == (2, None), name
