@@ -12,10 +12,13 @@ import datetime as dt
 import ssl
 import urllib.request
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
+from sandbox.process import SandboxError, send_calendar
 from sandbox.world import World
 from tests.sandbox.test_upgrades import healthy, links, mesh_world
 from tests.sandbox.test_world import issued_by, run, secret, wait_for
@@ -107,4 +110,8 @@ def test_the_api_date_header_follows_the_calendar(sandbox_factory: Any) -> None:
     answer = sb.advance_calendar(400)
     assert answer["offset_days"] == 400
     assert abs(server_date() - (real + dt.timedelta(days=400))) < dt.timedelta(hours=1)
-
+    # what `clustermesh sandbox calendar --dir D --advance-days 35` sends: the control route
+    assert send_calendar(Path(sb.directory), 35)["offset_days"] == 435
+    assert abs(server_date() - (real + dt.timedelta(days=435))) < dt.timedelta(hours=1)
+    with pytest.raises(SandboxError, match="negative"):
+        send_calendar(Path(sb.directory), -1)
