@@ -53,7 +53,11 @@ def plan_rotation(spec: MeshSpec, cluster: str | None) -> ca_plan.RotationPlan:
         with cluster_client(spec, name) as client:
             return client.get_secret(NAMESPACE, secret_name)
 
-    return ca_plan.plan_rotation(spec, cluster, read, secret)
+    def image(name: str) -> str | None:
+        with cluster_client(spec, name) as client:
+            return ca_rotation.certgen_image(client)
+
+    return ca_plan.plan_rotation(spec, cluster, read, secret, image)
 
 
 @task(name="Rotate the CA", **UNPERSISTED)

@@ -32,8 +32,40 @@ HELM_REFUSAL = (
 HELM_FIX = "switch the cluster to tls_method cronJob (Cilium 1.19+: certgen's CronJob reuses cilium-ca), then rotate"
 
 
-def cluster_refusal(spec: MeshSpec, cluster: str, ai: Mapping[str, Any]) -> str | None:
-    """Why X's CA cannot be rotated here (method or CA mode), with the fix; None when it can."""
+CHAIN_CERTGEN = (0, 3, 1)
+"""cilium/certgen from v0.3.1 (commit 12b16d49, "add support for CA certificate chains") reads cilium-ca's ca.crt
+as a chain: signs with the first certificate, writes only the last into each leaf's ca.crt."""
+
+
+def certgen_refusal(image: str | None) -> str | None:
+    """Why the certgen ``image`` would break the overlap (with the fix); None for the ones that keep a bundle."""
+    tag = (image or "").split("@", 1)[0].rsplit(":", 1)[-1] if image and ":" in image.split("@", 1)[0] else ""
+    try:
+        version = tuple(int(part) for part in tag.lstrip("v").split(".")[:3])
+    except ValueError:
+        version = ()
+    if len(version) != 3:
+        return (
+            f"the certgen image ({image or 'no certgen CronJob or Job found'}) does not tell its version, so it is not "
+            "known to keep a CA bundle in the leaves' ca.crt — fix: rotate with the chart's tls.caBundle by hand"
+        )
+    if version >= CHAIN_CERTGEN:
+        return (
+            f"certgen {tag} reads cilium-ca's ca.crt as a chain (cilium/certgen v0.3.1+): it signs with the first "
+            "certificate but writes only the last into every leaf's ca.crt, so the clustermesh-apiserver would "
+            "trust the new CA alone while every peer still holds a certificate of the old one (cut off) — fix: not "
+            "built yet; rotate by hand with the chart's tls.caBundle (a trust bundle the apiserver reads instead of "
+            "ca.crt) holding both CAs"
+        )
+    return None
+
+
+def cluster_refusal(
+    spec: MeshSpec, cluster: str, ai: Mapping[str, Any], certgen_image: str | None = None
+) -> str | None:
+    """Why X's CA cannot be rotated here (method, CA mode, certgen), with the fix; None when it can.
+
+    ``certgen_image`` is judged only under the cronJob method."""
     values, _ = read_values(ai)
     version = spec.cilium.version or str(((ai.get("spec") or {}).get("applicationRef") or {}).get("version") or "")
     resolved = spec.cilium.resolve(profile_for(version)) if version else None
@@ -53,7 +85,7 @@ def cluster_refusal(spec: MeshSpec, cluster: str, ai: Mapping[str, Any]) -> str 
         return "tls.auto.method certmanager: cert-manager's issuer is not modelled — fix: rotate its issuer's CA"
     if method != "cronJob":
         return f"tls.auto.method {method!r} is unknown — fix: use cronJob"
-    return None
+    return certgen_refusal(certgen_image)
 
 
 @dataclass(frozen=True)
@@ -161,11 +193,12 @@ def plan_cluster(
     target: str,
     installations: Mapping[str, Mapping[str, Any]],
     read_secret: Callable[[str], dict[str, Any] | None],
+    certgen_image: str | None,
     now: dt.datetime | None = None,
 ) -> ClusterRotationPlan:
     """Pure over what was read: X's refusal or its phase, the peers to re-key."""
     managed, by_hand = peers_of(target, installations)
-    refusal = cluster_refusal(spec, target, installations[target])
+    refusal = cluster_refusal(spec, target, installations[target], certgen_image)
     if refusal is not None:
         return ClusterRotationPlan(target, None, (), None, managed, by_hand, refusal)
     state = read_ca_state(read_secret, target)
@@ -178,8 +211,9 @@ def plan_rotation(
     cluster: str | None,
     read_installation: Callable[[str], dict[str, Any]],
     read_secret: Callable[[str, str], dict[str, Any] | None],
+    read_certgen_image: Callable[[str], str | None],
 ) -> RotationPlan:
-    """Read every member's installation and each target's CA Secrets; plan without writing anything."""
+    """Read every member's installation and each target's CA Secrets and certgen image; plan, writing nothing."""
     targets = rotation_targets(spec, cluster)
     installations: dict[str, dict[str, Any]] = {}
     unreadable: dict[str, str] = {}
@@ -193,7 +227,8 @@ def plan_rotation(
         if target not in installations:
             continue
         try:
-            plans.append(plan_cluster(spec, target, installations, _reader(read_secret, target)))
+            image = read_certgen_image(target)
+            plans.append(plan_cluster(spec, target, installations, _reader(read_secret, target), image))
         except ClusterMeshError as exc:
             plans.append(ClusterRotationPlan(target, None, (), None, [], [], str(exc).splitlines()[0][:300]))
     return RotationPlan(spec.name, plans, unreadable)

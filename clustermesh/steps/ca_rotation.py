@@ -448,7 +448,9 @@ def _ensure_leaves(rotation: Rotation) -> None:
         timeout=spec.timeouts.certificates,
         expected=f"leaf certificates signed by {fingerprint(state.signer or '')}, ca.crt = {CA_SECRET}'s",
         check="the certgen Job in kube-system (kubectl -n kube-system get jobs,pods -l "
-        "k8s-app=clustermesh-apiserver-generate-certs) and its log",
+        "k8s-app=clustermesh-apiserver-generate-certs) and its log: the rotation needs a certgen that copies "
+        f"{CA_SECRET}'s ca.crt bundle into every leaf (cilium/certgen before v0.3.1 refuses a bundle: 'the PEM file "
+        "should contain only one object')",
         poll_interval=spec.timeouts.poll_interval,
         describe=lambda problems: "; ".join(problems) or "ready",
     )
@@ -466,3 +468,24 @@ def _ensure_peers(rotation: Rotation, trust: Sequence[str]) -> None:
     for peer in rotation.peers:
         with rotation.peer_client(peer) as client:
             rekey_peer(client, rotation.spec, peer, rotation.cluster, trust, remote, rotation.note)
+
+
+CERTGEN = "clustermesh-apiserver-generate-certs"
+
+
+def certgen_image(client: ClusterClient) -> str | None:
+    """The certgen image the cluster runs (its CronJob's, else its newest certgen Job's); None when neither."""
+    cronjob = client.get_cronjob(NAMESPACE, CERTGEN)
+    if cronjob is not None:
+        template = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
+        return _first_image(template)
+    jobs = client.list_jobs(NAMESPACE, f"k8s-app={CERTGEN}")
+    if not jobs:
+        return None
+    newest = max(jobs, key=lambda j: str((j.get("metadata") or {}).get("creationTimestamp", "")))
+    return _first_image(newest.get("spec") or {})
+
+
+def _first_image(job_spec: Mapping[str, Any]) -> str | None:
+    containers = (((job_spec.get("template") or {}).get("spec") or {}).get("containers")) or []
+    return str(containers[0].get("image")) if containers and isinstance(containers[0], dict) else None

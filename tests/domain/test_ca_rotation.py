@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from clustermesh.certs import fingerprint
 from clustermesh.errors import ClusterStateError
-from clustermesh.steps.ca_plan import cluster_refusal, plan_rotation
+from clustermesh.steps.ca_plan import certgen_refusal, cluster_refusal, plan_rotation
 from clustermesh.steps.ca_rotation import (
     CA_SECRET,
     NEXT_SECRET,
@@ -143,10 +143,13 @@ def ai(version: str = "1.19.6", method: str | None = "cronJob", peers: dict[str,
     }
 
 
+SAFE_CERTGEN = "quay.io/cilium/certgen:v0.2.4"  # what the sandbox's certgen Job names
+
+
 def test_helm_certmanager_provided_certificates_and_a_shared_ca_are_refused_with_the_fix() -> None:
     spec = mesh()
-    assert cluster_refusal(spec, "cluster-2", ai()) is None
-    assert cluster_refusal(spec, "cluster-2", ai(method=None)) is None  # 1.19's auto: cronJob
+    assert cluster_refusal(spec, "cluster-2", ai(), SAFE_CERTGEN) is None
+    assert cluster_refusal(spec, "cluster-2", ai(method=None), SAFE_CERTGEN) is None  # 1.19's auto: cronJob
     helm = cluster_refusal(spec, "cluster-2", ai("1.16.19", "helm")) or ""
     assert "tls.auto.method helm" in helm and "fix: switch the cluster to tls_method cronJob" in helm
     assert "certmanager" in (cluster_refusal(spec, "cluster-2", ai(method="certmanager")) or "")
@@ -154,6 +157,17 @@ def test_helm_certmanager_provided_certificates_and_a_shared_ca_are_refused_with
     shared = cluster_refusal(mesh(ca_mode="shared"), "cluster-2", ai()) or ""
     assert shared.startswith("shared CA mode") and "fix:" in shared
     assert (cluster_refusal(spec, "cluster-2", ai("1.13.0", "cronJob")) or "").startswith("shared CA mode (Cilium 1.13")
+
+
+def test_a_certgen_that_reads_ca_crt_as_a_chain_is_refused_before_any_write() -> None:
+    """cilium/certgen v0.3.1+ (1.19.0's chart: v0.3.2, 1.19.6: v0.4.6) signs with the first certificate of
+    cilium-ca and writes only the last into the leaves' ca.crt: the overlap cannot hold."""
+    for image in ("quay.io/cilium/certgen:v0.3.2", "quay.io/cilium/certgen:v0.4.6@sha256:0123abcd"):
+        why = cluster_refusal(mesh(), "cluster-2", ai(), image) or ""
+        assert "reads cilium-ca's ca.crt as a chain" in why and "fix:" in why and "tls.caBundle" in why, image
+    assert "does not tell its version" in (certgen_refusal(None) or "")
+    assert "does not tell its version" in (certgen_refusal("quay.io/cilium/certgen@sha256:0123") or "")
+    assert certgen_refusal("quay.io/cilium/certgen:v0.2.4") is None
 
 
 def _provided() -> dict[str, Any]:
@@ -168,7 +182,9 @@ def test_the_plan_shows_fingerprints_the_peers_and_warns_of_a_hand_added_entry()
         "cluster-3": ai(peers={"cluster-1": True, "cluster-2": False}),
     }
     found = {"cluster-2": secrets([OLD.cert_pem], OLD.key_pem, NEW)}
-    plan = plan_rotation(mesh(), "cluster-2", installations.__getitem__, lambda c, s: found[c].get(s))
+    plan = plan_rotation(
+        mesh(), "cluster-2", installations.__getitem__, lambda c, s: found[c].get(s), lambda c: SAFE_CERTGEN
+    )
     text = plan.render_text()
     assert plan.changing == ["cluster-2"] and not plan.refused
     assert f"cluster-2: CA {fingerprint(OLD.cert_pem)}: new CA stored" in text, text
@@ -177,7 +193,7 @@ def test_the_plan_shows_fingerprints_the_peers_and_warns_of_a_hand_added_entry()
     assert "cluster-3: its entry for cluster-2 was added by hand: NOT re-keyed" in text
     assert "BEGIN" not in text + plan.render_markdown()
     with pytest.raises(ClusterStateError, match="--cluster cluster-9 is not a cluster of mesh"):
-        plan_rotation(mesh(), "cluster-9", installations.__getitem__, lambda c, s: None)
+        plan_rotation(mesh(), "cluster-9", installations.__getitem__, lambda c, s: None, lambda c: SAFE_CERTGEN)
 
 
 @charts_mark("cilium-1.16.19.tgz")
