@@ -4,8 +4,9 @@ The phases are in ``clustermesh.steps.ca_rotation``: every peer first trusts the
 cluster's certificates are re-issued by the new one and handed out, then the old CA is dropped. Each phase is
 read back from the cluster (``cilium-ca`` and ``clustermesh-ca-next``), so a rerun after a crash or a stop goes
 on from there, and a rerun of a finished rotation writes nothing. Supported: per-peer CA mode with certgen's
-``cronJob`` method; ``helm``, ``certmanager`` and a shared CA are refused before any write, with the reason
-and the fix. Then the mesh gets the nightly's read-only checks.
+``cronJob`` method, with a certgen that keeps a CA bundle in the leaves' ca.crt; ``helm``, ``certmanager``, a
+shared CA and a certgen that reads ca.crt as a chain (cilium/certgen v0.3.1+) are refused before any write, with
+the reason and the fix. Then the mesh gets the nightly's read-only checks.
 """
 
 from __future__ import annotations

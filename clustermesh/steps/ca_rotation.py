@@ -26,9 +26,11 @@ leaf Secret's ca.crt is cilium-ca's ca.crt verbatim. The chart's ``helm`` method
 (``buildCustomCert`` keeps the whole ca.crt; tests/domain/test_ca_rotation.py renders it), and the sandbox's
 certgen does. cilium/certgen itself does not: v0.3.1+ (Cilium 1.16.19+, 1.19, 1.20) reads ca.crt as a *chain*
 (signs with the first, writes only the last into the leaves' ca.crt, appends the rest to tls.crt), v0.2.x fails
-on more than one certificate ("the PEM file should contain only one object"). Against a real certgen the leaves
-never match and the wait after the first re-issue fails, naming it (with v0.3.1+ only after X's apiserver came
-to trust the new CA alone); overlap there needs ``tls.caBundle`` (the chart's trust bundle) or a cross-signed CA.
+on more than one certificate ("the PEM file should contain only one object"). So the plan refuses a certgen
+image of v0.3.1 or later (or of no telling version) before any write (``ca_plan.certgen_refusal``), and against
+an older real one the first re-issue's Job fails and the wait after it names that, nothing lost. Overlap with
+real certgen needs ``tls.caBundle`` (the chart's trust bundle, read by the apiserver instead of ca.crt) or a
+cross-signed new CA: not built.
 
 A cluster whose ``cilium-ca`` this pipeline rotated less than ``FRESH_FOR`` ago (annotation on the Secret)
 is not rotated again: a rerun of a finished rotation writes nothing. Pure logic over
