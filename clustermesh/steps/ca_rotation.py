@@ -28,7 +28,8 @@ certgen does. cilium/certgen itself does not: v0.3.1+ (Cilium 1.16.19+, 1.19, 1.
 (signs with the first, writes only the last into the leaves' ca.crt, appends the rest to tls.crt), v0.2.x fails
 on more than one certificate ("the PEM file should contain only one object"). So the plan refuses a certgen
 image of v0.3.1 or later (or of no telling version) before any write (``ca_plan.certgen_refusal``), and against
-an older real one the first re-issue's Job fails and the wait after it names that, nothing lost. Overlap with
+an older real one the first re-issue's Job fails and the wait after it names that: the leaves stay as they
+were, and cilium-ca's ca.crt must go back to the old CA alone for certgen to run again. Overlap with
 real certgen needs ``tls.caBundle`` (the chart's trust bundle, read by the apiserver instead of ca.crt) or a
 cross-signed new CA: not built.
 
