@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -40,12 +41,13 @@ from clustermesh.checks import CertificateStatus, Finding, Verdict, mesh_not_set
 from clustermesh.drill import DrillResult, drill_gate
 from clustermesh.errors import ReportedFailure
 from clustermesh.notify import PostResult, Summary, render_markdown, render_plain
+from clustermesh.notify.history import NightFigures, compare
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.step8_health import HealthMatrix, HealthProgress
 from flows.failover_drill import failover_drill
 from flows.locking import mesh_lock
 from flows.spec_source import SPEC_VARIABLE, alert_with_spec, resolve_spec
-from tasks import evidence, verify_steps
+from tasks import evidence, history, verify_steps
 from tasks.common import cluster_sessions
 from tasks.notify import RunSlack, quiet_reported_ends, run_url
 
@@ -71,6 +73,8 @@ class VerificationResult(BaseModel):
     # per cluster, the certificate that expires first (the thresholds are the spec's ``certificates``)
     certificate_expiry: list[CertificateStatus] = Field(default_factory=list)
     reported: bool = True  # the summary reached Slack; if not, a FAIL is left to the crash-safe Automation
+    # tonight against earlier nights (read from Prefect's API): what changed, slower than usual, expiry countdown
+    history: list[str] = Field(default_factory=list)
 
     def describe(self) -> str:
         lines = [f"{self.status}: mesh {self.mesh}"]
@@ -83,6 +87,7 @@ class VerificationResult(BaseModel):
             lines.append(f"  nearest certificate expiry: {self.nearest_expiry_days} days")
         for status in self.certificate_expiry:
             lines.append(f"  certificate expiry: {status.describe()}")
+        lines.extend(f"  {line}" for line in self.history)
         lines.append(f"  slack: {self.slack}")
         return "\n".join(lines)
 
@@ -232,6 +237,8 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
     evidence.on_failure(
         spec, status, seen.findings, seen.health, seen.drill, slack, parent if parent and parent.ok else delivered
     )
+    thread = (parent if parent is not None and parent.ok else delivered) if delivered and delivered.ok else None
+    compared = _compare_with_earlier_nights(spec, status, seen, slack, thread)
     create_markdown_artifact(key=f"{spec.name}-nightly-summary", markdown=render_markdown(summary), description=status)
     result = VerificationResult(
         mesh=spec.name,
@@ -243,12 +250,42 @@ def _verify(spec: MeshSpec, run_drill: bool) -> State[Any]:
         certificate_expiry=seen.expiry_per_cluster,
         slack=slack.status(delivered),
         reported=bool(delivered and delivered.ok),
+        history=compared,
     )
     _log_findings(result)
     if status == "FAIL":
         name = REPORTED_FAILURE if result.reported else "Failed"
         return Failed(name=name, message=result.headline(), data=VerificationFailed(result))
     return Completed(message=f"verification {status}", data=result)
+
+
+def _compare_with_earlier_nights(
+    spec: MeshSpec, status: Verdict, seen: _Observed, slack: RunSlack, thread: PostResult | None
+) -> list[str]:
+    """Tonight against the earlier nights Prefect's API holds: lines and picture into the summary's thread,
+    a Markdown artifact, and tonight's figures recorded for the next nights. Returns the lines."""
+    tonight = NightFigures.of_night(
+        verdict=status,
+        clusters=seen.health.clusters if seen.health else [c.name for c in spec.clusters],
+        findings=seen.findings,
+        health=seen.health,
+        drill=seen.drill,
+        cert_expiry_days=seen.expiry,
+        run_id=str(flow_run.get_id() or ""),
+        when=datetime.now(UTC),
+    )
+    comparison = compare(tonight, history.earlier_nights(spec))
+    lines = comparison.lines()
+    picture = history.picture_for(spec, comparison)
+    if thread is not None and thread.ts and slack.supports_threads:
+        slack.post_lines(thread, lines, "history")
+        if picture.png is not None:
+            name = f"{spec.name}-nightly-{datetime.now(UTC):%Y%m%d-%H%M}.png"
+            title = f"Cluster Mesh {spec.name}: {status}"
+            slack.upload_picture(thread, picture.png, filename=name, title=title, alt_text=picture.alt_text)
+    history.record_history(spec, comparison, picture.markdown)
+    history.record_figures(spec, tonight)
+    return lines
 
 
 def _log_findings(result: VerificationResult) -> None:

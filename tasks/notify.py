@@ -186,7 +186,7 @@ def run_url(spec: MeshSpec | None, flow_run_id: object) -> str | None:
 # --------------------------------------------------------------------------- one run's Slack
 
 
-def failure_fix(setup: SlackSetup, result: PostResult) -> str:
+def failure_fix(setup: SlackSetup, result: PostResult, scope: str = "chat:write") -> str:
     """What a failed post means and where to fix it, from Slack's code and where the settings came from."""
     code = result.error or "unknown"
     target = setup.target
@@ -206,7 +206,7 @@ def failure_fix(setup: SlackSetup, result: PostResult) -> str:
     if code in SCOPE_ERRORS:
         return (
             f"the Slack app may not post ({code}{': ' + result.detail if result.detail else ''}). Fix: add the "
-            "chat:write scope under OAuth & Permissions in the Slack app and reinstall it"
+            f"{scope} scope under OAuth & Permissions in the Slack app and reinstall it"
         )
     host = urlsplit(api_url()).hostname if target is not None and target.kind == "bot" else "hooks.slack.com"
     return (
@@ -268,6 +268,16 @@ class RunSlack:
         ts = parent.ts
         return self._call(what, lambda n: n.post_details(ts, lines, channel=parent.channel))
 
+    def upload_picture(self, parent: PostResult, png: bytes, *, filename: str, title: str, alt_text: str) -> PostResult:
+        """The picture into the parent's thread; a refusal says which scope uploads need (``files:write``)."""
+        assert parent.ts is not None
+        ts = parent.ts
+        return self._call(
+            "picture",
+            lambda n: n.upload_file(ts, png, filename=filename, title=title, alt_text=alt_text, channel=parent.channel),
+            scope="files:write",
+        )
+
     def status(self, delivered: PostResult | None) -> str:
         """For ``VerificationResult.slack`` and the CLI: delivered, or why not and the fix."""
         if delivered is not None and delivered.ok:
@@ -276,7 +286,7 @@ class RunSlack:
             return "not configured: printed and saved as an artifact"
         return f"not delivered: {self.problem or 'unknown'}"
 
-    def _call(self, what: str, post: Any) -> PostResult:
+    def _call(self, what: str, post: Any, scope: str = "chat:write") -> PostResult:
         if self._notifier is None:
             return PostResult(ok=False, error="not_configured", detail=self.problem or "Slack is not configured")
         if self._stopped is not None:
@@ -285,7 +295,7 @@ class RunSlack:
         if result.ok:
             self._logger.info("Slack: %s posted (ts %s)", what, result.ts)
             return result
-        fix = failure_fix(self.setup, result)
+        fix = failure_fix(self.setup, result, scope)
         if is_permanent(result.error):
             self._stopped = result.model_copy(update={"detail": "not tried again: " + fix})
         if self._warned:

@@ -2,14 +2,18 @@
 
 slack-sdk uses ``urllib``, so request mocks cannot intercept it; this server answers the few Web API
 methods the pipeline calls (``chat.postMessage``, ``chat.update``, ``auth.test``, ``conversations.info``,
-``conversations.list``, GET or POST, paged) and one incoming webhook, enforces the limits Slack enforces,
+``conversations.list``, GET or POST, paged), file uploads the way ``files_upload_v2`` makes them
+(``files.getUploadURLExternal``, a POST of the bytes to the upload URL it answered, then
+``files.completeUploadExternal`` sharing them into a channel or thread; the file is then downloadable from
+its ``url_private`` with the bot token) and one incoming webhook, enforces the limits Slack enforces,
 and can be told to fail the way Slack fails (429 with ``Retry-After``, 500, a dropped connection, a reply
 slower than the client's timeout, ``ok: false``).
 
 It is deliberately a little stricter than Slack where Slack is lenient in ways that would hide bugs:
 ``thread_ts`` must name an existing top-level message (Slack would post a new top-level message), and
 more than 12,000 characters of block text is ``msg_blocks_too_long`` (Slack's undocumented limit lies
-somewhere around 12–13k).
+somewhere around 12–13k), and an upload whose bytes differ from the ``length`` announced for it is
+answered HTTP 400 (Slack would only fail the file later).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import parse_qs
+
+from tests.slack_files import FILES_PATH, UPLOAD_PATH, SlackFiles
 
 __all__ = ["SlackTestServer"]
 
@@ -123,7 +129,7 @@ def _validate_blocks(blocks: Any) -> None:
         raise _BlocksError("msg_blocks_too_long", f"{total} characters of block text")
 
 
-class SlackTestServer:
+class SlackTestServer(SlackFiles):
     """A loopback Slack: records every request and message, answers like Slack, fails on request.
 
     Use as a context manager (``with SlackTestServer() as slack:``); ``url`` is the base for
@@ -148,6 +154,8 @@ class SlackTestServer:
         self._stopping = threading.Event()
         self._failures: deque[_Failure] = deque()
         self._messages: list[dict[str, Any]] = []
+        self._uploads: dict[str, dict[str, Any]] = {}  # file ID → filename, length, alt_txt, data, shared
+        self._upload_keys: dict[str, str] = {}  # the secret part of an upload URL → file ID
         self._requests: list[dict[str, Any]] = []
         self._seq = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -289,6 +297,10 @@ class SlackTestServer:
             return self._post_message(body)
         if method == "chat.update":
             return self._update_message(body)
+        if method == "files.getUploadURLExternal":
+            return self._upload_url(body)
+        if method == "files.completeUploadExternal":
+            return self._complete_upload(body)
         return {"ok": False, "error": "unknown_method"}
 
     def _conversation(self, name: str, channel_id: str) -> dict[str, Any]:
@@ -435,7 +447,13 @@ class _Handler(BaseHTTPRequestHandler):
         """Keep test output quiet."""
 
     def do_GET(self) -> None:
-        """Read methods (``conversations.info``) come as GET with the arguments in the query string."""
+        """Read methods (``conversations.info``) come as GET with the arguments in the query string;
+        shared files are downloaded with GET from their ``url_private``."""
+        if self.path.startswith(FILES_PATH):
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, data = self.slack._download(self.path.partition("?")[0], headers)
+            self._reply(status, "image/png" if status == 200 else "text/plain", data)
+            return
         if not self.path.startswith("/api/"):
             self._reply(405, "text/plain", b"method_not_allowed")
             return
@@ -448,6 +466,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
+        if self.path.startswith(UPLOAD_PATH) and not self.slack.down:
+            status, text = self.slack._receive_upload(self.path.partition("?")[0], raw)
+            entry = {"method": verb, "path": UPLOAD_PATH, "headers": headers, "body": {}, "raw": "", "status": status}
+            self.slack._log(entry)
+            self._reply(status, "text/plain", text.encode())
+            return
         try:
             body = _parse_body(raw, headers.get("content-type", ""))
         except (ValueError, UnicodeDecodeError):
