@@ -24,6 +24,8 @@ class ApiFaults:
 
     error_rate: float = 0.0
     latency_s: float = 0.0
+    latency_only: str = ""
+    """Delay only requests whose path contains this (e.g. ``/scale``); empty: every request."""
     down: bool = False
     seed: int | None = None
     _rng: random.Random = field(init=False, repr=False, compare=False)
@@ -67,7 +69,7 @@ class _Guard:
             return
         faults = self.faults
         if faults is not None:
-            if faults.latency_s > 0:
+            if faults.latency_s > 0 and faults.latency_only in str(scope.get("path", "")):
                 await asyncio.sleep(faults.latency_s)
             if faults.down:
                 await self._deny(scope, receive, send, ApiError(503, "ServiceUnavailable", "the server is down"))

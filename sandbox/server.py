@@ -475,6 +475,7 @@ class Sandbox:
         elif kind == "api-latency":
             for ep in self._targets(cluster):
                 ep.faults.latency_s = float(args.get("seconds", 1.0))
+                ep.faults.latency_only = str(args.get("only") or "")
         elif kind == "api-down":
             for ep in self._targets(cluster):
                 ep.faults.down = bool(args.get("on", True))
@@ -482,6 +483,7 @@ class Sandbox:
             self.mesh_faults.clear()
             for ep in self.endpoints:
                 ep.faults.error_rate, ep.faults.latency_s, ep.faults.down = 0.0, 0.0, False
+                ep.faults.latency_only = ""
                 self.world.set_lb_never(ep.name, False)
         return {"ok": True, "fault": kind, **{k: v for k, v in args.items()}}
 
