@@ -31,6 +31,7 @@ from clustermesh.checks.common import (
     try_cert,
 )
 from clustermesh.checks.findings import Finding, fail, ok, warn
+from clustermesh.cilium.mcs import mcs_api_values
 from clustermesh.cilium.profiles import CaMode, CiliumProfile, parse_cilium_version, profile_for
 from clustermesh.errors import CertificateError, ClusterMeshError
 from clustermesh.spec import ClusterSpec, MeshSpec
@@ -42,6 +43,7 @@ from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, SERVICE,
 from clustermesh.values import (
     CLUSTERS_PATH,
     clusters_form,
+    deep_merge,
     legacy_paths_to_remove,
     peer_entries,
     read_values,
@@ -224,6 +226,7 @@ def _owned_findings(
     """
     findings: list[Finding] = []
     desired = render_mesh_values(profile, cluster, spec, shared_ca=None, peers=[])
+    desired = deep_merge(desired, mcs_api_values(profile, enabled=spec.cilium.mcs_api, cluster=name))
     for path, want in _leaves(desired):
         present, have = value_at(values, path)
         if present and _equal(have, want):

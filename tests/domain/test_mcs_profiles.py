@@ -129,3 +129,19 @@ def test_a_line_with_mcs_api_accepts_the_spec() -> None:
     spec = mesh(version="1.17", mcs_api=True)
     assert spec.cilium.mcs_api is True
     assert spec.cilium.resolve(profile_for("1.17")).profile.line == "1.17"
+
+
+def test_the_nightly_warns_when_a_cluster_lost_the_mcs_key_the_spec_asks_for() -> None:
+    from tests.domain.test_verify import make_mesh, problems
+
+    mesh = make_mesh("1.17.18", "1.18.12", cilium={"mcs_api": True})  # values written without the MCS key
+    found = [f.reason for f in problems(mesh.drift()) if "MCS" in f.reason or "mcsapi" in f.reason]
+    assert found == [
+        "clustermesh.enableMCSAPISupport is not set, the setup writes True",
+        "clustermesh.enableMCSAPISupport is not set, the setup writes True",
+    ]
+    for name, key in (("cluster-1", MCS_API_SUPPORT_PATH), ("cluster-2", MCS_API_SUPPORT_PATH)):
+        written = mcs_api_values(profile_for(mesh[name].cilium), enabled=True, cluster=name)
+        mesh[name].set_values(deep_merge(mesh[name].values(), written))
+        assert value_at(mesh[name].values(), key) == (True, True)
+    assert [f for f in problems(mesh.drift()) if "MCS" in f.reason or "mcsapi" in f.reason] == []
