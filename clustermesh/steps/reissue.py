@@ -34,6 +34,7 @@ __all__ = [
     "RENEWED_ANNOTATION",
     "SERVER_CERT",
     "leaf_fingerprints",
+    "reissue_refusal",
     "request_reissue",
     "wait_reissued",
 ]
@@ -61,14 +62,15 @@ def leaf_fingerprints(client: ClusterClient) -> dict[str, str]:
     return found
 
 
-def request_reissue(client: ClusterClient, spec: MeshSpec, cluster: str, method: str) -> str:
-    """Ask ``cluster`` to re-issue its leaf certificates by ``method``; returns what was done (plan/summary)."""
-    if method == "cronJob":
-        return _run_certgen_job(client, cluster)
-    if method == "helm":
-        return _render_again(client, spec, cluster)
+REISSUE_METHODS = ("cronJob", "helm")
+
+
+def reissue_refusal(cluster: str, method: str) -> ClusterStateError | None:
+    """Why ``method`` cannot be re-issued here (None: it can): certmanager, or no tls.auto method at all."""
+    if method in REISSUE_METHODS:
+        return None
     if method == "certmanager":
-        raise ClusterStateError(
+        return ClusterStateError(
             cluster,
             "clustermesh.apiserver.tls.auto.method is certmanager: cert-manager issues these certificates and "
             "this pipeline does not ask it to renew them; nothing was written",
@@ -76,13 +78,23 @@ def request_reissue(client: ClusterClient, spec: MeshSpec, cluster: str, method:
             f"{cluster}, then `clustermesh certs renew --config ... --cluster {cluster}` hands the new remote "
             "certificate to the peers",
         )
-    raise ClusterStateError(
+    return ClusterStateError(
         cluster,
         f"clustermesh.apiserver.tls.auto.method is {method!r}: certificates not issued by tls.auto cannot be "
         "re-issued here; nothing was written",
         fix="set clustermesh.apiserver.tls.auto.enabled true with method helm or cronJob (the setup does), or "
         "replace the certificates yourself and rerun `clustermesh certs renew` to hand them to the peers",
     )
+
+
+def request_reissue(client: ClusterClient, spec: MeshSpec, cluster: str, method: str) -> str:
+    """Ask ``cluster`` to re-issue its leaf certificates by ``method``; returns what was done (plan/summary)."""
+    refusal = reissue_refusal(cluster, method)
+    if refusal is not None:
+        raise refusal
+    if method == "cronJob":
+        return _run_certgen_job(client, cluster)
+    return _render_again(client, spec, cluster)
 
 
 def _run_certgen_job(client: ClusterClient, cluster: str) -> str:

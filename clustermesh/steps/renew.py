@@ -25,7 +25,7 @@ from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.cert_copies import copy_problem, trusted_cas
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
-from clustermesh.steps.reissue import LEAF_SECRETS, SERVER_CERT
+from clustermesh.steps.reissue import LEAF_SECRETS, SERVER_CERT, reissue_refusal
 from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, collect_mesh_endpoint, uses_shared_ca
 from clustermesh.values import peer_entries, read_values, value_at
@@ -212,9 +212,9 @@ def plan_renew(
         installations[name] = ai
     by_name = {c.cluster: c for c in clusters}
     notes = [
-        f"{c.cluster}: method certmanager is refused: renew with cmctl"
+        f"{c.cluster}: REFUSED, nothing will be written: {refusal}"
         for c in clusters
-        if c.due and c.method == "certmanager"
+        if c.due and (refusal := reissue_refusal(c.cluster, c.method)) is not None
     ]
     copies = plan_copies(installations, by_name, spec.certificates.warn_days)
     return RenewPlan(spec.name, clusters, copies, unreadable, notes)

@@ -114,3 +114,15 @@ def test_a_values_write_keeps_a_current_copy_unless_told_to_replace_it() -> None
     assert new_ca.cert == newest.cert_b64
     shared = peer.model_copy(update={"ca_cert": None})  # shared CA mode: copies are not judged, always the newest
     assert keep_current_copies(current, [shared], warn_days=30, now=NOW)[0].cert == newest.cert_b64
+
+
+def test_certmanager_and_unknown_methods_are_refused_naming_what_to_do() -> None:
+    from clustermesh.steps.reissue import reissue_refusal
+
+    assert reissue_refusal("c1", "cronJob") is None and reissue_refusal("c1", "helm") is None
+    certmanager = reissue_refusal("c1", "certmanager")
+    assert certmanager is not None
+    assert "method is certmanager" in str(certmanager) and "cmctl renew" in str(certmanager)
+    assert "nothing was written" in str(certmanager)
+    other = reissue_refusal("c1", "provided")
+    assert other is not None and "'provided'" in str(other) and "helm or cronJob" in str(other)
