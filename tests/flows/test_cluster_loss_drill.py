@@ -28,7 +28,7 @@ from kubernetes import client as k8s
 from clustermesh.drill import DrillResult
 from flows.failover_drill import failover_drill
 from tests.flows.conftest import AI, Kube, mesh_spec, write_edited_yaml
-from tests.helpers import ROOT, build_mesh, wait_until
+from tests.helpers import ROOT, build_mesh, run_cli, wait_until
 
 APISERVER = "clustermesh-apiserver"
 RECORD = "clustermesh.io/drill-original-replicas"
@@ -303,3 +303,16 @@ def artifact(flow_run_id: Any, key: str) -> str:
     assert len(found) == 1, found
     assert found[0].type == "markdown"
     return str(found[0].data)
+
+
+def test_the_command_refuses_an_unknown_scenario_or_cluster_before_touching_anything(
+    sandbox_factory: Callable[..., Any], cli_env: dict[str, str]
+) -> None:
+    sb = sandbox_factory(clusters=2, cilium_version="1.19")
+    chaos = run_cli(cli_env, "drill", "--config", str(mesh_yaml(sb)), "--scenario", "chaos", timeout=WAIT)
+    assert chaos.returncode == 2
+    assert "--scenario 'chaos' is not a drill scenario: use scale-to-zero, cluster-loss or mcs" in chaos.stderr
+    args = ("drill", "--config", str(mesh_yaml(sb)), "--scenario", "cluster-loss", "--cluster", "x")
+    nine = run_cli(cli_env, *args, timeout=WAIT)
+    assert nine.returncode == 2
+    assert "--cluster 'x' is not a cluster of" in nine.stderr and "cluster-1, cluster-2" in nine.stderr
