@@ -6,6 +6,10 @@ means "not run", nothing disrupted), then per cluster: scale to zero and watch t
 remote backends while the service keeps answering, scale back and watch local backends return. The
 rollback runs whatever happens. The order lives in ``clustermesh.drill.run_drill``; this flow only
 makes its phases visible and reports.
+
+Scenario ``cluster-loss`` (``clustermesh.drill.cluster_loss``) takes one member's clustermesh-apiserver
+away instead of its backends and reports, besides the table, a markdown artifact of what a user should
+expect from a real outage of that member. Without a scenario the spec's ``drill.scenarios`` run in order.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ The room, bottom to top: ``text`` and ``client`` (what the drill needs of a clus
 ``manifests`` (the workloads and their names); ``agents`` (what the Cilium agents list); ``expectations``
 (what they should list); ``results``; ``workloads`` (readiness, the undo record, whose count it is);
 ``undo`` (scaling back only what still shows the drill's hand); ``prober``; ``failover`` and ``phases``
-(:class:`Drill`); ``run`` (:func:`run_drill`, the order); ``gate`` (whether to start at all).
+(:class:`Drill`); ``mesh_status`` (which peers the agents report connected) and ``cluster_loss`` (the
+cluster-loss scenario: a member's clustermesh-apiserver scaled to 0, the others watched); ``run``
+(:func:`run_drill`, the order); ``gate`` (whether to start at all).
 
 A count someone else set is never overwritten: an undo scales back only a backend still at the count
 the failover set (0), and the workloads keep a backend count someone changed.
