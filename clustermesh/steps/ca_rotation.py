@@ -310,7 +310,8 @@ def rekey_peer(
         except ConflictError:
             continue
         note_written(f"{peer}: {step}")
-        wrote(f"{peer}: entry for {target} trusts {', '.join(fingerprints(trust))}")
+        cert = fingerprint(remote["tls.crt"])
+        wrote(f"{peer}: entry for {target}: client certificate {cert}, trusts {', '.join(fingerprints(trust))}")
         wait_applied(client, spec, peer)
         return True
     raise ConflictError(peer, "replace", f"{NAMESPACE}/applicationinstallations/cilium", "changed under every write")
