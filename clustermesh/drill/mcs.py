@@ -42,6 +42,12 @@ MCS_CHECK = (
 )
 
 
+COREDNS_HINT = (
+    "a clusterset.local name that does not resolve (curl exit 6) needs CoreDNS 1.12.2+ with its multicluster plugin "
+    "(from Cilium 1.19 the chart can set it up: clustermesh.mcsapi.corednsAutoConfigure.enabled)"
+)
+
+
 def mcs_off(drill: Drill) -> list[str]:
     """The members whose cilium-config does not turn MCS-API on, each with what it says."""
     off: list[str] = []
@@ -138,7 +144,7 @@ class McsDrill(Drill):
         detail = f"{ns}/{SERVICE} {exported}; " + (
             f"ServiceImport in every member ({addresses}); {steady.detail}; {self.service_url()} answered"
             if steady.status == "passed"
-            else f"through the ServiceImport: {steady.detail}"
+            else f"through the ServiceImport: {steady.detail}; {COREDNS_HINT}"
         )
         return steady.model_copy(
             update={"name": "mcs-export", "detail": detail, "seconds": round(self.clock() - start, 3)}
