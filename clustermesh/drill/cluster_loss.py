@@ -396,6 +396,7 @@ class ClusterLossRun:
                 MemberDuringLoss(
                     member=member,
                     cache_ttl_seconds=watch.ttl,
+                    cache_ttl_supported=self.drill.profile(member).cache_ttl_supported,
                     backends=len(self.lost_ips),
                     kept=watch.kept,
                     withdrawn_after_s=watch.withdrawn_at,

@@ -57,6 +57,8 @@ class MemberDuringLoss(BaseModel):
     member: str
     cache_ttl_seconds: float
     """The member's ``clustermesh-cache-ttl`` (0: keep forever, also on lines before 1.19)."""
+    cache_ttl_supported: bool = True
+    """The member's line has ``clustermesh.cacheTTL`` (1.19+, the profile's ``cache_ttl_supported``)."""
     backends: int
     """The lost cluster's backends the member listed before the loss."""
     kept: bool
@@ -88,9 +90,10 @@ class ClusterLoss(BaseModel):
             traffic = f"{m.failed_probes}/{m.probes} requests from {m.member} failed"
             if m.cache_ttl_seconds <= 0:
                 kept = "kept" if m.kept else "NOT kept"
+                ttl = "cacheTTL 0s" if m.cache_ttl_supported else "no cacheTTL before Cilium 1.19"
                 parts.append(
                     f"{m.member} {kept} {self.cluster}'s {m.backends} backend(s) for {m.watched_s:.1f}s "
-                    f"(cacheTTL 0s: kept until it returns; {traffic})"
+                    f"({ttl}: kept until it returns; {traffic})"
                 )
             elif m.withdrawn_after_s is not None:
                 parts.append(
