@@ -13,8 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prefect import flow
 
+from clustermesh.drill import DrillPhase, DrillResult
 from flows.mesh_verify import VerificationResult, nightly_mesh_verification, verification_result
+from tasks import evidence
 from tests.flows.conftest import Kube, mesh_spec
 from tests.slack_server import SlackTestServer
 
@@ -31,6 +34,12 @@ def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackTestServer]:
         monkeypatch.setenv("SLACK_CHANNEL", "#mesh-alerts")
         monkeypatch.setenv("SLACK_API_URL", server.url)
         yield server
+
+
+@flow
+def drill_evidence(spec: Any, drill: DrillResult) -> Any:
+    """What ``failover_drill`` does after a failed drill started on its own (one call, no Slack)."""
+    return evidence.on_failure(spec, "FAIL", [], drill=drill)
 
 
 def run_nightly(spec: Any) -> tuple[Any, VerificationResult]:
@@ -119,7 +128,7 @@ def test_a_healthy_nightly_collects_no_evidence(meshed: Callable[..., Any], slac
     assert "Evidence:" not in thread_text(slack)
 
 
-def test_on_1_13_the_evidence_says_troubleshoot_is_not_available_and_keeps_the_rest(
+def test_on_1_13_troubleshoot_is_not_available_the_rest_is_kept_and_a_failed_drill_asks_the_watching_members(
     meshed: Callable[..., Any], slack: SlackTestServer
 ) -> None:
     sb = meshed(clusters=2, cilium_version="1.13")
@@ -134,3 +143,28 @@ def test_on_1_13_the_evidence_says_troubleshoot_is_not_available_and_keeps_the_r
     assert "cilium troubleshoot clustermesh cluster-2" in thread, thread
     assert "ClusterMesh:" in thread and "cilium status --verbose" in thread
     assert "BEGIN" not in thread
+
+    # a failed drill phase started on its own: the members watching the disrupted cluster are asked
+    drill = DrillResult(
+        status="failed",
+        reason="failover of cluster-2 did not happen",
+        phases=[
+            DrillPhase(
+                name="failover",
+                cluster="cluster-2",
+                status="failed",
+                detail="agents kept local backends",
+                probes=10,
+                failed_probes=3,
+            )
+        ],
+        recovered=[],
+        failover_seconds={},
+        failed_probes=3,
+        probes=10,
+    )
+    drill_state = drill_evidence(spec, drill, return_state=True)
+    markdown = artifact_text(drill_state, f"{spec.name}-evidence") or ""
+    assert "## cluster-1/cilium-" in markdown and "## cluster-2/" not in markdown, markdown
+    assert "drill phase failover failed (cluster-2)" in markdown
+    assert "drill failover cluster-2: failed, failed probes 3/10" in markdown
