@@ -150,6 +150,7 @@ class SlackTestServer(SlackFiles):
         self.not_member: set[str] = set()  # channel names the bot is not in (is_member false)
         self.list_page_size = 100  # conversations.list pages (a smaller ``limit`` wins), cursor = next index
         self.down = False
+        self.refused: dict[str, str] = {}  # Web API method → the error Slack answers it with (e.g. missing_scope)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._failures: deque[_Failure] = deque()
@@ -279,6 +280,8 @@ class SlackTestServer(SlackFiles):
         auth_error = self._auth_error(headers, body)
         if auth_error:
             return {"ok": False, "error": auth_error}
+        if method in self.refused:
+            return {"ok": False, "error": self.refused[method]}
         if method == "auth.test":
             return {
                 "ok": True,

@@ -110,6 +110,20 @@ def artifacts(key: str, flow_run_ids: list[Any]) -> list[Any]:
         )
 
 
+def warnings_of(state: Any) -> list[str]:
+    """The run's WARNING-or-worse log lines as Prefect's API keeps them (the Logs tab)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    return [log.message for log in logs if log.level >= 30 and not log.message.startswith("Concurrency limits")]
+
+
 def test_three_nights_in_a_row_then_a_broken_one_compare_with_the_median_and_draw_the_run_s_numbers(
     meshed: Callable[..., Any], slack: SlackTestServer
 ) -> None:
@@ -126,13 +140,20 @@ def test_three_nights_in_a_row_then_a_broken_one_compare_with_the_median_and_dra
     image = picture(slack, files)
     assert [cell_colour(image, r, c) for r in range(2) for c in range(2)] == [green] * 4
 
-    # night 2: one earlier night, too few for a median
-    _, second = night(spec)
+    # night 2: one earlier night, too few for a median; Slack refuses the upload (the app lacks files:write):
+    # the night is delivered and keeps its verdict, one warning says which scope to add
+    slack.refused["files.getUploadURLExternal"] = "missing_scope"
+    second_state, second = night(spec)
+    slack.refused.clear()
+    assert second.status == "PASS" and second.slack == "delivered", second.describe()
     text, files = thread_of_last_night(slack)
     assert "History: tonight against 1 earlier night" in text, text
     assert "Pairs: no pair changed since the last night." in text
     assert "fewer than 2 earlier nights to compare with" in text
-    picture(slack, files)
+    assert files == []
+    warnings = warnings_of(second_state)
+    assert len(warnings) == 1 and "picture was not delivered" in warnings[0], warnings
+    assert "files:write" in warnings[0] and slack.token not in warnings[0]
     usual = sorted(max(r.drill.failover_seconds.values()) for r in (first, second) if r.drill)
     assert len(usual) == 2 and max(usual) < 1.0, usual  # the instant sandbox fails over in a fraction of a second
 
@@ -173,3 +194,34 @@ def test_three_nights_in_a_row_then_a_broken_one_compare_with_the_median_and_dra
     runs = flow_runs_tagged(spec)
     assert len(runs) == 4, [r.name for r in runs]
     assert len(artifacts(figures_key(spec), [r.id for r in runs])) == 4
+
+
+def test_without_the_plots_group_the_night_says_so_once_and_keeps_the_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    import tasks.history
+    from clustermesh.notify.history import compare
+    from tests.domain.test_history import night as figures
+
+    monkeypatch.setattr(tasks.history, "plots_available", lambda: False)  # as in a checkout without the group
+
+    @flow(name="history-without-plots")
+    def without_plots() -> tasks.history.Picture:
+        spec = MeshSpec.model_construct(name="no-plots")  # only its name is read
+        return tasks.history.picture_for(spec, compare(figures(0), [figures(1)]))
+
+    state = without_plots(return_state=True)
+    result = state.result()
+    assert result.png is None
+    assert result.markdown.startswith("No picture: install the plots group for pictures")
+    assert "Text version: Health matrix (from → to): cluster-1 → cluster-1 healthy" in result.markdown
+    APILogWorker.drain_all(timeout=10)
+    with get_client(sync_client=True) as prefect:
+        logs = prefect.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    said = [log.message for log in logs if "install the plots group" in log.message]
+    assert len(said) == 1, said
