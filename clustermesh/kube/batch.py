@@ -35,7 +35,8 @@ class BatchAndClock:
         def send() -> str | None:
             response = self._version.get_code(_preload_content=False, _request_timeout=self.request_timeout)
             try:
-                header = response.getheader("Date")
+                headers = getattr(response, "headers", None)  # urllib3 2: .headers (getheader is deprecated)
+                header = headers.get("Date") if headers is not None else response.getheader("Date")
                 return str(header) if header else None
             finally:
                 response.release_conn()

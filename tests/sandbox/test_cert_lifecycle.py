@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from clustermesh.kube import ClusterClient
 from sandbox.process import SandboxError, send_calendar
 from sandbox.world import World
 from tests.sandbox.test_upgrades import healthy, links, mesh_world
@@ -115,3 +116,6 @@ def test_the_api_date_header_follows_the_calendar(sandbox_factory: Any) -> None:
     assert abs(server_date() - (real + dt.timedelta(days=435))) < dt.timedelta(hours=1)
     with pytest.raises(SandboxError, match="negative"):
         send_calendar(Path(sb.directory), -1)
+    # the pipeline's reading of a cluster's clock (its certificate checks judge expiry at it)
+    with ClusterClient.from_kubeconfig_file(ep.kubeconfig, context=None, cluster_name=ep.name) as kube:
+        assert abs(kube.server_time() - (real + dt.timedelta(days=435))) < dt.timedelta(hours=1)
