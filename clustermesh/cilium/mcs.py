@@ -16,10 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from clustermesh.cilium.profiles import MCS_API_CONFIG_KEY, CiliumProfile
+from clustermesh.cilium.profiles import MCS_API_CONFIG_KEY, MCS_API_ENABLED_PATH, MCS_API_SUPPORT_PATH, CiliumProfile
 from clustermesh.errors import ValuesError
 
-__all__ = ["MCS_API_CONFIG_KEY", "MCS_API_FIELD", "mcs_api_enabled_in_config", "mcs_api_values"]
+__all__ = [
+    "MCS_API_CONFIG_KEY",
+    "MCS_API_FIELD",
+    "mcs_api_enabled_in_config",
+    "mcs_api_values",
+    "superseded_mcs_api_paths",
+]
 
 MCS_API_FIELD = "cilium.mcs_api"
 """The spec field that asks the setup to enable MCS-API."""
@@ -41,6 +47,21 @@ def mcs_api_values(profile: CiliumProfile, *, enabled: bool, cluster: str) -> di
     for key in reversed(path[:-1]):
         node = {key: node}
     return node
+
+
+def superseded_mcs_api_paths(
+    profile: CiliumProfile, current: Mapping[str, Any], *, enabled: bool
+) -> list[tuple[str, ...]]:
+    """The old key to remove when the setup writes ``mcsapi.enabled`` (1.19+) and the values still carry
+    ``enableMCSAPISupport`` (left from 1.17/1.18): deprecated on 1.19, silently ignored on 1.20."""
+    if not enabled or profile.mcs_api_values_path != MCS_API_ENABLED_PATH:
+        return []
+    node: Any = current
+    for key in MCS_API_SUPPORT_PATH:
+        if not isinstance(node, Mapping) or key not in node:
+            return []
+        node = node[key]
+    return [MCS_API_SUPPORT_PATH]
 
 
 def mcs_api_enabled_in_config(config: Mapping[str, Any] | None) -> bool:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from clustermesh.cilium.mcs import mcs_api_values
+from clustermesh.cilium.mcs import mcs_api_values, superseded_mcs_api_paths
 from clustermesh.cilium.profiles import parse_cilium_version
 from clustermesh.errors import ConflictError, InstallFailedError, ValuesError
 from clustermesh.kube import ClusterClient
@@ -75,6 +75,7 @@ def plan_mesh_values(
     overlay = render_mesh_values(profile, cluster, spec, shared_ca=shared_ca, peers=peers)
     overlay = deep_merge(overlay, mcs_api_values(profile, enabled=spec.cilium.mcs_api, cluster=cluster.name))
     remove = legacy_paths_to_remove(profile, current, parse_cilium_version(facts.cilium_version).patch)
+    remove += superseded_mcs_api_paths(profile, current, enabled=spec.cilium.mcs_api)
     return plan_change(current, overlay, remove=remove)
 
 

@@ -145,3 +145,22 @@ def test_the_nightly_warns_when_a_cluster_lost_the_mcs_key_the_spec_asks_for() -
         mesh[name].set_values(deep_merge(mesh[name].values(), written))
         assert value_at(mesh[name].values(), key) == (True, True)
     assert [f for f in problems(mesh.drift()) if "MCS" in f.reason or "mcsapi" in f.reason] == []
+
+
+@pytest.mark.parametrize(
+    ("version", "asked", "old_key_kept"), [("1.18.12", True, True), ("1.20.0", True, False), ("1.20.0", False, True)]
+)
+def test_the_setup_removes_the_old_key_where_it_writes_mcsapi_enabled(
+    version: str, asked: bool, old_key_kept: bool
+) -> None:
+    from clustermesh.steps.step2_4_6_mesh_values import plan_mesh_values
+    from tests.domain.test_profiles_119_120 import _facts
+    from tests.domain.test_values import KKP_VALUES, ai
+
+    left_from_1_18 = deep_merge(KKP_VALUES, {"clustermesh": {"enableMCSAPISupport": True}})
+    spec = mesh(version=version, mcs_api=asked)
+    change = plan_mesh_values(ai(left_from_1_18), _facts(version), spec.first, spec, peers=[], shared_ca=None)
+
+    assert value_at(change.new_values, MCS_API_SUPPORT_PATH)[0] is old_key_kept
+    writes_new_key = version == "1.20.0" and asked
+    assert value_at(change.new_values, MCS_API_ENABLED_PATH) == ((True, True) if writes_new_key else (False, None))
