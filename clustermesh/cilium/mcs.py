@@ -6,7 +6,8 @@ Which key depends on the line (``CiliumProfile.mcs_api_values_path``, proven aga
 render cilium-config ``clustermesh-enable-mcs-api: "true"``, the clustermesh-apiserver's
 ``--clustermesh-enable-mcs-api`` and the operator's ServiceImport controllers.
 
-Only the key is written: ``clusterset.local`` names also need CoreDNS's ``multicluster`` plugin (CoreDNS
+Only the key is written (on 1.19+ an ``enableMCSAPISupport`` left from 1.17/1.18 is removed with it,
+:func:`superseded_mcs_api_paths`): ``clusterset.local`` names also need CoreDNS's ``multicluster`` plugin (CoreDNS
 1.12.2+). From 1.19 the chart can configure it (``clustermesh.mcsapi.corednsAutoConfigure.enabled``), but under
 KKP the user cluster's CoreDNS is KKP's to reconcile, so the setup leaves that to the person who runs it.
 """
