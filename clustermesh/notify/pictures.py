@@ -74,9 +74,13 @@ def heatmap_cell_pixel(clusters: int, row: int, column: int, at: tuple[float, fl
 
 
 def alt_text(clusters: Sequence[str], pairs: Mapping[str, PairVerdict], failover: Sequence[FailoverPoint]) -> str:
-    """The picture in words: every pair's verdict, then the failover times night by night."""
-    cells = [f"{pair_key(s, d)} {pairs.get(pair_key(s, d), 'not measured')}" for s in clusters for d in clusters]
-    text = "Health matrix (from → to): " + "; ".join(cells) + "."
+    """The picture in words: how many pairs are healthy and each one that is not, then the failover times
+    night by night (a screen reader should not read out 256 healthy cells)."""
+    verdicts = {pair_key(s, d): pairs.get(pair_key(s, d), "not measured") for s in clusters for d in clusters}
+    others = [f"{pair} {verdict}" for pair, verdict in verdicts.items() if verdict != "healthy"]
+    healthy = len(verdicts) - len(others)
+    text = f"Health matrix (from → to): {healthy} of {len(verdicts)} pairs healthy"
+    text += (": " + "; ".join(others) + ".") if others else "."
     times = [f"{_label(when)} {'not measured' if s is None else f'{s:.2f} s'}" for when, s in failover]
     if times:
         text += " Failover time over the last nights, oldest first: " + "; ".join(times) + "."

@@ -291,5 +291,6 @@ def test_the_picture_is_drawn_from_the_numbers_it_is_given() -> None:
     assert colour("red", 1, 0) == green_rgb and colour("red", 0, 0) == green_rgb  # the others do not
     assert ("matplotlib.pyplot" in sys.modules) is pyplot_before  # no pyplot, no global figure state
     text = alt_text(CLUSTERS, red, series)  # type: ignore[arg-type]
-    assert "cluster-1 → cluster-2 down" in text and "cluster-2 → cluster-1 healthy" in text
+    assert text.startswith("Health matrix (from → to): 3 of 4 pairs healthy: cluster-1 → cluster-2 down.")
+    assert alt_text(CLUSTERS, healthy, []) == "Health matrix (from → to): 4 of 4 pairs healthy."  # type: ignore[arg-type]
     assert "11-30 02:00 0.20 s; 12-01 02:00 3.50 s" in text

@@ -217,7 +217,7 @@ def test_without_the_plots_group_the_night_says_so_once_and_keeps_the_text(monke
     result = state.result()
     assert result.png is None
     assert result.markdown.startswith("No picture: install the plots group for pictures")
-    assert "Text version: Health matrix (from → to): cluster-1 → cluster-1 healthy" in result.markdown
+    assert "Text version: Health matrix (from → to): 4 of 4 pairs healthy." in result.markdown
     APILogWorker.drain_all(timeout=10)
     with get_client(sync_client=True) as prefect:
         logs = prefect.read_logs(
