@@ -26,7 +26,7 @@ from clustermesh.errors import StopRequested
 from flows.mesh_renew import mesh_renew_certificates
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import nightly_mesh_verification, verification_result
-from tests.flows.conftest import REMOTE_CERT, Kube, ai_versions, mesh_spec
+from tests.flows.conftest import REMOTE_CERT, Kube, ai_versions, cli, mesh_spec
 from tests.flows.test_managed_peers import SLACK_ENV
 from tests.probe import SandboxProbe
 
@@ -75,7 +75,7 @@ def nobody_distrusts(kubes: dict[str, Kube]) -> None:
 
 
 def test_renew_with_cronjob_on_1_19_reissues_hands_out_without_a_drop_reruns_quietly_and_resumes(
-    meshed: Callable[..., Any], kubes: Kubes
+    meshed: Callable[..., Any], kubes: Kubes, cli_env: dict[str, str]
 ) -> None:
     sb = meshed(clusters=2, cilium_version="1.19")
     k = kubes(sb)
@@ -96,6 +96,8 @@ def test_renew_with_cronjob_on_1_19_reissues_hands_out_without_a_drop_reruns_qui
     assert "cluster-1: re-issued by cronJob" in shown.output and "cluster-2: re-issued by cronJob" in shown.output
     assert "cluster-1: its copy of cluster-2's remote certificate sha256:" in shown.output, shown.output
     assert "BEGIN" not in shown.output
+    refused = CliRunner().invoke(app, ["certs", "renew", "--config", mesh_yaml])
+    assert refused.exit_code == 2 and "pass --yes" in refused.output, refused.output
     assert ai_versions(k) == versions and {n: jobs(kube) for n, kube in k.items()} == job_names
     assert {name: leaves(kube) for name, kube in k.items()} == before
 
@@ -115,8 +117,8 @@ def test_renew_with_cronjob_on_1_19_reissues_hands_out_without_a_drop_reruns_qui
     assert_nightly_quiet(spec)
 
     versions, job_names = ai_versions(k), {n: jobs(kube) for n, kube in k.items()}
-    again = mesh_renew_certificates(spec)
-    assert not again.wrote_anything, again.describe()
+    again = cli(cli_env, "certs", "renew", "--config", mesh_yaml, "--yes")  # the command, as run by hand
+    assert again.returncode == 0 and "mesh sandbox: nothing due" in again.stdout, again.stdout + again.stderr
     assert ai_versions(k) == versions and {n: jobs(kube) for n, kube in k.items()} == job_names
 
     # a forced renewal of cluster-1 (re-issue, then cluster-2's copy) stopped after each write: the same
