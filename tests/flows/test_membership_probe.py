@@ -1,6 +1,7 @@
-"""Membership under the continuous probe (issue 14): a cluster joins a running mesh, leaves it, and comes back
-re-created; Cilium 1.19, 3 nodes per cluster (the chart's ``maxUnavailable`` keeps a node up while the
-agents roll for a new peer's hostAliases).
+"""Membership under the continuous probe (issue 14): cluster-3 joins a running mesh of cluster-1 and cluster-2,
+is deleted and created again under its name (``World.recreate_cluster``: new LoadBalancer address, new CA and
+certificates) and updated everywhere by the next setup, then leaves; Cilium 1.19, 3 nodes per cluster (the
+DaemonSet's ``maxUnavailable`` keeps a node up while the agents roll for a new peer's hostAliases).
 
 A ``tests.probe.SandboxProbe`` samples every member's view of every other member at 2 Hz of the sandbox
 clock while the real flows run; the pair that stays (cluster-1 and cluster-2) must never drop a sample.
