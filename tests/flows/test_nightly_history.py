@@ -14,9 +14,12 @@ puts them (``heatmap_cell_pixel``): green for a healthy pair, red for a pair tha
 from __future__ import annotations
 
 import io
+import re
+import stat
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -61,18 +64,23 @@ def thread_of_last_night(slack: SlackTestServer) -> tuple[str, list[dict[str, An
     return text, slack.files_in(parent["ts"])
 
 
-def picture(slack: SlackTestServer, files: list[dict[str, Any]]) -> Any:
-    """The one PNG of the thread, downloaded with the bot token as a Slack client would, opened with Pillow."""
-    from PIL import Image
-
+def picture_bytes(slack: SlackTestServer, files: list[dict[str, Any]]) -> bytes:
+    """The one PNG of the thread, downloaded with the bot token as a Slack client would."""
     assert len(files) == 1, files
     shared = files[0]
     assert shared["mimetype"] == "image/png" and shared["name"].endswith(".png"), shared
     request = urllib.request.Request(shared["url_private"], headers={"Authorization": f"Bearer {slack.token}"})
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - the loopback test server
-        data = answer.read()
+        data: bytes = answer.read()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) == shared["size"]
-    image = Image.open(io.BytesIO(data)).convert("RGB")
+    return data
+
+
+def picture(slack: SlackTestServer, files: list[dict[str, Any]]) -> Any:
+    """The thread's PNG opened with Pillow (a matplotlib dependency), its size checked."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(picture_bytes(slack, files))).convert("RGB")
     assert image.size == SIZE_PX
     return image
 
@@ -176,7 +184,10 @@ def test_three_nights_in_a_row_then_a_broken_one_compare_with_the_median_and_dra
     assert any("Slower than usual" in line for line in third.history)
     (markdown,) = artifacts(history_key(spec), [third_state.state_details.flow_run_id])
     assert "Slower than usual: failover" in str(markdown.data) and "Text version: Health matrix" in str(markdown.data)
-    picture(slack, files)
+    # the artifact names the PNG kept beside the run's results: the owner's alone, the picture Slack got
+    kept = Path(re.search(r"PNG \(\d+ bytes\): `([^`]+)`", str(markdown.data)).group(1))  # type: ignore[union-attr]
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    assert kept.read_bytes() == picture_bytes(slack, files)
 
     # night 4: UDP 8472 blocked between the clusters: the pairs between them go down, in words and in red
     sb.fault("block-port", a="cluster-1", b="cluster-2", port="udp/8472")
