@@ -115,7 +115,7 @@ class Sandbox:
     kkp_state: KkpState | None = None
     kkp_port: int = 0
     charts: Path | None = None  # a folder of cilium-<version>.tgz: KKP renders the real charts (else the built-in)
-    helm_reissues_on_render: bool = False  # tls.auto.method helm: each KKP render re-issues the leaves (World's)
+    helm_reissues_on_render: bool = True  # tls.auto.method helm: each KKP render re-issues the leaves (World's)
     _kkp_server: Any = None
     _kkp_ca: pki.KeyPair | None = None
     endpoints: list[ClusterEndpoint] = field(default_factory=list)

@@ -96,7 +96,7 @@ class World(
         seed: int = 0,
         renderer: Renderer | None = None,
         charts: Path | str | None = None,
-        helm_reissues_on_render: bool = False,
+        helm_reissues_on_render: bool = True,
     ) -> None:
         """``helm_reissues_on_render``: with ``tls.auto.method: helm`` every KKP render re-issues the leaf
         certificates, as the real chart's ``genSignedCert`` does (off: a valid leaf is kept)."""
