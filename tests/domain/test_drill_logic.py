@@ -630,7 +630,7 @@ def test_the_rollback_goes_on_past_a_cluster_it_cannot_reach() -> None:
     assert phase.status == "failed"
     assert "cluster-1: failed to scale clustermesh-drill/clustermesh-drill-backend back" in phase.detail
     assert "connection refused" in phase.detail
-    assert "cluster-2: 0 → 2 replicas" in phase.detail
+    assert "cluster-2: clustermesh-drill/clustermesh-drill-backend 0 → 2 replicas" in phase.detail
     assert clients["cluster-2"].replicas() == 2 and annotation(clients["cluster-2"]) is None
 
 
