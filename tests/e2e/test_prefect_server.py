@@ -28,6 +28,9 @@ FLOWS = {
     "mesh-failover-drill": "failover-drill",
     "mesh-create-clusters": "mesh-create-clusters",
     "mesh-remove-cluster": "mesh-remove-cluster",
+    "mesh-renew-certificates": "mesh-renew-certificates",
+    "mesh-rotate-ca": "mesh-rotate-ca",
+    "mesh-upgrade-prepare": "mesh-upgrade-prepare",
 }
 
 

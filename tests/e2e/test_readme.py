@@ -52,6 +52,9 @@ DEPLOYMENTS = {
     "mesh-failover-drill",
     "mesh-create-clusters",
     "mesh-remove-cluster",
+    "mesh-renew-certificates",
+    "mesh-rotate-ca",
+    "mesh-upgrade-prepare",
 }
 
 
