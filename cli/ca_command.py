@@ -59,7 +59,7 @@ def _read_plan(spec: MeshSpec, cluster: str | None) -> RotationPlan:
     from clustermesh.errors import ClusterMeshError
     from clustermesh.kube.credentials import open_cluster
     from clustermesh.steps.ca_plan import plan_rotation
-    from clustermesh.steps.ca_rotation import NAMESPACE, certgen_image
+    from clustermesh.steps.ca_rotation import NAMESPACE
 
     def read(name: str) -> dict[str, Any]:
         with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:
@@ -69,12 +69,8 @@ def _read_plan(spec: MeshSpec, cluster: str | None) -> RotationPlan:
         with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:
             return client.get_secret(NAMESPACE, secret_name)
 
-    def image(name: str) -> str | None:
-        with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:
-            return certgen_image(client)
-
     try:
-        return plan_rotation(spec, cluster, read, secret, image)
+        return plan_rotation(spec, cluster, read, secret)
     except ClusterMeshError as exc:
         fail(str(exc))
 

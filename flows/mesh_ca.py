@@ -3,10 +3,10 @@
 The phases are in ``clustermesh.steps.ca_rotation``: every peer first trusts the old and the new CA, then the
 cluster's certificates are re-issued by the new one and handed out, then the old CA is dropped. Each phase is
 read back from the cluster (``cilium-ca`` and ``clustermesh-ca-next``), so a rerun after a crash or a stop goes
-on from there, and a rerun of a finished rotation writes nothing. Supported: per-peer CA mode with certgen's
-``cronJob`` method, with a certgen that keeps a CA bundle in the leaves' ca.crt; ``helm``, ``certmanager``, a
-shared CA and a certgen that reads ca.crt as a chain (cilium/certgen v0.3.1+) are refused before any write, with
-the reason and the fix. Then the mesh gets the nightly's read-only checks.
+on from there, and a rerun of a finished rotation writes nothing. The cluster trusts both CAs through the chart's
+``tls.caBundle`` (1.14+) while its certificates change. Supported: per-peer CA mode with the ``cronJob`` or
+``helm`` method; ``certmanager``, a shared CA, Cilium 1.13 and a ``tls.caBundle`` a person already uses are
+refused before any write, with the reason and the fix. Then the mesh gets the nightly's read-only checks.
 """
 
 from __future__ import annotations

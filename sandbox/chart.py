@@ -56,6 +56,19 @@ class ClusterEntry:
 
 
 @dataclass(frozen=True)
+class CaBundle:
+    """``tls.caBundle`` (1.14+): the trust bundle the clustermesh-apiserver's etcd (server and admin client) and
+    the agents read as ``ca.crt`` instead of the leaf Secrets' ca.crt (templates/clustermesh-apiserver/
+    deployment.yaml, cilium-agent/daemonset.yaml). ``content`` given: the chart renders the ConfigMap (or,
+    with ``useSecret``, the Secret) itself (templates/cilium-ca-bundle-configmap.yaml); else a person made it."""
+
+    kind: str  # "ConfigMap" | "Secret"
+    name: str
+    key: str
+    content: str = ""
+
+
+@dataclass(frozen=True)
 class Rendered:
     """The outcome of a successful render, reduced to what the simulated cluster acts on."""
 
@@ -86,6 +99,8 @@ class Rendered:
     key → base64), applied verbatim. ``None``: the built-in model (``mesh_secret_data``) writes them."""
     host_aliases: tuple[tuple[str, str], ...] | None = field(default=None, compare=False, repr=False)
     """Real-chart mode: the rendered agents' hostAliases as (ip, hostname). ``None``: built from ``clusters``."""
+    ca_bundle: CaBundle | None = None
+    """``tls.caBundle.enabled`` (1.14+; 1.13 has no such key): what the apiserver and agents trust as ca.crt."""
 
     @property
     def line(self) -> str:
@@ -284,6 +299,17 @@ def _ca(ver: Version, values: dict[str, Any]) -> tuple[str, str, str]:
     return "", "", ""
 
 
+def ca_bundle(ver: Version, values: dict[str, Any]) -> CaBundle | None:
+    """``tls.caBundle`` as the chart reads it (values.yaml defaults: name cilium-root-ca.crt, key ca.crt);
+    None when disabled or on 1.13 (no such key)."""
+    if ver < (1, 14, 0) or not _truthy(_get(values, "tls.caBundle.enabled", False)):
+        return None
+    kind = "Secret" if _truthy(_get(values, "tls.caBundle.useSecret", False)) else "ConfigMap"
+    name = str(_get(values, "tls.caBundle.name", "cilium-root-ca.crt") or "cilium-root-ca.crt")
+    key = str(_get(values, "tls.caBundle.key", "ca.crt") or "ca.crt")
+    return CaBundle(kind, name, key, str(_get(values, "tls.caBundle.content", "") or ""))
+
+
 def _raw_entries(ver: Version, values: dict[str, Any]) -> list[Any]:
     """``clustermesh.config.clusters`` as a list: 1.19+ also takes a map keyed by name, and skips
     ``enabled: false`` entries; 1.16–1.18's schema wants a list."""
@@ -424,6 +450,7 @@ def render(version: str, values: dict[str, Any]) -> Rendered:
         pod_cidrs=pod_cidrs,
         pod_mask_size=mask,
         values=values,
+        ca_bundle=ca_bundle(ver, values),
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from sandbox.chart import DEFAULT_NODE_PORT, DEFAULT_PORT, ChartError, ClusterEntry, Rendered
+from sandbox.chart import DEFAULT_NODE_PORT, DEFAULT_PORT, CaBundle, ChartError, ClusterEntry, Rendered
 
 __all__ = ["ChartRenderer", "available_versions"]
 
@@ -241,7 +241,28 @@ def rendered_from(version: str, manifests: Manifests, values: dict[str, Any]) ->
         values=values,
         mesh_secrets=mesh_secrets,
         host_aliases=tuple(aliases),
+        ca_bundle=_ca_bundle(manifests, deploy),
     )
+
+
+def _ca_bundle(manifests: Manifests, deploy: Mapping[str, Any] | None) -> CaBundle | None:
+    """``tls.caBundle`` as the render says: the ConfigMap/Secret source of ca.crt in the apiserver's
+    ``etcd-server-secrets`` volume, with the content the chart rendered for it (none: a person's object)."""
+    volumes = _get(deploy, "spec", "template", "spec", "volumes", default=[]) or []
+    volume = next((v for v in volumes if isinstance(v, dict) and v.get("name") == "etcd-server-secrets"), {})
+    for source in _get(volume, "projected", "sources", default=[]) or []:
+        for key, kind in (("configMap", "ConfigMap"), ("secret", "Secret")):
+            ref = source.get(key) if isinstance(source, dict) else None
+            item = next((i for i in (ref or {}).get("items") or [] if i.get("path") == "ca.crt"), None)
+            if ref is None or item is None or str(ref.get("name", "")).startswith(APISERVER):
+                continue
+            name, item_key = str(ref.get("name")), str(item.get("key"))
+            obj = _find(manifests, kind, name) or {}
+            content = (obj.get("data") or {}).get(item_key) or (obj.get("stringData") or {}).get(item_key) or ""
+            if kind == "Secret" and (obj.get("data") or {}).get(item_key):
+                content = base64.b64decode(str(content)).decode(errors="replace")
+            return CaBundle(kind, name, item_key, str(content))
+    return None
 
 
 def _values_ca(manifests: Manifests, values: dict[str, Any]) -> tuple[str, str, str]:

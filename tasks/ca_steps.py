@@ -53,24 +53,22 @@ def plan_rotation(spec: MeshSpec, cluster: str | None) -> ca_plan.RotationPlan:
         with cluster_client(spec, name) as client:
             return client.get_secret(NAMESPACE, secret_name)
 
-    def image(name: str) -> str | None:
-        with cluster_client(spec, name) as client:
-            return ca_rotation.certgen_image(client)
-
-    return ca_plan.plan_rotation(spec, cluster, read, secret, image)
+    return ca_plan.plan_rotation(spec, cluster, read, secret)
 
 
 @task(name="Rotate the CA", **UNPERSISTED)
 def rotate_cluster(spec: MeshSpec, cluster: str, wrote: Callable[[str], None]) -> ClusterRotation:
-    """Rotate ``cluster``'s CA through its phases (certgen's cronJob re-issues); ``wrote`` hears each write."""
+    """Rotate ``cluster``'s CA through its phases (re-issued as its tls.auto.method allows: certgen's CronJob, or
+    a KKP render under helm); ``wrote`` hears each write."""
     installations: dict[str, dict[str, Any]] = {}
     for member in spec.clusters:
         with cluster_client(spec, member.name) as client:
             installations[member.name] = client.get_application_installation()
     peers, _by_hand = ca_plan.peers_of(cluster, installations)
+    method = ca_plan.rotation_method(spec, installations[cluster])
 
     def reissue(client: ClusterClient) -> None:
-        request_reissue(client, spec, cluster, "cronJob")
+        request_reissue(client, spec, cluster, method)
 
     with cluster_client(spec, cluster) as client:
         rotation = ca_rotation.Rotation(

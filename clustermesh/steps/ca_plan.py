@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clustermesh.certs import fingerprint
-from clustermesh.cilium.profiles import profile_for
+from clustermesh.cilium.profiles import parse_cilium_version, profile_for
 from clustermesh.errors import ClusterMeshError, ClusterStateError
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.ca_bundle import bundle_refusal, is_ours
 from clustermesh.steps.ca_rotation import (
     CA_VALIDITY_DAYS,
     PHASE_TEXT,
@@ -24,51 +25,22 @@ from clustermesh.steps.membership import managed_peers
 from clustermesh.values import read_values, value_at
 
 METHOD_PATH = ("clustermesh", "apiserver", "tls", "auto")
-HELM_REFUSAL = (
-    "tls.auto.method helm: the chart renders cilium-ca and every leaf certificate itself, anew on each KKP "
-    "Helm upgrade (templates/clustermesh-apiserver/tls-helm, cilium.ca.setup), so the rotation cannot drive "
-    "its re-issue step by step"
-)
-HELM_FIX = "switch the cluster to tls_method cronJob (Cilium 1.19+: certgen's CronJob reuses cilium-ca), then rotate"
+NO_CA_BUNDLE_BEFORE = (1, 14)
+"""``tls.caBundle`` (the trust overlap) is in every chart from 1.14.0; 1.13's values.yaml has no such key."""
 
 
-CHAIN_CERTGEN = (0, 3, 1)
-"""cilium/certgen from v0.3.1 (commit 12b16d49, "add support for CA certificate chains") reads cilium-ca's ca.crt
-as a chain: signs with the first certificate, writes only the last into each leaf's ca.crt."""
-
-
-def certgen_refusal(image: str | None) -> str | None:
-    """Why the certgen ``image`` would break the overlap (with the fix); None for the ones that keep a bundle."""
-    tag = (image or "").split("@", 1)[0].rsplit(":", 1)[-1] if image and ":" in image.split("@", 1)[0] else ""
-    try:
-        version = tuple(int(part) for part in tag.lstrip("v").split(".")[:3])
-    except ValueError:
-        version = ()
-    if len(version) != 3:
-        return (
-            f"the certgen image ({image or 'no certgen CronJob or Job found'}) does not tell its version, so it is not "
-            "known to keep a CA bundle in the leaves' ca.crt — fix: rotate with the chart's tls.caBundle by hand"
-        )
-    if version >= CHAIN_CERTGEN:
-        return (
-            f"certgen {tag} reads cilium-ca's ca.crt as a chain (cilium/certgen v0.3.1+): it signs with the first "
-            "certificate but writes only the last into every leaf's ca.crt, so the clustermesh-apiserver would "
-            "trust the new CA alone while every peer still holds a certificate of the old one (cut off) — fix: not "
-            "built yet; rotate by hand with the chart's tls.caBundle (a trust bundle the apiserver reads instead of "
-            "ca.crt) holding both CAs"
-        )
-    return None
-
-
-def cluster_refusal(
-    spec: MeshSpec, cluster: str, ai: Mapping[str, Any], certgen_image: str | None = None
-) -> str | None:
-    """Why X's CA cannot be rotated here (method, CA mode, certgen), with the fix; None when it can.
-
-    ``certgen_image`` is judged only under the cronJob method."""
+def cluster_refusal(spec: MeshSpec, cluster: str, ai: Mapping[str, Any]) -> str | None:
+    """Why X's CA cannot be rotated here (Cilium line, CA mode, method, a person's tls.caBundle), with the fix;
+    None when it can."""
     values, _ = read_values(ai)
     version = spec.cilium.version or str(((ai.get("spec") or {}).get("applicationRef") or {}).get("version") or "")
     resolved = spec.cilium.resolve(profile_for(version)) if version else None
+    parsed = parse_cilium_version(version) if version else None
+    if parsed is not None and (parsed.major, parsed.minor) < NO_CA_BUNDLE_BEFORE:
+        return (
+            f"Cilium {version}: the chart has no tls.caBundle before 1.14, so the clustermesh-apiserver cannot "
+            "trust two CAs at once — fix: upgrade the cluster to 1.14 or later first, then rotate"
+        )
     if resolved is not None and resolved.ca_mode == "shared":
         return (
             f"shared CA mode (Cilium {resolved.profile.line}, cilium.ca_mode {spec.cilium.ca_mode}): every member "
@@ -79,13 +51,21 @@ def cluster_refusal(
     if auto.get("enabled") is False:
         return "tls.auto.enabled is false (certificates provided by hand) — fix: rotate those certificates yourself"
     method = str(auto.get("method") or (resolved.tls_method if resolved else "cronJob"))
-    if method == "helm":
-        return f"{HELM_REFUSAL} — fix: {HELM_FIX}"
     if method == "certmanager":
         return "tls.auto.method certmanager: cert-manager's issuer is not modelled — fix: rotate its issuer's CA"
-    if method != "cronJob":
-        return f"tls.auto.method {method!r} is unknown — fix: use cronJob"
-    return certgen_refusal(certgen_image)
+    if method not in ("cronJob", "helm"):
+        return f"tls.auto.method {method!r} is unknown — fix: use cronJob or helm"
+    return None
+
+
+def rotation_method(spec: MeshSpec, ai: Mapping[str, Any]) -> str:
+    """X's ``tls.auto.method`` (the values', else the line's default): how its leaves are re-issued."""
+    values, _ = read_values(ai)
+    _, auto = value_at(values, METHOD_PATH)
+    if isinstance(auto, dict) and auto.get("method"):
+        return str(auto["method"])
+    version = spec.cilium.version or str(((ai.get("spec") or {}).get("applicationRef") or {}).get("version") or "")
+    return spec.cilium.resolve(profile_for(version)).tls_method if version else "cronJob"
 
 
 @dataclass(frozen=True)
@@ -113,6 +93,11 @@ class ClusterRotationPlan:
             lines.append(f"  new CA (stored, reused): {self.pending}")
         elif self.phase == "start":
             lines.append(f"  new CA: generated at the first write (ECDSA P-256, {CA_VALIDITY_DAYS} days)")
+        if self.changing:
+            lines.append(
+                f"  {self.cluster}'s values: tls.caBundle trusts old and new while its certificates change, then "
+                "back as it was (KKP rolls the agents and the clustermesh-apiserver twice)"
+            )
         if self.changing:
             lines.append(
                 f"  peers re-keyed (caCert and client certificate for {self.cluster}): "
@@ -193,17 +178,23 @@ def plan_cluster(
     target: str,
     installations: Mapping[str, Mapping[str, Any]],
     read_secret: Callable[[str], dict[str, Any] | None],
-    certgen_image: str | None,
     now: dt.datetime | None = None,
 ) -> ClusterRotationPlan:
     """Pure over what was read: X's refusal or its phase, the peers to re-key."""
     managed, by_hand = peers_of(target, installations)
-    refusal = cluster_refusal(spec, target, installations[target], certgen_image)
+    ai = installations[target]
+    refusal = cluster_refusal(spec, target, ai)
     if refusal is not None:
         return ClusterRotationPlan(target, None, (), None, managed, by_hand, refusal)
     state = read_ca_state(read_secret, target)
+    values, _ = read_values(ai)
+    nxt = state.next_ca
+    ours = nxt is not None and is_ours(ai, values, nxt.cert_pem, (state.previous or "", nxt.cert_pem))
+    found = state.phase(now, ours)
+    if found == "start" and (taken := bundle_refusal(values)) is not None:
+        return ClusterRotationPlan(target, None, fingerprints(state.certs), None, managed, by_hand, taken)
     pending = fingerprint(state.next_ca.cert_pem) if state.next_ca else None
-    return ClusterRotationPlan(target, state.phase(now), fingerprints(state.certs), pending, managed, by_hand)
+    return ClusterRotationPlan(target, found, fingerprints(state.certs), pending, managed, by_hand)
 
 
 def plan_rotation(
@@ -211,9 +202,8 @@ def plan_rotation(
     cluster: str | None,
     read_installation: Callable[[str], dict[str, Any]],
     read_secret: Callable[[str, str], dict[str, Any] | None],
-    read_certgen_image: Callable[[str], str | None],
 ) -> RotationPlan:
-    """Read every member's installation and each target's CA Secrets and certgen image; plan, writing nothing."""
+    """Read every member's installation and each target's CA Secrets; plan, writing nothing."""
     targets = rotation_targets(spec, cluster)
     installations: dict[str, dict[str, Any]] = {}
     unreadable: dict[str, str] = {}
@@ -227,8 +217,7 @@ def plan_rotation(
         if target not in installations:
             continue
         try:
-            image = read_certgen_image(target)
-            plans.append(plan_cluster(spec, target, installations, _reader(read_secret, target), image))
+            plans.append(plan_cluster(spec, target, installations, _reader(read_secret, target)))
         except ClusterMeshError as exc:
             plans.append(ClusterRotationPlan(target, None, (), None, [], [], str(exc).splitlines()[0][:300]))
     return RotationPlan(spec.name, plans, unreadable)

@@ -1,41 +1,34 @@
 """CA rotation with trust overlap: one cluster's CA replaced while every peer keeps trusting it.
 
 Per-peer CA mode: each peer P of cluster X holds, in its entry for X, X's remote client certificate and
-X's CA (``caCert``, to verify X's server); X's clustermesh-apiserver verifies P's client against the ca.crt
-of its own leaf Secrets. The rotation from the old CA O to a new CA N runs in phases, each a state that
-can be read back from the clusters, so a rerun (after a crash or a stop) goes on where the last one ended:
+X's CA (``caCert``, to verify X's server); X's clustermesh-apiserver verifies P's client by the ca.crt of its
+leaf Secrets, or, with the chart's ``tls.caBundle``, by that bundle (``clustermesh.steps.ca_bundle``). The
+rotation from the old CA O to a new CA N runs in phases, each a state read back from the clusters, so a rerun
+(after a crash or a stop) goes on where the last one ended:
 
 0. N is generated (ECDSA P-256, 1095 days, like the chart's CA) and stored *first* in X's Secret
-   ``clustermesh-ca-next`` (with O's certificate), so a crash never loses its key; a rerun reuses it.
-1. trust both: ``cilium-ca`` = {ca.crt: O+N, ca.key: O's key}; the leaves are re-issued (still by O,
-   ca.crt the bundle: X's apiserver now accepts clients of either CA); every peer's caCert for X = O+N.
-2. switch: ``cilium-ca`` = {ca.crt: N+O, ca.key: N's key}; the leaves are re-issued by N (ca.crt still the
-   bundle); every peer gets X's new remote certificate (caCert still O+N).
-3. drop old: ``cilium-ca`` = {N, N's key} (and a record of the rotation); the leaves are re-issued (ca.crt
-   N alone); every peer's entry for X = N and X's newest remote certificate; ``clustermesh-ca-next`` goes.
+   ``clustermesh-ca-next`` (with O's certificate and X's ``tls.caBundle`` as it was), so a crash never loses
+   its key; a rerun reuses it.
+1. trust both: X's values get ``tls.caBundle: {enabled: true, content: O+N}`` (KKP renders: the apiserver
+   and the agents now accept clients of either CA); every peer's caCert for X = O+N.
+2. switch: ``cilium-ca`` = {N, N's key} (one CA: every certgen version takes it, and the helm method's
+   ``cilium.ca.setup`` looks it up and reuses it); X's leaves are re-issued by N (cronJob: a Job from certgen's
+   CronJob; helm: a render); every peer gets X's new remote certificate (caCert still O+N).
+3. drop old: every peer's caCert for X = N; X's ``tls.caBundle`` back to what it was (X trusts its leaves'
+   ca.crt, N, again); the newest remote certificate handed out once more (a helm render re-issues);
+   ``clustermesh-ca-next`` goes.
 
-Why no peer ever holds a certificate its target refuses: until phase 3, X's apiserver trusts O and N, so
+Why no peer ever holds a certificate its target refuses: until phase 3, X trusts O and N (the bundle), so
 any client certificate X issued (by O or N) is accepted; X's server certificate is signed by N only from
-phase 2, when every peer already trusts O+N (phase 1). In phase 3 X trusts N alone only once its leaves are
-re-issued, and by then every peer already holds an N-signed client certificate (phase 2); the peers drop
-O right after. Phase 3 writes each peer once (caCert N and the newest certificate together) instead of
-twice (caCert first, certificate after): both orders are safe, this one reloads each peer once less.
-
-What this assumes of the issuer: the signer is the certificate of ``cilium-ca`` that matches ca.key and every
-leaf Secret's ca.crt is cilium-ca's ca.crt verbatim. The chart's ``helm`` method renders exactly that
-(``buildCustomCert`` keeps the whole ca.crt; tests/domain/test_ca_rotation.py renders it), and the sandbox's
-certgen does. cilium/certgen itself does not: v0.3.1+ (Cilium 1.16.19+, 1.19, 1.20) reads ca.crt as a *chain*
-(signs with the first, writes only the last into the leaves' ca.crt, appends the rest to tls.crt), v0.2.x fails
-on more than one certificate ("the PEM file should contain only one object"). So the plan refuses a certgen
-image of v0.3.1 or later (or of no telling version) before any write (``ca_plan.certgen_refusal``), and against
-an older real one the first re-issue's Job fails and the wait after it names that: the leaves stay as they
-were, and cilium-ca's ca.crt must go back to the old CA alone for certgen to run again. Overlap with
-real certgen needs ``tls.caBundle`` (the chart's trust bundle, read by the apiserver instead of ca.crt) or a
-cross-signed new CA: not built.
+phase 2, when every peer already trusts O+N (phase 1). X trusts N alone only once every peer holds an
+N-signed client certificate (phase 2). Why the bundle and not ca.crt: cilium/certgen v0.3.1+ reads a
+multi-certificate ca.crt as a chain (signs with the first, writes only the last into the leaves' ca.crt)
+and older versions refuse it ("the PEM file should contain only one object"); ``cilium-ca`` therefore only
+ever holds one CA here.
 
 A cluster whose ``cilium-ca`` this pipeline rotated less than ``FRESH_FOR`` ago (annotation on the Secret)
 is not rotated again: a rerun of a finished rotation writes nothing. Pure logic over
-:class:`ClusterClient`; the re-issue itself (a certgen Job) is passed in.
+:class:`ClusterClient`; the re-issue itself is passed in.
 """
 
 from __future__ import annotations
@@ -58,6 +51,16 @@ from clustermesh.certs import fingerprint, issued_by, key_matches, load_cert, lo
 from clustermesh.errors import AlreadyExistsError, CertificateError, ClusterStateError, ConflictError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
+from clustermesh.steps.ca_bundle import (
+    BEFORE_KEY,
+    BUNDLE_OWNER,
+    bundle_refusal,
+    is_ours,
+    record_before,
+    restored,
+    same_bundle,
+    with_bundle,
+)
 from clustermesh.steps.membership import managed_peers
 from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
 from clustermesh.stopping import note_written, raise_if_stopping
@@ -83,8 +86,8 @@ Phase = Literal["done", "start", "stored", "trust-both", "switched", "drop-old"]
 PHASE_TEXT: dict[str, str] = {
     "done": "rotated less than a day ago by this pipeline: nothing to do",
     "start": "not started: a new CA is generated and stored in clustermesh-ca-next first",
-    "stored": "new CA stored (phase 0 done): next, trust both",
-    "trust-both": "trusting both CAs (phase 1 under way)",
+    "stored": "new CA stored (phase 0 done): next, trust both through tls.caBundle",
+    "trust-both": "trusting both CAs through tls.caBundle (phase 1 under way)",
     "switched": "signing with the new CA (phase 2 under way)",
     "drop-old": "dropping the old CA (phase 3 under way)",
 }
@@ -178,6 +181,7 @@ class CaState:
     annotations: dict[str, str]
     next_ca: NewCa | None = None
     previous: str | None = None  # the CA being replaced, recorded with the next one
+    bundle_before: str = ""  # X's tls.caBundle before the rotation (ca_bundle.record_before), with the next one
 
     @property
     def signer(self) -> str | None:
@@ -188,20 +192,17 @@ class CaState:
             return None
         return next((c for c in self.certs if key_matches(load_cert(c), key)), None)
 
-    def phase(self, now: dt.datetime | None = None) -> Phase:
+    def phase(self, now: dt.datetime | None = None, bundle_ours: bool = False) -> Phase:
+        """Where the rotation stands; ``bundle_ours``: X's values trust old+new through our ``tls.caBundle``."""
         if self.next_ca is None:
             return "done" if self._recently_rotated(now) else "start"
         new, old = fingerprint(self.next_ca.cert_pem), fingerprint(self.previous or "")
         signer = fingerprint(self.signer or "")
         held = fingerprints(self.certs)
-        for phase, want_signer, want_certs in (
-            ("stored", old, (old,)),
-            ("trust-both", old, (old, new)),
-            ("switched", new, (new, old)),
-            ("drop-old", new, (new,)),
-        ):
-            if signer == want_signer and held == want_certs:
-                return phase  # type: ignore[return-value]
+        if held == (old,) and signer == old:
+            return "trust-both" if bundle_ours else "stored"
+        if held == (new,) and signer == new:
+            return "switched" if bundle_ours else "drop-old"
         raise ClusterStateError(
             self.cluster,
             f"Secret {NAMESPACE}/{CA_SECRET} holds {', '.join(held) or 'no certificate'} (signer "
@@ -242,7 +243,10 @@ def read_ca_state(read_secret: Callable[[str], dict[str, Any] | None], cluster: 
     nxt = ((read_secret(NEXT_SECRET) or {}).get("data")) or {}
     if nxt.get("ca.crt") and nxt.get("ca.key") and nxt.get("previous.crt"):
         pending = NewCa(unb64(nxt["ca.crt"]), unb64(nxt["ca.key"]))
-        return CaState(**{**state.__dict__, "next_ca": pending, "previous": unb64(nxt["previous.crt"])})
+        before = unb64(nxt.get(BEFORE_KEY)) if nxt.get(BEFORE_KEY) else record_before({})
+        return CaState(
+            **{**state.__dict__, "next_ca": pending, "previous": unb64(nxt["previous.crt"]), "bundle_before": before}
+        )
     return state
 
 
@@ -253,13 +257,17 @@ def entry_for(values: Mapping[str, Any], target: str) -> dict[str, Any] | None:
     return next((e for e in peer_entries(values) if str(e.get("name")) == target), None)
 
 
-def entry_is_current(entry: Mapping[str, Any], trust: Sequence[str], remote: Mapping[str, str]) -> bool:
-    """The peer's entry for X holds X's remote certificate and key as they are and trusts exactly ``trust``."""
+def entry_is_current(
+    entry: Mapping[str, Any], trust: Sequence[str], remote: Mapping[str, str], accept: Sequence[Sequence[str]] = ()
+) -> bool:
+    """The peer's entry for X holds X's remote certificate and key as they are and trusts exactly ``trust``
+    (or one of ``accept``: a later phase's trust a rerun must not undo)."""
     tls = entry.get("tls") or {}
+    held = fingerprints(split_pem(unb64(str(tls.get("caCert", "")))))
     return (
         str(tls.get("cert", "")).strip() == remote.get("tls.crt", "").strip()
         and str(tls.get("key", "")).strip() == remote.get("tls.key", "").strip()
-        and fingerprints(split_pem(unb64(str(tls.get("caCert", ""))))) == fingerprints(trust)
+        and held in {fingerprints(t) for t in (trust, *accept)}
     )
 
 
@@ -287,6 +295,7 @@ def rekey_peer(
     trust: Sequence[str],
     remote: Mapping[str, str],
     wrote: Wrote,
+    accept: Sequence[Sequence[str]] = (),
 ) -> bool:
     """Write ``peer``'s managed entry for ``target`` (see :func:`rekeyed`) unless current; True when written.
 
@@ -299,7 +308,7 @@ def rekey_peer(
         entry = entry_for(values, target)
         if entry is None or target not in managed_peers(ai, values):
             return False
-        if entry_is_current(entry, trust, remote):
+        if entry_is_current(entry, trust, remote, accept):
             wait_applied(client, spec, peer)  # written by a run that stopped before KKP had applied it
             return False
         raise_if_stopping(f"{step} (mesh values)")
@@ -344,7 +353,7 @@ class Rotation:
 def rotate_cluster(rotation: Rotation, now: dt.datetime | None = None) -> tuple[Phase, str | None]:
     """Rotate X's CA from wherever the last run left it; (the phase found, the new CA's fingerprint or None)."""
     state = rotation.state()
-    found = state.phase(now)
+    found = state.phase(now, _bundle_ours(rotation, state))
     if found == "done":
         return found, None
     if found == "start":
@@ -352,22 +361,29 @@ def rotate_cluster(rotation: Rotation, now: dt.datetime | None = None) -> tuple[
     assert state.next_ca is not None and state.previous is not None
     new, old = state.next_ca, state.previous
     first = {"start": 0, "stored": 0, "trust-both": 0, "switched": 1, "drop-old": 2}[found]
-    if first <= 0:  # 1. trust both: still signed by the old CA, whose key cilium-ca holds
-        _ensure_ca(rotation, (old, new.cert_pem), state.key_pem)
-        _ensure_leaves(rotation)
+    if first <= 0:  # 1. trust both: X through tls.caBundle, the peers through caCert
+        _ensure_values(rotation, state, trust=(old, new.cert_pem))
         _ensure_peers(rotation, (old, new.cert_pem))
-    if first <= 1:  # 2. switch: signed by the new CA, both still trusted
-        _ensure_ca(rotation, (new.cert_pem, old), new.key_pem)
+    if first <= 1:  # 2. switch: cilium-ca = the new CA alone, the leaves re-issued by it and handed out
+        marker = {ROTATED_TO: fingerprint(new.cert_pem), ROTATED_AT: (now or dt.datetime.now(dt.UTC)).isoformat()}
+        _ensure_ca(rotation, (new.cert_pem,), new.key_pem, marker)
         _ensure_leaves(rotation)
-        _ensure_peers(rotation, (old, new.cert_pem))
-    marker = {ROTATED_TO: fingerprint(new.cert_pem), ROTATED_AT: (now or dt.datetime.now(dt.UTC)).isoformat()}
-    _ensure_ca(rotation, (new.cert_pem,), new.key_pem, marker)  # 3. drop old
-    _ensure_leaves(rotation)
-    _ensure_peers(rotation, (new.cert_pem,))
+        _ensure_peers(rotation, (old, new.cert_pem), accept=((new.cert_pem,),))
+    _ensure_peers(rotation, (new.cert_pem,))  # 3. drop old: the peers first, then X's bundle
+    _ensure_values(rotation, state, trust=None)
+    _ensure_peers(rotation, (new.cert_pem,))  # a helm render re-issued the leaves: the newest remote cert
     if rotation.client.delete_secret(NAMESPACE, NEXT_SECRET):
         note_written(f"{rotation.cluster}: delete {NEXT_SECRET}")
         rotation.note(f"{rotation.cluster}: {NEXT_SECRET} deleted")
     return found, fingerprint(new.cert_pem)
+
+
+def _bundle_ours(rotation: Rotation, state: CaState) -> bool:
+    if state.next_ca is None or state.previous is None:
+        return False
+    ai = rotation.client.get_application_installation()
+    values, _ = read_values(ai)
+    return is_ours(ai, values, state.next_ca.cert_pem, (state.previous, state.next_ca.cert_pem))
 
 
 def _store_next(rotation: Rotation, state: CaState) -> CaState:
@@ -380,9 +396,20 @@ def _store_next(rotation: Rotation, state: CaState) -> CaState:
             fix=f"a rotation starts from one CA and its key: put {CA_SECRET} back to that form (or restore "
             f"{NEXT_SECRET} from a backup), then run again",
         )
+    values, _ = read_values(rotation.client.get_application_installation())
+    refusal = bundle_refusal(values)
+    if refusal is not None:
+        raise ClusterStateError(
+            rotation.cluster, f"{refusal.split(' — fix: ')[0]}; nothing was written", fix=refusal.split(" — fix: ")[-1]
+        )
     new = generate_ca()
     raise_if_stopping(f"{rotation.cluster}: store the new CA")
-    data = {"ca.crt": b64(new.cert_pem), "ca.key": b64(new.key_pem), "previous.crt": b64(signer)}
+    data = {
+        "ca.crt": b64(new.cert_pem),
+        "ca.key": b64(new.key_pem),
+        "previous.crt": b64(signer),
+        BEFORE_KEY: b64(record_before(values)),
+    }
     try:
         rotation.client.write_secret(NAMESPACE, NEXT_SECRET, data, resource_version=None)
     except AlreadyExistsError:
@@ -390,6 +417,47 @@ def _store_next(rotation: Rotation, state: CaState) -> CaState:
     note_written(f"{rotation.cluster}: store {NEXT_SECRET}")
     rotation.note(f"{rotation.cluster}: new CA {fingerprint(new.cert_pem)} stored in {NEXT_SECRET}")
     return rotation.state()
+
+
+def _ensure_values(rotation: Rotation, state: CaState, trust: Sequence[str] | None) -> None:
+    """X's ``tls.caBundle`` = ours trusting ``trust``, or (None) back to what it was; wait until KKP applied it."""
+    assert state.next_ca is not None
+    client, spec, cluster = rotation.client, rotation.spec, rotation.cluster
+    new_fp = fingerprint(state.next_ca.cert_pem)
+    for _attempt in range(MAX_CONFLICT_RETRIES + 1):
+        ai = client.get_application_installation()
+        values, values_field = read_values(ai)
+        owner = ((ai.get("metadata") or {}).get("annotations") or {}).get(BUNDLE_OWNER)
+        if trust is not None and is_ours(ai, values, state.next_ca.cert_pem, trust):
+            wait_applied(client, spec, cluster)
+            return
+        if trust is None and owner is None and same_bundle(values, state.bundle_before):
+            wait_applied(client, spec, cluster)
+            return
+        if trust is None and owner not in (None, new_fp):
+            raise ClusterStateError(
+                cluster,
+                f"tls.caBundle is marked as written by another rotation ({BUNDLE_OWNER}: {owner}, this one: {new_fp})",
+                fix=f"check tls.caBundle in {cluster}'s values, remove the annotation when it is right, run again",
+            )
+        updated = with_bundle(values, trust) if trust is not None else restored(values, state.bundle_before)
+        raise_if_stopping(f"{cluster}: tls.caBundle")
+        new_ai = installation_with_values(ai, updated, values_field)
+        annotations = new_ai["metadata"]["annotations"]
+        if trust is not None:
+            annotations[BUNDLE_OWNER] = new_fp
+        else:
+            annotations.pop(BUNDLE_OWNER, None)
+        try:
+            client.replace_application_installation(new_ai)
+        except ConflictError:
+            continue
+        note_written(f"{cluster}: tls.caBundle")
+        what = f"trusts {', '.join(fingerprints(trust))}" if trust is not None else "back as before the rotation"
+        rotation.note(f"{cluster}: tls.caBundle {what}")
+        wait_applied(client, spec, cluster)
+        return
+    raise ConflictError(cluster, "replace", f"{NAMESPACE}/applicationinstallations/cilium", "changed under every write")
 
 
 def _ensure_ca(rotation: Rotation, certs: Sequence[str], key_pem: str, marker: Mapping[str, str] | None = None) -> None:
@@ -414,7 +482,7 @@ def _ensure_ca(rotation: Rotation, certs: Sequence[str], key_pem: str, marker: M
 
 
 def leaf_problems(read_secret: Callable[[str], dict[str, Any] | None], state: CaState) -> list[str]:
-    """Why X's leaf Secrets do not match ``cilium-ca`` yet (ca.crt the whole bundle, signed by its signer)."""
+    """Why X's leaf Secrets do not match ``cilium-ca`` yet (ca.crt its CA, tls.crt signed by it)."""
     signer = state.signer
     want = fingerprints(state.certs)
     problems = []
@@ -445,22 +513,21 @@ def _ensure_leaves(rotation: Rotation) -> None:
     raise_if_stopping(f"{rotation.cluster}: re-issue the clustermesh certificates")
     rotation.reissue(client)
     note_written(f"{rotation.cluster}: re-issue the clustermesh certificates")
-    rotation.note(f"{rotation.cluster}: certgen asked to re-issue by {fingerprint(state.signer or '')}")
+    rotation.note(f"{rotation.cluster}: certificates re-issued by {fingerprint(state.signer or '')}")
     client.wait_for(
         lambda: leaf_problems(read, state),
         lambda problems: not problems,
         timeout=spec.timeouts.certificates,
         expected=f"leaf certificates signed by {fingerprint(state.signer or '')}, ca.crt = {CA_SECRET}'s",
         check="the certgen Job in kube-system (kubectl -n kube-system get jobs,pods -l "
-        "k8s-app=clustermesh-apiserver-generate-certs) and its log: the rotation needs a certgen that copies "
-        f"{CA_SECRET}'s ca.crt bundle into every leaf (cilium/certgen before v0.3.1 refuses a bundle: 'the PEM file "
-        "should contain only one object')",
+        "k8s-app=clustermesh-apiserver-generate-certs) and its log (cronJob), or the cilium "
+        "ApplicationInstallation's status (helm)",
         poll_interval=spec.timeouts.poll_interval,
         describe=lambda problems: "; ".join(problems) or "ready",
     )
 
 
-def _ensure_peers(rotation: Rotation, trust: Sequence[str]) -> None:
+def _ensure_peers(rotation: Rotation, trust: Sequence[str], accept: Sequence[Sequence[str]] = ()) -> None:
     """Every peer's managed entry for X = X's current remote certificate, trusting ``trust``."""
     remote = ((rotation.client.get_secret(NAMESPACE, REMOTE_CERT) or {}).get("data")) or {}
     if not remote.get("tls.crt") or not remote.get("tls.key"):
@@ -471,25 +538,4 @@ def _ensure_peers(rotation: Rotation, trust: Sequence[str]) -> None:
         )
     for peer in rotation.peers:
         with rotation.peer_client(peer) as client:
-            rekey_peer(client, rotation.spec, peer, rotation.cluster, trust, remote, rotation.note)
-
-
-CERTGEN = "clustermesh-apiserver-generate-certs"
-
-
-def certgen_image(client: ClusterClient) -> str | None:
-    """The certgen image the cluster runs (its CronJob's, else its newest certgen Job's); None when neither."""
-    cronjob = client.get_cronjob(NAMESPACE, CERTGEN)
-    if cronjob is not None:
-        template = ((cronjob.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}
-        return _first_image(template)
-    jobs = client.list_jobs(NAMESPACE, f"k8s-app={CERTGEN}")
-    if not jobs:
-        return None
-    newest = max(jobs, key=lambda j: str((j.get("metadata") or {}).get("creationTimestamp", "")))
-    return _first_image(newest.get("spec") or {})
-
-
-def _first_image(job_spec: Mapping[str, Any]) -> str | None:
-    containers = (((job_spec.get("template") or {}).get("spec") or {}).get("containers")) or []
-    return str(containers[0].get("image")) if containers and isinstance(containers[0], dict) else None
+            rekey_peer(client, rotation.spec, peer, rotation.cluster, trust, remote, rotation.note, accept)

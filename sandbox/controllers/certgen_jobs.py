@@ -20,6 +20,7 @@ from typing import Any
 
 from sandbox.chart import Rendered
 from sandbox.controllers.base import NS, SimCluster
+from sandbox.controllers.certgen import certgen_tag
 from sandbox.store import Obj, now_rfc3339
 from sandbox.versions import parse_lenient
 
@@ -49,7 +50,7 @@ def _job_spec(r: Rendered) -> Obj:
                 "containers": [
                     {
                         "name": "certgen",
-                        "image": "quay.io/cilium/certgen:v0.2.4",
+                        "image": f"quay.io/cilium/certgen:{certgen_tag(r.version)}",
                         "command": ["/usr/bin/cilium-certgen"],
                         "args": ["--ca-secret-name=cilium-ca", f"--ca-secret-namespace={NS}"],
                         "env": [{"name": "CILIUM_VERSION", "value": r.version}],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sandbox.chart import Rendered
 from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
+from sandbox.controllers.certgen import trust_volume
 from sandbox.controllers.mcs import mcs_config
 from sandbox.datapath.remote_cache import CACHE_TTL_KEY
 from sandbox.store import Obj
@@ -49,6 +50,7 @@ class HelmApply:
                 if cur is not None:
                     self._delete(c, key, cur)
         self._reconcile_certgen_workloads(c, r)
+        self._apply_ca_bundle(c, r)
 
     def _cilium_config(self, r: Rendered) -> dict[str, str]:
         data = {
@@ -101,9 +103,9 @@ class HelmApply:
             r.apiserver_replicas,
         )
         tspec = dep["spec"]["template"]["spec"]
-        tspec["volumes"] = [
-            {"name": "etcd-server-secrets", "secret": {"secretName": "clustermesh-apiserver-server-cert"}},
-            {"name": "etcd-admin-client", "secret": {"secretName": "clustermesh-apiserver-admin-cert"}},
+        tspec["volumes"] = [  # ca.crt from the leaf Secret, or from tls.caBundle (certgen's trust_volume)
+            trust_volume("etcd-server-secrets", "clustermesh-apiserver-server-cert", r.ca_bundle),
+            trust_volume("etcd-admin-client", "clustermesh-apiserver-admin-cert", r.ca_bundle),
         ]
         if aliases:
             tspec["hostAliases"] = aliases

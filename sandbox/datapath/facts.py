@@ -231,17 +231,18 @@ def _build_facts(name: str, store: Store) -> _Facts:
         f.lb_ips = tuple(str(i["ip"]) for i in ingress if isinstance(i, dict) and i.get("ip"))
 
     server = _secret_files(_object(store, "v1/secrets", NS, "clustermesh-apiserver-server-cert"))
-    f.server_ca = server.get("ca.crt", b"")
+    apiserver_deploy = _object(store, "apps/v1/deployments", NS, "clustermesh-apiserver")
+    bundle = _trust_bundle(store, apiserver_deploy)
+    f.server_ca = server.get("ca.crt", b"") if bundle is None else bundle
     f.server_cert = server.get("tls.crt", b"")
     remote = _secret_files(_object(store, "v1/secrets", NS, "clustermesh-apiserver-remote-cert"))
     f.remote_files = {
         "common-etcd-client.crt": remote.get("tls.crt", b""),
         "common-etcd-client.key": remote.get("tls.key", b""),
-        "common-etcd-client-ca.crt": remote.get("ca.crt", b""),
+        "common-etcd-client-ca.crt": remote.get("ca.crt", b"") if bundle is None else bundle,
     }
 
     aliases: dict[str, str] = {}
-    apiserver_deploy = _object(store, "apps/v1/deployments", NS, "clustermesh-apiserver")
     for owner in (apiserver_deploy, daemonset):  # the agents' own aliases win
         for alias in _get(owner, "spec", "template", "spec", "hostAliases", default=[]) or []:
             for host in alias.get("hostnames") or []:
@@ -332,3 +333,24 @@ def _peer_configs(files: dict[str, bytes], common: dict[str, bytes]) -> dict[str
 
 
 # ---- one evaluation across all clusters -----------------------------------------------------------------
+
+
+def _trust_bundle(store: Store, deploy: Obj | None) -> bytes | None:
+    """The CA bundle the clustermesh-apiserver's etcd trusts clients by, when ``tls.caBundle`` puts one in its
+    ``etcd-server-secrets`` volume (a ConfigMap or Secret source with path ca.crt); None: the leaf's ca.crt.
+
+    The chart projects the same bundle into the agents' common-etcd-client-ca.crt, so it stands for both.
+    A missing object or key gives b"" (etcd then trusts nothing)."""
+    volumes = _get(deploy, "spec", "template", "spec", "volumes", default=[]) or []
+    volume = next((v for v in volumes if isinstance(v, dict) and v.get("name") == "etcd-server-secrets"), None)
+    for source in _get(volume, "projected", "sources", default=[]) or []:
+        for kind, table in (("configMap", "v1/configmaps"), ("secret", "v1/secrets")):
+            ref = source.get(kind) if isinstance(source, dict) else None
+            item = next((i for i in (ref or {}).get("items") or [] if i.get("path") == "ca.crt"), None)
+            if ref is None or item is None or ref.get("name") == "clustermesh-apiserver-server-cert":
+                continue
+            obj = _object(store, table, NS, str(ref.get("name")))
+            if kind == "secret":
+                return _secret_files(obj).get(str(item.get("key")), b"")
+            return str(((obj or {}).get("data") or {}).get(str(item.get("key")), "")).encode()
+    return None

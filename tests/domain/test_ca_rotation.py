@@ -1,7 +1,9 @@
-"""CA rotation's pure logic: the new CA, the phase read back from ``cilium-ca`` and ``clustermesh-ca-next``, the
-peer entry re-keyed in either values form, what is refused (method, CA mode) and the plan (fingerprints only).
-Plus the fact the design rests on for the helm method, checked with the real chart: ca.crt holding a bundle is
-rendered verbatim into every leaf Secret."""
+"""CA rotation's pure logic: the new CA, the phase read back from ``cilium-ca``, ``clustermesh-ca-next`` and
+whether X's values trust both CAs through our ``tls.caBundle``, the bundle written and put back as it was, the
+peer entry re-keyed in either values form, what is refused (Cilium 1.13, method, CA mode, a person's own
+bundle) and the plan (fingerprints only). Plus the facts the design rests on, checked with the real charts:
+with ``tls.caBundle`` the clustermesh-apiserver's etcd trusts the bundle's ConfigMap, which the chart renders
+from ``content``; under helm a ca.crt bundle is rendered verbatim into every leaf Secret."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from clustermesh.certs import fingerprint
 from clustermesh.errors import ClusterStateError
-from clustermesh.steps.ca_plan import certgen_refusal, cluster_refusal, plan_rotation
+from clustermesh.steps.ca_bundle import BUNDLE_OWNER, bundle_refusal, is_ours, record_before, restored, with_bundle
+from clustermesh.steps.ca_plan import cluster_refusal, plan_rotation
 from clustermesh.steps.ca_rotation import (
     CA_SECRET,
     NEXT_SECRET,
@@ -52,8 +55,8 @@ def secrets(certs: list[str], key: str, nxt: NewCa | None = None, **annotations:
     return found
 
 
-def phase(found: dict[str, Any], now: dt.datetime = NOW) -> str:
-    return read_ca_state(found.get, "cluster-2").phase(now)
+def phase(found: dict[str, Any], now: dt.datetime = NOW, bundle_ours: bool = False) -> str:
+    return read_ca_state(found.get, "cluster-2").phase(now, bundle_ours)
 
 
 def test_the_new_ca_is_like_the_charts_ecdsa_p256_self_signed_for_1095_days() -> None:
@@ -70,9 +73,11 @@ def test_the_new_ca_is_like_the_charts_ecdsa_p256_self_signed_for_1095_days() ->
 def test_each_phase_is_read_back_from_the_two_secrets() -> None:
     assert phase(secrets([OLD.cert_pem], OLD.key_pem)) == "start"
     assert phase(secrets([OLD.cert_pem], OLD.key_pem, NEW)) == "stored"
-    assert phase(secrets([OLD.cert_pem, NEW.cert_pem], OLD.key_pem, NEW)) == "trust-both"
-    assert phase(secrets([NEW.cert_pem, OLD.cert_pem], NEW.key_pem, NEW)) == "switched"
+    assert phase(secrets([OLD.cert_pem], OLD.key_pem, NEW), bundle_ours=True) == "trust-both"
+    assert phase(secrets([NEW.cert_pem], NEW.key_pem, NEW), bundle_ours=True) == "switched"
     assert phase(secrets([NEW.cert_pem], NEW.key_pem, NEW)) == "drop-old"
+    with pytest.raises(ClusterStateError, match="no state of the rotation"):  # cilium-ca never holds a bundle
+        phase(secrets([OLD.cert_pem, NEW.cert_pem], OLD.key_pem, NEW), bundle_ours=True)
     state = read_ca_state(secrets([NEW.cert_pem, OLD.cert_pem], NEW.key_pem, NEW).get, "cluster-2")
     assert state.signer == NEW.cert_pem
     assert "PRIVATE" not in repr(state), "a CA key in a repr"
@@ -143,31 +148,35 @@ def ai(version: str = "1.19.6", method: str | None = "cronJob", peers: dict[str,
     }
 
 
-SAFE_CERTGEN = "quay.io/cilium/certgen:v0.2.4"  # what the sandbox's certgen Job names
-
-
-def test_helm_certmanager_provided_certificates_and_a_shared_ca_are_refused_with_the_fix() -> None:
+def test_cilium_1_13_certmanager_provided_certificates_and_a_shared_ca_are_refused_with_the_fix() -> None:
     spec = mesh()
-    assert cluster_refusal(spec, "cluster-2", ai(), SAFE_CERTGEN) is None
-    assert cluster_refusal(spec, "cluster-2", ai(method=None), SAFE_CERTGEN) is None  # 1.19's auto: cronJob
-    helm = cluster_refusal(spec, "cluster-2", ai("1.16.19", "helm")) or ""
-    assert "tls.auto.method helm" in helm and "fix: switch the cluster to tls_method cronJob" in helm
+    assert cluster_refusal(spec, "cluster-2", ai()) is None
+    assert cluster_refusal(spec, "cluster-2", ai(method=None)) is None  # 1.19's auto: cronJob
+    assert cluster_refusal(spec, "cluster-2", ai("1.16.19", "helm")) is None  # a KKP render re-issues
     assert "certmanager" in (cluster_refusal(spec, "cluster-2", ai(method="certmanager")) or "")
     assert "by hand" in (cluster_refusal(spec, "cluster-2", ai("1.19.6", None) | _provided()) or "")
     shared = cluster_refusal(mesh(ca_mode="shared"), "cluster-2", ai()) or ""
     assert shared.startswith("shared CA mode") and "fix:" in shared
-    assert (cluster_refusal(spec, "cluster-2", ai("1.13.0", "cronJob")) or "").startswith("shared CA mode (Cilium 1.13")
+    old = cluster_refusal(spec, "cluster-2", ai("1.13.0", "cronJob")) or ""
+    assert "no tls.caBundle before 1.14" in old and "fix: upgrade" in old, old
 
 
-def test_a_certgen_that_reads_ca_crt_as_a_chain_is_refused_before_any_write() -> None:
-    """cilium/certgen v0.3.1+ (1.19.0's chart: v0.3.2, 1.19.6: v0.4.6) signs with the first certificate of
-    cilium-ca and writes only the last into the leaves' ca.crt: the overlap cannot hold."""
-    for image in ("quay.io/cilium/certgen:v0.3.2", "quay.io/cilium/certgen:v0.4.6@sha256:0123abcd"):
-        why = cluster_refusal(mesh(), "cluster-2", ai(), image) or ""
-        assert "reads cilium-ca's ca.crt as a chain" in why and "fix:" in why and "tls.caBundle" in why, image
-    assert "does not tell its version" in (certgen_refusal(None) or "")
-    assert "does not tell its version" in (certgen_refusal("quay.io/cilium/certgen@sha256:0123") or "")
-    assert certgen_refusal("quay.io/cilium/certgen:v0.2.4") is None
+def test_the_bundle_is_ours_only_while_the_rotation_wrote_it_and_goes_back_exactly_as_it_was() -> None:
+    trust = (OLD.cert_pem, NEW.cert_pem)
+    for before in ({}, {"tls": {"ca": {"cert": "x"}}}, {"tls": {"caBundle": {"enabled": False, "name": "mine"}}}):
+        values = {"cluster": {"name": "cluster-2"}, **before}
+        assert bundle_refusal(values) is None
+        written = with_bundle(values, trust)
+        bundle = written["tls"]["caBundle"]
+        assert bundle["enabled"] is True and split_pem(bundle["content"]) == list(trust)
+        owned = {"metadata": {"annotations": {BUNDLE_OWNER: fingerprint(NEW.cert_pem)}}}
+        assert is_ours(owned, written, NEW.cert_pem, trust)
+        assert not is_ours({"metadata": {}}, written, NEW.cert_pem, trust)  # not recorded as ours
+        assert not is_ours(owned, written, NEW.cert_pem, trust[1:])
+        assert restored(written, record_before(values)) == values, before
+    theirs = {"tls": {"caBundle": {"enabled": True, "name": "corp-roots"}}}
+    why = bundle_refusal(theirs) or ""
+    assert "already in use" in why and "ConfigMap corp-roots" in why and "fix:" in why
 
 
 def _provided() -> dict[str, Any]:
@@ -182,25 +191,68 @@ def test_the_plan_shows_fingerprints_the_peers_and_warns_of_a_hand_added_entry()
         "cluster-3": ai(peers={"cluster-1": True, "cluster-2": False}),
     }
     found = {"cluster-2": secrets([OLD.cert_pem], OLD.key_pem, NEW)}
-    plan = plan_rotation(
-        mesh(), "cluster-2", installations.__getitem__, lambda c, s: found[c].get(s), lambda c: SAFE_CERTGEN
-    )
+    plan = plan_rotation(mesh(), "cluster-2", installations.__getitem__, lambda c, s: found[c].get(s))
     text = plan.render_text()
     assert plan.changing == ["cluster-2"] and not plan.refused
     assert f"cluster-2: CA {fingerprint(OLD.cert_pem)}: new CA stored" in text, text
     assert f"new CA (stored, reused): {fingerprint(NEW.cert_pem)}" in text
+    assert "cluster-2's values: tls.caBundle trusts old and new" in text
     assert "peers re-keyed (caCert and client certificate for cluster-2): cluster-1\n" in text
     assert "cluster-3: its entry for cluster-2 was added by hand: NOT re-keyed" in text
     assert "BEGIN" not in text + plan.render_markdown()
     with pytest.raises(ClusterStateError, match="--cluster cluster-9 is not a cluster of mesh"):
-        plan_rotation(mesh(), "cluster-9", installations.__getitem__, lambda c, s: None, lambda c: SAFE_CERTGEN)
+        plan_rotation(mesh(), "cluster-9", installations.__getitem__, lambda c, s: None)
+
+
+def test_a_person_s_own_bundle_refuses_the_plan_before_any_write() -> None:
+    installations = {
+        name: ai(peers={p: True for p in ("cluster-1", "cluster-2", "cluster-3") if p != name})
+        for name in ("cluster-1", "cluster-2", "cluster-3")
+    }
+    installations["cluster-2"]["spec"]["values"]["tls"] = {"caBundle": {"enabled": True, "useSecret": True}}
+    found = {"cluster-2": secrets([OLD.cert_pem], OLD.key_pem)}
+    plan = plan_rotation(mesh(), "cluster-2", installations.__getitem__, lambda c, s: found[c].get(s))
+    assert [p.cluster for p in plan.refused] == ["cluster-2"]
+    assert "REFUSED: tls.caBundle is already in use" in plan.render_text() and "Secret cilium-root-ca.crt" in (
+        plan.render_text()
+    )
+
+
+@charts_mark("cilium-1.19.6.tgz")
+@engine_mark
+def test_with_tls_ca_bundle_the_real_chart_makes_the_apiserver_trust_the_bundle_it_renders_from_content() -> None:
+    """The design's premise (1.19.6): etcd's server and admin-client ca.crt come from the bundle ConfigMap, the
+    chart renders that ConfigMap from ``content``, and the leaf Secrets' ca.crt is no longer projected."""
+    from clustermesh.cilium.chart import render_chart
+
+    assert CHARTS_DIR is not None
+    content = OLD.cert_pem + NEW.cert_pem
+    values = {
+        "cluster": {"name": "cluster-1", "id": 1},
+        "clustermesh": {"useAPIServer": True, "apiserver": {"tls": {"auto": {"enabled": True, "method": "cronJob"}}}},
+        "tls": {"caBundle": {"enabled": True, "content": content}},
+    }
+    objects = render_chart(Path(CHARTS_DIR) / "cilium-1.19.6.tgz", values)
+    deploy = next(
+        o for o in objects if o.get("kind") == "Deployment" and o["metadata"]["name"] == "clustermesh-apiserver"
+    )
+    volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
+    for name, leaf in (("etcd-server-secrets", "server-cert"), ("etcd-admin-client", "admin-cert")):
+        sources = volumes[name]["projected"]["sources"]
+        assert {"key": "ca.crt", "path": "ca.crt"} not in sources[0]["secret"]["items"], name
+        assert sources[0]["secret"]["name"] == f"clustermesh-apiserver-{leaf}"
+        assert sources[1] == {
+            "configMap": {"name": "cilium-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+        }
+    cm = next(o for o in objects if o.get("kind") == "ConfigMap" and o["metadata"]["name"] == "cilium-root-ca.crt")
+    assert split_pem(cm["data"]["ca.crt"]) == [OLD.cert_pem, NEW.cert_pem]
 
 
 @charts_mark("cilium-1.16.19.tgz")
 @engine_mark
 def test_the_helm_method_renders_a_ca_bundle_verbatim_into_every_leaf_signed_by_the_first_certificate() -> None:
-    """Why overlap would be possible under helm too (the rotation still refuses helm: it cannot drive the
-    re-issue phase by phase): the chart's ``buildCustomCert`` keeps the whole ca.crt."""
+    """What the sandbox's helm method models: the chart's ``buildCustomCert`` keeps the whole ca.crt (cilium/certgen
+    v0.3.1+ does not: it writes only the chain's last certificate; the rotation never puts a bundle in cilium-ca)."""
     from clustermesh.cilium.chart import render_chart
 
     assert CHARTS_DIR is not None

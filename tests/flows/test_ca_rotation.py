@@ -1,10 +1,13 @@
-"""CA rotation end to end (issue 14): 3 clusters of 3 nodes, Cilium 1.19, per-peer CA mode, certgen's cronJob.
+"""CA rotation end to end (issue 14): 3 clusters of 3 nodes, Cilium 1.19 (certgen v0.4.x, which reads a
+multi-certificate ca.crt as a chain), per-peer CA mode, certgen's cronJob; and 2 clusters of 1.16 under the
+helm method (every KKP render re-issues the leaves, as the real chart's genSignedCert does).
 
-cluster-2's CA is replaced under the continuous probe (no pair of members may drop a sample): afterwards every
-peer's caCert for cluster-2 is the new CA alone, its leaves are signed by it, ``clustermesh-ca-next`` is gone,
-the mesh is healthy and a rerun writes nothing. Then cluster-3's rotation is stopped right after each write
+cluster-2's CA is replaced under the continuous probe (no pair of members may drop a sample): the overlap
+runs through the chart's ``tls.caBundle``; afterwards every peer's caCert for cluster-2 is the new CA alone,
+its leaves are signed by it, its ``tls.caBundle`` is as before (absent), ``clustermesh-ca-next`` is gone, the
+mesh is healthy and a rerun writes nothing. Then cluster-3's rotation is stopped right after each write
 (``stop_after_writes``) and run again until it ends: it converges and no member ever distrusts another.
-A cluster under the helm method is refused before any write. Everything is read with the official client.
+Everything is read with the official client.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from cryptography import x509
 from typer.testing import CliRunner
 
 from cli.app import app
-from clustermesh.errors import ClusterStateError, StopRequested
+from clustermesh.errors import StopRequested
 from flows.mesh_ca import mesh_rotate_ca
 from flows.mesh_setup import cluster_mesh_setup
 from tests.flows.conftest import REMOTE_CERT, Kube, ai_versions, health_problems, mesh_spec
@@ -68,8 +71,10 @@ def snapshot(k: dict[str, Kube]) -> dict[str, Any]:
 
 def assert_rotated(k: dict[str, Kube], target: str, old: x509.Certificate) -> None:
     """``target``'s CA is one new certificate; its leaves are signed by it; every peer trusts it alone and holds
-    ``target``'s current remote certificate; no next CA is left."""
+    ``target``'s current remote certificate; its values carry no ``tls.caBundle`` (none before); no next CA."""
     kube = k[target]
+    assert "caBundle" not in (kube.values().get("tls") or {}), kube.values().get("tls")
+    assert "clustermesh.io/ca-bundle-rotation" not in (kube.ai()["metadata"].get("annotations") or {})
     (new,) = ca_certs(kube)
     assert new != old, f"{target}'s CA did not change"
     for leaf in LEAVES:
@@ -78,7 +83,7 @@ def assert_rotated(k: dict[str, Kube], target: str, old: x509.Certificate) -> No
         cert.verify_directly_issued_by(new)
         assert pems(data["ca.crt"]) == [new], f"{leaf}'s ca.crt is not the new CA alone"
     remote = (kube.secret_data(REMOTE_CERT) or {})["tls.crt"]
-    for peer in ALL:
+    for peer in k:
         if peer == target:
             continue
         tls = peer_tls(k[peer], target)
@@ -141,12 +146,24 @@ def test_ca_rotation_under_the_probe_never_drops_a_pair_reruns_write_nothing_and
     assert health_problems(k) == []
 
 
-def test_the_helm_method_is_refused_before_any_write(sandbox_factory: Callable[..., Any], kubes: Kubes) -> None:
-    sb = sandbox_factory(clusters=2, cilium_version="1.16")
+def test_under_the_helm_method_every_render_reissues_and_the_rotation_still_never_drops_a_pair(
+    sandbox_factory: Callable[..., Any], kubes: Kubes
+) -> None:
+    sb = sandbox_factory(clusters=2, cilium_version="1.16", helm_reissues_on_render=True)
     k = kubes(sb)
     spec = mesh_spec(sb)
     assert cluster_mesh_setup(spec).health.healthy
+    assert k["cluster-1"].values()["clustermesh"]["apiserver"]["tls"]["auto"]["method"] == "helm"
+    (old,) = ca_certs(k["cluster-1"])
+    with SandboxProbe(sb, ALL[:2]) as probe:
+        result = mesh_rotate_ca(spec, "cluster-1")
+    assert probe.samples > 10, f"the probe sampled {probe.samples} times over {probe.seconds} s"
+    assert probe.worst(ALL[:2]).samples == 0, probe.drops()
+    assert result.wrote_anything and result.status in ("PASS", "WARN"), result.describe()
+    assert any("tls.caBundle trusts" in w for c in result.clusters for w in c.writes), result.describe()
+    assert_rotated(k, "cluster-1", old)
     before = snapshot(k)
-    with pytest.raises(ClusterStateError, match="tls.auto.method helm.*nothing was written"):
-        mesh_rotate_ca(spec, "cluster-1")
+    again = mesh_rotate_ca(spec, "cluster-1")
+    assert not again.wrote_anything, again.describe()
     assert snapshot(k) == before
+    assert health_problems(k) == []
