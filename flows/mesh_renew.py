@@ -174,8 +174,7 @@ def _post_summary(spec: MeshSpec, result: RenewResult) -> None:
     notes = [Finding(level="ok", subject="renewal", reason=line) for line in result.reissued]
     notes += [Finding(level="ok", subject=c.cluster, reason=c.describe()) for c in result.changes if c.written]
     summary = Summary(
-        title=f"Cluster Mesh {spec.name}: certificates "
-        + ("renewed" if result.wrote_anything else "checked, none due"),
+        title=_title(spec, result),
         status=result.status,
         mesh=spec.name,
         clusters=len(spec.clusters),
@@ -183,6 +182,17 @@ def _post_summary(spec: MeshSpec, result: RenewResult) -> None:
         findings=notes + result.findings,
     )
     slack.post_summary(summary)
+
+
+def _title(spec: MeshSpec, result: RenewResult) -> str:
+    """The summary's first line: which clusters were re-issued and which members got new copies."""
+    if not result.wrote_anything:
+        return f"Cluster Mesh {spec.name}: certificates checked, none due"
+    reissued = [line.split(":", 1)[0] for line in result.reissued]
+    handed = [c.cluster for c in result.changes if c.written]
+    parts = [f"re-issued in {', '.join(reissued)}"] if reissued else []
+    parts += [f"copies replaced in {', '.join(handed)}"] if handed else []
+    return f"Cluster Mesh {spec.name}: certificates renewed ({'; '.join(parts)})"
 
 
 def _key(text: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from flows.mesh_verify import nightly_mesh_verification, verification_result
 from tests.flows.conftest import REMOTE_CERT, Kube, ai_versions, cli, mesh_spec
 from tests.flows.test_managed_peers import SLACK_ENV
 from tests.probe import SandboxProbe
+from tests.slack_server import SlackTestServer
 
 Kubes = Callable[[Any], dict[str, Kube]]
 LEAVES = ("clustermesh-apiserver-server-cert", REMOTE_CERT, "clustermesh-apiserver-admin-cert")
@@ -38,6 +39,15 @@ LEAVES = ("clustermesh-apiserver-server-cert", REMOTE_CERT, "clustermesh-apiserv
 def _no_slack_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in SLACK_ENV:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlackTestServer]:
+    with SlackTestServer() as server:
+        monkeypatch.setenv("SLACK_BOT_TOKEN", server.token)
+        monkeypatch.setenv("SLACK_CHANNEL", "#mesh-alerts")
+        monkeypatch.setenv("SLACK_API_URL", server.url)
+        yield server
 
 
 def sha(b64: str) -> str:
@@ -141,7 +151,7 @@ def assert_nightly_quiet(spec: Any) -> None:
 
 
 def test_renew_with_helm_on_1_16_makes_kkp_render_again_and_keeps_copies_that_stay_current(
-    meshed: Callable[..., Any], kubes: Kubes
+    meshed: Callable[..., Any], kubes: Kubes, slack: SlackTestServer
 ) -> None:
     # the chart's genSignedCert re-issues the leaves on every render: each values write re-issues them
     sb = meshed(clusters=2, cilium_version="1.16", helm_reissues_on_render=True)
@@ -167,6 +177,9 @@ def test_renew_with_helm_on_1_16_makes_kkp_render_again_and_keeps_copies_that_st
         annotations = kube.values()["clustermesh"]["apiserver"]["podAnnotations"]
         assert "clustermesh.io/certificates-renewed" in annotations
     trusted_and_fresh(k, sb)
+    summary = [m for m in slack.messages if "certificates renewed" in str(m)]
+    assert len(summary) == 1 and "cluster-1" in str(summary[0]) and "cluster-2" in str(summary[0]), slack.messages
+    assert "BEGIN" not in str(slack.messages) and "LS0tLS1CRUdJTi" not in str(slack.messages)  # no PEM, no base64 PEM
     assert_nightly_quiet(spec)
     versions = ai_versions(k)
     assert not mesh_renew_certificates(spec).wrote_anything
