@@ -24,7 +24,6 @@ from clustermesh.errors import StopRequested
 from clustermesh.notify import Summary
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import StepChange
-from clustermesh.steps.reissue import reissue_refusal
 from clustermesh.steps.renew import RenewPlan
 from flows.locking import mesh_lock
 from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
@@ -92,12 +91,11 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
         description="What renewing the certificates re-issues and replaces (fingerprints only)",
     )
     logger.info(plan.render_text())
+    refusal = plan.refusal()  # an unreadable member, or a method not re-issued here: stop before any write
+    if refusal is not None:
+        raise refusal
     if require_approval and plan.changing and not _approved(spec, plan, artifact_id):
         return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
-    for renewal in plan.clusters:  # a method that cannot be re-issued here stops the run before any write
-        refusal = reissue_refusal(renewal.cluster, renewal.method) if renewal.due else None
-        if refusal is not None:
-            raise refusal
     writes = _WriteBudget(max_writes)
     reissued: list[str] = []
     by_name = {c.cluster: c for c in plan.clusters}

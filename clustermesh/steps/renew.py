@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clustermesh.certs import cert_info, fingerprint, load_cert
-from clustermesh.errors import CertificateError, ClusterMeshError, PrerequisiteError
+from clustermesh.errors import CertificateError, ClusterMeshError, ClusterStateError, PrerequisiteError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.cert_copies import copy_problem, trusted_cas
@@ -89,6 +89,22 @@ class RenewPlan:
     @property
     def changing(self) -> bool:
         return bool(self.due or self.copies)
+
+    def refusal(self) -> ClusterMeshError | None:
+        """Why nothing may be written (None: go ahead): an unreadable member could not get its new copies, or a
+        due cluster's method cannot be re-issued here."""
+        for name, why in self.unreadable.items():
+            return ClusterStateError(
+                name,
+                f"not readable ({why}); a renewal needs every member (its copies are replaced too); nothing was "
+                "written",
+                fix=f"bring {name} back (or remove it from the mesh: clustermesh remove --cluster {name}), then rerun",
+            )
+        for renewal in self.clusters:
+            refused = reissue_refusal(renewal.cluster, renewal.method) if renewal.due else None
+            if refused is not None:
+                return refused
+        return None
 
     def lines(self) -> list[str]:
         out = [c.describe() for c in self.clusters]

@@ -126,3 +126,17 @@ def test_certmanager_and_unknown_methods_are_refused_naming_what_to_do() -> None
     assert "nothing was written" in str(certmanager)
     other = reissue_refusal("c1", "provided")
     assert other is not None and "'provided'" in str(other) and "helm or cronJob" in str(other)
+
+
+def test_a_plan_with_an_unreadable_member_or_a_refused_method_is_refused_before_any_write() -> None:
+    ca = make_ca()
+    fine = renewal("c1", ca, issue(ca, "remote"), due=True)
+    assert RenewPlan("m", [fine], []).refusal() is None
+    unreadable = RenewPlan("m", [fine], [], unreadable={"c2": "connection refused"})
+    refused = unreadable.refusal()
+    assert refused is not None and "c2" in str(refused) and "needs every member" in str(refused)
+    assert "nothing was written" in str(refused)
+    certmanager = ClusterRenewal("c3", "certmanager", 3, True, "test")
+    assert "cmctl renew" in str(RenewPlan("m", [fine, certmanager], []).refusal())
+    not_due = ClusterRenewal("c3", "certmanager", 300, False, "test")
+    assert RenewPlan("m", [fine, not_due], []).refusal() is None
