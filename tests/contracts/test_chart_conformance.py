@@ -4,7 +4,9 @@ Every value case below (the pipeline's own values per line, every key it writes,
 leave behind) is rendered by Helm's engine with each archive in ``../shared/charts`` and by
 ``sandbox.chart.render``. Both must agree on: accept or refuse; for an accepted render, per peer, where
 the dialer connects (the endpoint's host resolved through the render's hostAliases, and the port), the
-CA it trusts and the client certificate it presents; whether certgen is a Helm hook; KVStoreMesh on/off.
+CA it trusts and the client certificate it presents; whether certgen is a Helm hook; KVStoreMesh on/off;
+where the clustermesh-apiserver's etcd takes the CA it trusts clients by (``tls.caBundle``, 1.14+) and the
+bundle the chart renders from ``content``.
 
 Files the chart takes from the ``clustermesh-apiserver-remote-cert`` Secret (``common-etcd-client*``)
 are a sentinel on both sides, and so is the cluster's own generated CA on the built-in side (the
@@ -246,6 +248,13 @@ CASES: dict[str, Callable[[Version], dict[str, Any]]] = {
     "1.20 leftovers: clustermesh.apiserver.tls.server cert": lambda v: manual(
         v, entry(), **apiserver(tls={"server": {"cert": "", "key": ""}, "enableSecrets": True})
     ),
+    # the trust overlap of a CA rotation (1.14+; 1.13 has no such key)
+    "tls.caBundle with content (the CA rotation's overlap)": lambda v: manual(
+        v, entry(), tls={"caBundle": {"enabled": True, "content": _SHARED.cert_pem.decode() + _OTHER.cert_pem.decode()}}
+    ),
+    "tls.caBundle from a person's Secret, no content": lambda v: manual(
+        v, entry(), tls={"caBundle": {"enabled": True, "useSecret": True, "name": "corp-roots", "key": "roots.pem"}}
+    ),
 }
 
 
@@ -266,6 +275,9 @@ class Outcome:
     hook: bool = False
     kvstoremesh: bool = False
     peers: tuple[tuple[str, Peer], ...] | None = None  # None: no mesh Secret rendered
+    trust: tuple[str, str, str, str] | None = None
+    """tls.caBundle as the apiserver's etcd reads it: (kind, name, key, the content the chart renders); None:
+    the leaf Secret's ca.crt (or no apiserver)."""
 
     def field(self, name: str) -> Any:
         return getattr(self, name)
@@ -282,7 +294,26 @@ def _resolve(endpoint: str | None, aliases: list[tuple[str, str]]) -> tuple[tupl
     return (tuple(ips) if ips else (host,)), port
 
 
-_NEEDED = re.compile(r"clustermesh-config/|clustermesh-apiserver/(deployment|tls-cronjob/job)|cilium-agent/daemonset")
+_NEEDED = re.compile(
+    r"clustermesh-config/|clustermesh-apiserver/(deployment|tls-cronjob/job)|cilium-agent/daemonset|ca-bundle-configmap"
+)
+
+
+def real_trust(manifests: list[dict[str, Any]], apiserver: dict[str, Any] | None) -> tuple[str, str, str, str] | None:
+    """The non-leaf source of ca.crt in the apiserver's ``etcd-server-secrets`` volume, and what the chart
+    renders into it (the ConfigMap's data or the Secret's stringData; "" when the chart renders none)."""
+    volumes = (apiserver or {}).get("spec", {}).get("template", {}).get("spec", {}).get("volumes") or []
+    volume = next((v for v in volumes if v.get("name") == "etcd-server-secrets"), {})
+    for source in (volume.get("projected") or {}).get("sources") or []:
+        for field, kind in (("configMap", "ConfigMap"), ("secret", "Secret")):
+            ref = source.get(field) or {}
+            item = next((i for i in ref.get("items") or [] if i.get("path") == "ca.crt"), None)
+            if item is None or ref.get("name") == "clustermesh-apiserver-server-cert":
+                continue
+            rendered = next((o for o in manifests if o["kind"] == kind and o["metadata"]["name"] == ref["name"]), {})
+            content = (rendered.get("data") or rendered.get("stringData") or {}).get(item["key"], "")
+            return kind, str(ref["name"]), str(item["key"]), str(content).strip()
+    return None
 
 
 def real_outcome(archive: Path, values: dict[str, Any]) -> Outcome:
@@ -310,8 +341,9 @@ def real_outcome(archive: Path, values: dict[str, Any]) -> Outcome:
     kvstoremesh = any(c.get("name") == "kvstoremesh" for c in containers)
     names = {o["metadata"]["name"] for o in manifests if o["kind"] == "Secret"}
     secret = KVSTOREMESH_SECRET if KVSTOREMESH_SECRET in names else AGENT_SECRET
+    trust = real_trust(manifests, apiserver)
     if secret not in names:
-        return Outcome(True, hook, kvstoremesh, None)
+        return Outcome(True, hook, kvstoremesh, None, trust)
     own = str(values.get("cluster", {}).get("name"))
     peers = []
     for name, cfg in peer_etcd_configs(manifests, secret=secret).items():
@@ -327,7 +359,7 @@ def real_outcome(archive: Path, values: dict[str, Any]) -> Outcome:
 
         ca, cert = content(cfg.ca_file, cfg.ca_file_content), content(cfg.cert_file, cfg.cert)
         peers.append((name, Peer(target, port, ca, cert)))
-    return Outcome(True, hook, kvstoremesh, tuple(sorted(peers)))
+    return Outcome(True, hook, kvstoremesh, tuple(sorted(peers)), trust)
 
 
 def builtin_outcome(ver: Version, values: dict[str, Any]) -> Outcome:
@@ -337,8 +369,10 @@ def builtin_outcome(ver: Version, values: dict[str, Any]) -> Outcome:
         return Outcome(accepted=False)
     hook = r.mesh_enabled and r.tls_auto_enabled and r.certgen_is_hook
     kvstoremesh = r.mesh_enabled and r.kvstoremesh
+    bundle = r.ca_bundle if r.mesh_enabled else None
+    trust = None if bundle is None else (bundle.kind, bundle.name, bundle.key, bundle.content.strip())
     if not r.config_enabled:
-        return Outcome(True, hook, kvstoremesh, None)
+        return Outcome(True, hook, kvstoremesh, None, trust)
     data = mesh_secret_data(r, b64(LOCAL_CA), {"tls.crt": b64(REMOTE_CERT), "tls.key": b64(REMOTE_KEY)})
     files = {key: base64.b64decode(value or "") for key, value in data.items()}
     common = {name: text.encode() for name, text in COMMON.items()}
@@ -351,7 +385,7 @@ def builtin_outcome(ver: Version, values: dict[str, Any]) -> Outcome:
         ca = label(None if cfg.ca is None else cfg.ca.decode())
         cert = label(None if cfg.cert is None else cfg.cert.decode())
         peers.append((name, Peer(target, port, ca, cert)))
-    return Outcome(True, hook, kvstoremesh, tuple(sorted(peers)))
+    return Outcome(True, hook, kvstoremesh, tuple(sorted(peers)), trust)
 
 
 # -------------------------------------------------------------------------- the known differences
