@@ -50,6 +50,8 @@ VERDICT_COLOURS: dict[PairVerdict, str] = {
     "not measured": "#9e9e9e",
 }
 _VERDICT_WORD: dict[PairVerdict, str] = {"healthy": "OK", "degraded": "PART", "down": "DOWN", "not measured": "n/a"}
+_VERDICT_MARK: dict[PairVerdict, str] = {"healthy": "✓", "degraded": "~", "down": "✗", "not measured": "?"}
+"""What a cell says beyond 4 clusters, where a word no longer fits (the legend gives both)."""
 
 FailoverPoint = tuple[datetime | None, float | None]
 """One night on the failover chart: when it ran, its slowest failover in seconds (None: not measured)."""
@@ -122,17 +124,24 @@ def _draw_heatmap(fig: Figure, clusters: Sequence[str], pairs: Mapping[str, Pair
         [to_rgb(VERDICT_COLOURS[pairs.get(pair_key(src, dst), "not measured")]) for dst in clusters] for src in clusters
     ]
     ax.imshow(grid or [[to_rgb(VERDICT_COLOURS["not measured"])]], aspect="auto", interpolation="nearest")
+    words = _VERDICT_WORD if n <= 4 else _VERDICT_MARK
+    size = 11 if n <= 4 else max(5, int(48 / n))
     for i, src in enumerate(clusters):
         for j, dst in enumerate(clusters):
             verdict = pairs.get(pair_key(src, dst), "not measured")
             ink = "white" if verdict in ("healthy", "down") else "black"  # legible on every fill
-            ax.text(j, i, _VERDICT_WORD[verdict], ha="center", va="center", color=ink, fontsize=11, fontweight="bold")
-    ax.set_xticks(range(n), list(clusters) or [""])
+            ax.text(j, i, words[verdict], ha="center", va="center", color=ink, fontsize=size, fontweight="bold")
+    ticks = max(6, min(10, int(80 / n)))
+    ax.set_xticks(range(n), list(clusters) or [""], rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    ax.tick_params(labelsize=ticks)
     ax.set_yticks(range(n), list(clusters) or [""])
     ax.set_xlabel("to")
     ax.set_ylabel("from")
     ax.set_title("Mesh health (cilium-health, every node)", fontsize=11)
-    handles = [Patch(facecolor=colour, label=verdict) for verdict, colour in VERDICT_COLOURS.items()]
+    handles = [
+        Patch(facecolor=colour, label=f"{verdict} ({_VERDICT_WORD[verdict]}, {_VERDICT_MARK[verdict]})")
+        for verdict, colour in VERDICT_COLOURS.items()
+    ]
     fig.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.02, 0.01), ncols=4, fontsize=9, frameon=False)
 
 
