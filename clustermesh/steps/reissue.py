@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import secrets
 from typing import Any
 
 from clustermesh.certs import fingerprint
@@ -100,7 +101,8 @@ def request_reissue(client: ClusterClient, spec: MeshSpec, cluster: str, method:
 def _run_certgen_job(client: ClusterClient, cluster: str) -> str:
     """A Job from certgen's CronJob (``kubectl create job --from=cronjob/...``), else a copy of its one-shot Job."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
-    name = f"{CERTGEN}-renew-{stamp}"
+    # a random tail: a CA rotation re-issues one cluster several times, possibly within one second (62 chars)
+    name = f"{CERTGEN}-renew-{stamp}-{secrets.token_hex(2)}"
     cronjob = client.get_cronjob(NAMESPACE, CERTGEN)
     if cronjob is not None:
         template = (cronjob.get("spec") or {}).get("jobTemplate") or {}
