@@ -122,7 +122,11 @@ def _control(directory: Path, path: str, payload: dict[str, Any], *, what: str) 
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("error", str(exc))
+        body = exc.read() or b"{}"
+        try:
+            detail = json.loads(body).get("error", str(exc))
+        except (ValueError, AttributeError):  # a plain-text 500 (a control handler that crashed)
+            detail = f"{exc} {body[:200].decode(errors='replace')}".strip()
         raise SandboxError(f"{what} refused: {detail}") from exc
     except urllib.error.URLError as exc:
         raise SandboxError(
