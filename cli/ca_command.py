@@ -2,8 +2,9 @@
 
 The plan is read straight from the clusters (no Prefect): ``--plan`` prints it (certificates as
 fingerprints) and stops; otherwise it is printed and, on a terminal, the command asks before writing
-(``--yes`` skips the question; without a terminal ``--yes`` is required). A refused cluster (helm or
-certmanager method, shared CA) ends the command before anything is written.
+(``--yes`` skips the question; without a terminal ``--yes`` is required). A refused cluster (certmanager
+method, shared CA, Cilium 1.13, a ``tls.caBundle`` a person already uses) ends the command before anything is
+written.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def rotate(
     plan: Annotated[bool, typer.Option("--plan", help="Print the phases and peers; write nothing.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Write without asking (required without a terminal).")] = False,
 ) -> None:
-    """Replace a cluster's CA: peers trust old and new, certificates are re-issued and handed out, the old CA goes."""
+    """Replace a cluster's CA: it and its peers trust old and new (its tls.caBundle, their caCert), certificates
+    are re-issued and handed out, the old CA goes."""
     from cli import app as main  # cli.app registers this command: imported here, not at import time
 
     spec = main._load(config)

@@ -7,17 +7,19 @@ persisted. Each rerun reads the clusters again, which is what makes it resume: t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
+from clustermesh.cilium.chart_source import ChartUnavailableError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps import ca_plan, ca_rotation
 from clustermesh.steps.ca_rotation import NAMESPACE
+from clustermesh.steps.chart_check import check_values
 from clustermesh.steps.reissue import request_reissue
 from tasks.common import cluster_client
 
@@ -70,6 +72,15 @@ def rotate_cluster(spec: MeshSpec, cluster: str, wrote: Callable[[str], None]) -
     def reissue(client: ClusterClient) -> None:
         request_reissue(client, spec, cluster, method)
 
+    ref = (installations[cluster].get("spec") or {}).get("applicationRef") or {}
+    version = str(ref.get("version") or spec.cilium.version or "")
+
+    def check(values: Mapping[str, Any]) -> None:
+        try:
+            check_values(spec, cluster, version, values)
+        except ChartUnavailableError:
+            return  # no chart to be had: KKP's render is the check
+
     with cluster_client(spec, cluster) as client:
         rotation = ca_rotation.Rotation(
             client=client,
@@ -79,6 +90,7 @@ def rotate_cluster(spec: MeshSpec, cluster: str, wrote: Callable[[str], None]) -
             peer_client=lambda name: cluster_client(spec, name),
             reissue=reissue,
             wrote=wrote,
+            check_values=check if version else None,
         )
         found, new_ca = ca_rotation.rotate_cluster(rotation)
     return ClusterRotation(cluster=cluster, found=found, new_ca=new_ca, writes=rotation.writes)

@@ -341,6 +341,7 @@ class Rotation:
     reissue: Reissue
     wrote: Wrote
     writes: list[str] = field(default_factory=list)
+    check_values: Callable[[Mapping[str, Any]], None] | None = None  # the chart check, before a values write
 
     def note(self, what: str) -> None:
         self.writes.append(what)
@@ -441,6 +442,8 @@ def _ensure_values(rotation: Rotation, state: CaState, trust: Sequence[str] | No
                 fix=f"check tls.caBundle in {cluster}'s values, remove the annotation when it is right, run again",
             )
         updated = with_bundle(values, trust) if trust is not None else restored(values, state.bundle_before)
+        if rotation.check_values is not None:
+            rotation.check_values(updated)  # the chart renders them first: a refusal stops before the write
         raise_if_stopping(f"{cluster}: tls.caBundle")
         new_ai = installation_with_values(ai, updated, values_field)
         annotations = new_ai["metadata"]["annotations"]

@@ -239,7 +239,7 @@ def _build_facts(name: str, store: Store) -> _Facts:
     f.remote_files = {
         "common-etcd-client.crt": remote.get("tls.crt", b""),
         "common-etcd-client.key": remote.get("tls.key", b""),
-        "common-etcd-client-ca.crt": remote.get("ca.crt", b"") if bundle is None else bundle,
+        "common-etcd-client-ca.crt": _agents_bundle(store, daemonset, remote.get("ca.crt", b"")),
     }
 
     aliases: dict[str, str] = {}
@@ -338,16 +338,27 @@ def _peer_configs(files: dict[str, bytes], common: dict[str, bytes]) -> dict[str
 def _trust_bundle(store: Store, deploy: Obj | None) -> bytes | None:
     """The CA bundle the clustermesh-apiserver's etcd trusts clients by, when ``tls.caBundle`` puts one in its
     ``etcd-server-secrets`` volume (a ConfigMap or Secret source with path ca.crt); None: the leaf's ca.crt.
-
-    The chart projects the same bundle into the agents' common-etcd-client-ca.crt, so it stands for both.
     A missing object or key gives b"" (etcd then trusts nothing)."""
-    volumes = _get(deploy, "spec", "template", "spec", "volumes", default=[]) or []
-    volume = next((v for v in volumes if isinstance(v, dict) and v.get("name") == "etcd-server-secrets"), None)
+    return _bundle_file(store, deploy, "etcd-server-secrets", "ca.crt")
+
+
+def _agents_bundle(store: Store, daemonset: Obj | None, leaf_ca: bytes) -> bytes:
+    """The agents' common-etcd-client-ca.crt: from ``tls.caBundle`` when their ``clustermesh-secrets`` volume
+    projects it there, else the remote-cert's ca.crt."""
+    found = _bundle_file(store, daemonset, "clustermesh-secrets", "common-etcd-client-ca.crt")
+    return leaf_ca if found is None else found
+
+
+def _bundle_file(store: Store, owner: Obj | None, volume_name: str, path: str) -> bytes | None:
+    """The content of ``path`` in ``owner``'s projected volume when a ConfigMap/Secret other than the
+    apiserver's leaf Secrets provides it (``tls.caBundle``); None when none does."""
+    volumes = _get(owner, "spec", "template", "spec", "volumes", default=[]) or []
+    volume = next((v for v in volumes if isinstance(v, dict) and v.get("name") == volume_name), None)
     for source in _get(volume, "projected", "sources", default=[]) or []:
         for kind, table in (("configMap", "v1/configmaps"), ("secret", "v1/secrets")):
-            ref = source.get(kind) if isinstance(source, dict) else None
-            item = next((i for i in (ref or {}).get("items") or [] if i.get("path") == "ca.crt"), None)
-            if ref is None or item is None or ref.get("name") == "clustermesh-apiserver-server-cert":
+            ref = (source.get(kind) if isinstance(source, dict) else None) or {}
+            item = next((i for i in ref.get("items") or [] if i.get("path") == path), None)
+            if item is None or str(ref.get("name", "")).startswith("clustermesh-apiserver-"):
                 continue
             obj = _object(store, table, NS, str(ref.get("name")))
             if kind == "secret":

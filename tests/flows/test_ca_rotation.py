@@ -149,7 +149,7 @@ def test_ca_rotation_under_the_probe_never_drops_a_pair_reruns_write_nothing_and
 def test_under_the_helm_method_every_render_reissues_and_the_rotation_still_never_drops_a_pair(
     sandbox_factory: Callable[..., Any], kubes: Kubes
 ) -> None:
-    sb = sandbox_factory(clusters=2, cilium_version="1.16", helm_reissues_on_render=True)
+    sb = sandbox_factory(clusters=2, cilium_version="1.16", nodes=3, helm_reissues_on_render=True)
     k = kubes(sb)
     spec = mesh_spec(sb)
     assert cluster_mesh_setup(spec).health.healthy
