@@ -13,22 +13,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks import Finding, Verdict, overall
-from clustermesh.errors import ClusterMeshError
-from clustermesh.notify import Summary
+from clustermesh.checks import Finding, Verdict
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.leave import LeavePlan, remaining_members
 from clustermesh.steps.models import StepChange
+from flows.lifecycle import approved, artifact_key, gather, post_summary, verify_members
 from flows.locking import mesh_lock
-from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
-from tasks import leave_steps, verify_steps
+from tasks import leave_steps
 from tasks.common import cluster_sessions
-from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.notify import alert_on_failure, quiet_reported_ends
 from tasks.results import owner_only_files
 
 quiet_reported_ends()
@@ -92,7 +88,7 @@ def _remove(spec: MeshSpec, leaving: str, require_approval: bool, disable_in_rem
     logger = get_run_logger()
     plan = leave_steps.plan_leave(spec, leaving)
     artifact_id = create_markdown_artifact(
-        key=_key(f"{spec.name}-remove-{leaving}-plan"),
+        key=artifact_key(f"{spec.name}-remove-{leaving}-plan"),
         markdown=plan.render_markdown(),
         description=f"What removing {leaving} writes (key material as fingerprints)",
     )
@@ -103,7 +99,7 @@ def _remove(spec: MeshSpec, leaving: str, require_approval: bool, disable_in_rem
         leave_steps.remove_peer.with_options(task_run_name=f"Remove {leaving} from {name}").submit(spec, name, leaving)
         for name in remaining_members(spec, leaving)
     ]
-    changes = _gather(futures)
+    changes = gather(futures, written="Removed before the failure from")
     notes = list(plan.notes)
     notes.append(
         leave_steps.delete_drill_resources.with_options(task_run_name=f"Delete drill of {leaving}")(spec, leaving)
@@ -116,7 +112,7 @@ def _remove(spec: MeshSpec, leaving: str, require_approval: bool, disable_in_rem
             notes.append(outcome)
     for note in notes:
         logger.info("Note: %s", note)
-    status, findings = _verify_remaining(spec, leaving)
+    status, findings = verify_members(spec, without=leaving)
     result = RemoveResult(
         mesh=spec.name,
         removed=leaving,
@@ -131,75 +127,28 @@ def _remove(spec: MeshSpec, leaving: str, require_approval: bool, disable_in_rem
     return result
 
 
-def _gather(futures: list[Any]) -> list[StepChange]:
-    """Every member's outcome; a failure is raised once all have ended (the others' writes stand, a rerun
-    continues: it writes only where the entry is still there)."""
-    changes, failures = [], []
-    for future in futures:
-        try:
-            changes.append(future.result())
-        except ClusterMeshError as exc:
-            failures.append(exc)
-    if failures:
-        written = [c.cluster for c in changes if c.written] or ["nowhere"]
-        failures[0].add_note(f"Removed before the failure from: {', '.join(written)}; a rerun continues safely.")
-        raise failures[0]
-    return changes
-
-
-def _verify_remaining(spec: MeshSpec, leaving: str) -> tuple[Verdict | None, list[Finding]]:
-    """The nightly's read-only checks (no drill) on the spec without the leaving cluster."""
-    rest = [c for c in spec.clusters if c.name != leaving]
-    if len(rest) < 2:
-        return None, []
-    remaining = spec.model_copy(update={"clusters": rest})
-    facts, findings = verify_steps.check_reachability_and_versions(remaining)
-    if facts:
-        findings += verify_steps.check_drift(remaining, facts)
-        _, health = verify_steps.check_mesh_health(remaining, findings)
-        findings += health
-    return overall(findings), findings
-
-
 def _approved(spec: MeshSpec, plan: LeavePlan, artifact_id: Any) -> bool:
-    logger = get_run_logger()
-    logger.info("Plan ready: %s removed from %s; waiting for approval", plan.leaving, ", ".join(plan.changing))
-    text = (
+    changing = ", ".join(plan.changing)
+    headline = (
         f"**Remove `{plan.leaving}` from mesh `{spec.name}`:** plan artifact {artifact_id} — the entry leaves "
-        f"{', '.join(plan.changing)}.\n\nSubmit with Approve on to write; off cancels the run, nothing written."
+        f"{changing}."
     )
-    answer = pause_flow_run(
-        wait_for_input=SetupApproval.with_initial_data(description=text),
-        timeout=APPROVAL_TIMEOUT_SECONDS,
-        poll_interval=2,
-    )
-    if not answer.approve:
-        logger.warning("Removal not approved%s: nothing written", f" ({answer.comment})" if answer.comment else "")
-    return bool(answer.approve)
+    return approved(headline, action="Removal", waiting_for=f"{plan.leaving} removed from {changing}")
 
 
 def _post_summary(spec: MeshSpec, result: RemoveResult) -> None:
-    slack = RunSlack.for_run(spec)
-    if not slack.configured:
-        return
     notes = [Finding(level="ok", subject=c.cluster, reason=c.describe()) for c in result.changes]
     notes += [
         Finding(level="warning", subject=name, reason=f"hand-added entry for {result.removed} left as it is")
         for name in result.hand_added
     ]
-    summary = Summary(
+    post_summary(
+        spec,
         title=f"Cluster Mesh {spec.name}: {result.removed} removed",
         status=result.status or "PASS",
-        mesh=spec.name,
         clusters=len(spec.clusters) - 1,
-        run_url=run_url(spec, flow_run.get_id()),
         findings=notes + result.findings,
     )
-    slack.post_summary(summary)
-
-
-def _key(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
 
 
 __all__ = ["RemoveResult", "mesh_remove_cluster"]

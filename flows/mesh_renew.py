@@ -14,22 +14,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks import Finding, Verdict, overall
-from clustermesh.errors import StopRequested
-from clustermesh.notify import Summary
+from clustermesh.checks import Finding, Verdict
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import StepChange
 from clustermesh.steps.renew import RenewPlan
+from flows.lifecycle import WriteBudget, approved, artifact_key, post_summary, verify_members
 from flows.locking import mesh_lock
-from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
-from tasks import renew_steps, verify_steps
+from tasks import renew_steps
 from tasks.common import cluster_sessions
-from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.notify import alert_on_failure, quiet_reported_ends
 from tasks.results import owner_only_files
 
 quiet_reported_ends()
@@ -86,7 +82,7 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
     logger = get_run_logger()
     plan, facts, problems = renew_steps.plan_renew(spec, only)
     artifact_id = create_markdown_artifact(
-        key=_key(f"{spec.name}-renew-plan"),
+        key=artifact_key(f"{spec.name}-renew-plan"),
         markdown=plan.render_markdown(),
         description="What renewing the certificates re-issues and replaces (fingerprints only)",
     )
@@ -96,7 +92,7 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
         raise refusal
     if require_approval and plan.changing and not _approved(spec, plan, artifact_id):
         return Cancelled(message=f"not approved: nothing written to mesh {spec.name}")  # type: ignore[return-value]
-    writes = _WriteBudget(max_writes)
+    writes = WriteBudget(max_writes)
     reissued: list[str] = []
     by_name = {c.cluster: c for c in plan.clusters}
     for name in plan.due:  # every re-issue first: the CA stays, the peers' copies stay valid meanwhile
@@ -111,7 +107,8 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
         changes.append(change)
         if change.written:
             writes.spent(f"handing out the certificates to {holder}")
-    status, findings = _verify(spec)
+    verdict, findings = verify_members(spec)
+    status = verdict or "PASS"  # a spec has two clusters at least, so the members are always checked
     result = RenewResult(
         mesh=spec.name,
         reissued=reissued,
@@ -125,61 +122,20 @@ def _renew(spec: MeshSpec, only: str | None, require_approval: bool, max_writes:
     return result
 
 
-class _WriteBudget:
-    """``max_writes``: after that many writes the run stops as if killed (a rerun must converge)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit, self.count = limit, 0
-
-    def spent(self, what: str) -> None:
-        self.count += 1
-        if self.limit is not None and self.count >= self.limit:
-            raise StopRequested(f"the writes after {what}", f"max_writes {self.limit} reached")
-
-
-def _verify(spec: MeshSpec) -> tuple[Verdict, list[Finding]]:
-    """The nightly's read-only checks (no drill) on the whole mesh."""
-    facts, findings = verify_steps.check_reachability_and_versions(spec)
-    if facts:
-        findings += verify_steps.check_drift(spec, facts)
-        _, health = verify_steps.check_mesh_health(spec, findings)
-        findings += health
-    return overall(findings), findings
-
-
 def _approved(spec: MeshSpec, plan: RenewPlan, artifact_id: Any) -> bool:
-    logger = get_run_logger()
-    logger.info("Plan ready: re-issue %s; waiting for approval", ", ".join(plan.due) or "nothing")
-    text = (
+    due = ", ".join(plan.due) or "nothing"
+    headline = (
         f"**Renew certificates of mesh `{spec.name}`:** plan artifact {artifact_id} — re-issued: "
-        f"{', '.join(plan.due) or 'none'}; copies replaced in: {', '.join(plan.holders) or 'none'}.\n\n"
-        "Submit with Approve on to write; off cancels the run, nothing written."
+        f"{', '.join(plan.due) or 'none'}; copies replaced in: {', '.join(plan.holders) or 'none'}."
     )
-    answer = pause_flow_run(
-        wait_for_input=SetupApproval.with_initial_data(description=text),
-        timeout=APPROVAL_TIMEOUT_SECONDS,
-        poll_interval=2,
-    )
-    if not answer.approve:
-        logger.warning("Renewal not approved%s: nothing written", f" ({answer.comment})" if answer.comment else "")
-    return bool(answer.approve)
+    return approved(headline, action="Renewal", waiting_for=f"re-issue {due}")
 
 
 def _post_summary(spec: MeshSpec, result: RenewResult) -> None:
-    slack = RunSlack.for_run(spec)
-    if not slack.configured:
-        return
     notes = [Finding(level="ok", subject="renewal", reason=line) for line in result.reissued]
     notes += [Finding(level="ok", subject=c.cluster, reason=c.describe()) for c in result.changes if c.written]
-    summary = Summary(
-        title=_title(spec, result),
-        status=result.status,
-        mesh=spec.name,
-        clusters=len(spec.clusters),
-        run_url=run_url(spec, flow_run.get_id()),
-        findings=notes + result.findings,
-    )
-    slack.post_summary(summary)
+    title = _title(spec, result)
+    post_summary(spec, title=title, status=result.status, clusters=len(spec.clusters), findings=notes + result.findings)
 
 
 def _title(spec: MeshSpec, result: RenewResult) -> str:
@@ -191,10 +147,6 @@ def _title(spec: MeshSpec, result: RenewResult) -> str:
     parts = [f"re-issued in {', '.join(reissued)}"] if reissued else []
     parts += [f"copies replaced in {', '.join(handed)}"] if handed else []
     return f"Cluster Mesh {spec.name}: certificates renewed ({'; '.join(parts)})"
-
-
-def _key(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
 
 
 __all__ = ["RenewResult", "mesh_renew_certificates"]

@@ -13,23 +13,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks import Finding, Verdict, overall
+from clustermesh.checks import Finding, Verdict
 from clustermesh.cilium.profiles import profile_for
-from clustermesh.errors import ClusterMeshError, PrerequisiteError
-from clustermesh.notify import Summary
+from clustermesh.errors import PrerequisiteError
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import StepChange
 from clustermesh.steps.upgrade_values import UpgradePlan
+from flows.lifecycle import approved, artifact_key, gather, post_summary, verify_members
 from flows.locking import mesh_lock
-from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
-from tasks import upgrade_steps, verify_steps
+from tasks import upgrade_steps
 from tasks.common import cluster_sessions
-from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.notify import alert_on_failure, quiet_reported_ends
 from tasks.results import owner_only_files
 
 quiet_reported_ends()
@@ -106,7 +103,7 @@ def _prepare(spec: MeshSpec, target: str, only: str | None, require_approval: bo
     logger = get_run_logger()
     plan = upgrade_steps.plan_upgrade(spec, target, only)
     artifact_id = create_markdown_artifact(
-        key=_key(f"{spec.name}-upgrade-{target}-plan"),
+        key=artifact_key(f"{spec.name}-upgrade-{target}-plan"),
         markdown=plan.render_markdown(),
         description=f"Values that work on both lines for Cilium {target} (key material as fingerprints)",
     )
@@ -119,9 +116,10 @@ def _prepare(spec: MeshSpec, target: str, only: str | None, require_approval: bo
         )
         for name in plan.changing
     ]
-    changes = _gather(futures)
+    changes = gather(futures, written="Written before the failure")
     blocking = [f"{p.cluster}: {b}" for p in plan.clusters for b in p.blocking]
-    status, findings = _verify(spec)
+    verdict, findings = verify_members(spec)
+    status = verdict or "PASS"  # a spec has two clusters at least, so the members are always checked
     result = UpgradePrepareResult(
         mesh=spec.name,
         target=target,
@@ -135,72 +133,28 @@ def _prepare(spec: MeshSpec, target: str, only: str | None, require_approval: bo
     return result
 
 
-def _gather(futures: list[Any]) -> list[StepChange]:
-    """Every cluster's outcome; a failure is raised once all have ended (the others' writes stand, a rerun
-    continues: it writes only where the values do not yet work on both lines)."""
-    changes, failures = [], []
-    for future in futures:
-        try:
-            changes.append(future.result())
-        except ClusterMeshError as exc:
-            failures.append(exc)
-    if failures:
-        written = [c.cluster for c in changes if c.written] or ["nowhere"]
-        failures[0].add_note(f"Written before the failure: {', '.join(written)}; a rerun continues safely.")
-        raise failures[0]
-    return changes
-
-
-def _verify(spec: MeshSpec) -> tuple[Verdict, list[Finding]]:
-    """The nightly's read-only checks (no drill): the values just written are applied and the mesh is healthy."""
-    facts, findings = verify_steps.check_reachability_and_versions(spec)
-    if facts:
-        findings += verify_steps.check_drift(spec, facts)
-        _, health = verify_steps.check_mesh_health(spec, findings)
-        findings += health
-    return overall(findings), findings
-
-
 def _approved(spec: MeshSpec, plan: UpgradePlan, artifact_id: Any) -> bool:
-    logger = get_run_logger()
-    logger.info("Plan ready: values for Cilium %s in %s; waiting for approval", plan.target, ", ".join(plan.changing))
-    text = (
+    changing = ", ".join(plan.changing)
+    headline = (
         f"**Values for Cilium `{plan.target}` in mesh `{spec.name}`:** plan artifact {artifact_id} — written to "
-        f"{', '.join(plan.changing)}.\n\nSubmit with Approve on to write; off cancels the run, nothing written."
+        f"{changing}."
     )
-    answer = pause_flow_run(
-        wait_for_input=SetupApproval.with_initial_data(description=text),
-        timeout=APPROVAL_TIMEOUT_SECONDS,
-        poll_interval=2,
-    )
-    if not answer.approve:
-        why = f" ({answer.comment})" if answer.comment else ""
-        logger.warning("Upgrade values not approved%s: nothing written", why)
-    return bool(answer.approve)
+    return approved(headline, action="Upgrade values", waiting_for=f"values for Cilium {plan.target} in {changing}")
 
 
 def _post_summary(spec: MeshSpec, result: UpgradePrepareResult) -> None:
-    slack = RunSlack.for_run(spec)
-    if not slack.configured:
-        return
     notes = [Finding(level="ok", subject=c.cluster, reason=c.describe()) for c in result.changes]
     notes += [
         Finding(level="failure", subject=b.split(":", 1)[0], reason=f"BLOCKING for Cilium {result.target}: {b}")
         for b in result.blocking
     ]
-    summary = Summary(
+    post_summary(
+        spec,
         title=f"Cluster Mesh {spec.name}: values prepared for Cilium {result.target}",
         status=result.status,
-        mesh=spec.name,
         clusters=len(spec.clusters),
-        run_url=run_url(spec, flow_run.get_id()),
         findings=notes + result.findings,
     )
-    slack.post_summary(summary)
-
-
-def _key(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
 
 
 __all__ = ["UpgradePrepareResult", "mesh_upgrade_prepare"]
