@@ -7,7 +7,6 @@ terminal ``--yes`` is required).
 
 from __future__ import annotations
 
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli.common import fail
+from cli.lifecycle import plan_then_run, run_flow
 
 if TYPE_CHECKING:
     from clustermesh.spec import MeshSpec
@@ -39,24 +39,20 @@ def renew(
     from cli import app as main  # cli.app registers this command: imported here, not at import time
 
     spec = main._load(config)
-    if not yes:
-        renew_plan = _read_plan(spec, cluster)
-        typer.echo(renew_plan.render_text())
-        if plan:
-            return
-        if renew_plan.changing:
-            _confirm(spec.name)
-        if main._main_program and "--yes" not in sys.argv:
-            sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
-    elif plan:
-        typer.echo(_read_plan(spec, cluster).render_text())
-        return
-    main._warm()
     target = f" --cluster {cluster}" if cluster else ""
     rerun = f"a rerun continues safely: `clustermesh certs renew --config {config}{target} --yes` re-issues only what "
     rerun += "is still due and hands out only copies that differ"
-    code = main._flow_command(spec, "certs renew", lambda: _run_renew(spec, cluster), what="renewal", rerun=rerun)
-    raise typer.Exit(code)
+    plan_then_run(
+        spec,
+        read_plan=lambda: _read_plan(spec, cluster),
+        plan_only=plan,
+        yes=yes,
+        question=f"Renew the certificates of mesh {spec.name} as shown above?",
+        command="certs renew",
+        what="renewal",
+        rerun=rerun,
+        run=lambda: _run_renew(spec, cluster),
+    )
 
 
 def _read_plan(spec: MeshSpec, cluster: str | None) -> RenewPlan:
@@ -76,26 +72,7 @@ def _read_plan(spec: MeshSpec, cluster: str | None) -> RenewPlan:
         fail(str(exc))
 
 
-def _confirm(mesh: str) -> None:
-    if not sys.stdin.isatty():
-        fail("not a terminal, so nothing was asked and nothing written: pass --yes to write the plan above")
-    if not typer.confirm(f"Renew the certificates of mesh {mesh} as shown above?", default=False):
-        fail("not confirmed: nothing written", 1)
-
-
 def _run_renew(spec: MeshSpec, cluster: str | None) -> int:
-    from cli import app as main
-
-    main._prefect_api()
-    from clustermesh.errors import ClusterMeshError
-    from clustermesh.stopping import stop_requested
     from flows.mesh_renew import mesh_renew_certificates
 
-    try:
-        result = mesh_renew_certificates(spec, cluster)
-    except ClusterMeshError as exc:
-        if not stop_requested():
-            typer.echo(f"certs renew failed: {exc}", err=True)
-        return 1
-    typer.echo(result.describe())
-    return 1 if result.status == "FAIL" else 0
+    return run_flow("certs renew", lambda: mesh_renew_certificates(spec, cluster))

@@ -7,13 +7,13 @@ terminal ``--yes`` is required). The spec still lists X; drop X from it once the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.common import fail
+from cli.lifecycle import plan_then_run, run_flow
 
 if TYPE_CHECKING:
     from clustermesh.spec import MeshSpec
@@ -36,25 +36,19 @@ def remove(
     from cli import app as main  # cli.app registers this command: imported here, not at import time
 
     spec = main._load(config)
-    if not yes:
-        leave_plan = _read_plan(spec, cluster)
-        typer.echo(leave_plan.render_text())
-        if plan:
-            return
-        if leave_plan.changing:
-            _confirm(cluster, spec.name)
-        if main._main_program and "--yes" not in sys.argv:
-            sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
-    elif plan:
-        typer.echo(_read_plan(spec, cluster).render_text())
-        return
-    main._warm()
     rerun = f"a rerun continues safely: `clustermesh remove --config {config} --cluster {cluster} --yes` writes only "
     rerun += "where the entry is still there"
-    code = main._flow_command(
-        spec, "remove", lambda: _run_remove(spec, cluster, disable_in_removed), what="removal", rerun=rerun
+    plan_then_run(
+        spec,
+        read_plan=lambda: _read_plan(spec, cluster),
+        plan_only=plan,
+        yes=yes,
+        question=f"Remove {cluster} from mesh {spec.name} as shown above?",
+        command="remove",
+        what="removal",
+        rerun=rerun,
+        run=lambda: _run_remove(spec, cluster, disable_in_removed),
     )
-    raise typer.Exit(code)
 
 
 def _read_plan(spec: MeshSpec, cluster: str) -> LeavePlan:
@@ -76,26 +70,7 @@ def _read_plan(spec: MeshSpec, cluster: str) -> LeavePlan:
         fail(str(exc))
 
 
-def _confirm(cluster: str, mesh: str) -> None:
-    if not sys.stdin.isatty():
-        fail("not a terminal, so nothing was asked and nothing written: pass --yes to write the plan above")
-    if not typer.confirm(f"Remove {cluster} from mesh {mesh} as shown above?", default=False):
-        fail("not confirmed: nothing written", 1)
-
-
 def _run_remove(spec: MeshSpec, cluster: str, disable_in_removed: bool) -> int:
-    from cli import app as main
-
-    main._prefect_api()
-    from clustermesh.errors import ClusterMeshError
-    from clustermesh.stopping import stop_requested
     from flows.mesh_remove import mesh_remove_cluster
 
-    try:
-        result = mesh_remove_cluster(spec, cluster, disable_in_removed=disable_in_removed)
-    except ClusterMeshError as exc:
-        if not stop_requested():
-            typer.echo(f"remove failed: {exc}", err=True)
-        return 1
-    typer.echo(result.describe())
-    return 1 if result.status == "FAIL" else 0
+    return run_flow("remove", lambda: mesh_remove_cluster(spec, cluster, disable_in_removed=disable_in_removed))
