@@ -25,13 +25,7 @@ from starlette.websockets import WebSocket
 from sandbox import patching
 from sandbox.api_guard import ApiFaults, _error_response, _Guard
 from sandbox.api_objects import defaulted, exit_status, scale_of
-from sandbox.resources import (
-    group_versions,
-    is_custom,
-    openapi_document,
-    openapi_index,
-    table,
-)
+from sandbox.resources import group_versions, is_custom, openapi_document, openapi_index, table
 from sandbox.selectors import matcher
 from sandbox.store import ApiError, Obj, ResourceType, Store, not_found
 from sandbox.virtual_calendar import DateHeader
