@@ -22,30 +22,6 @@ JOBS, CERTGEN = "batch/v1/jobs", "clustermesh-apiserver-generate-certs"
 RENDERED_BUNDLE_LABEL = "sandbox.clustermesh.io/rendered-ca-bundle"
 
 
-AGENT_BUNDLE_FILES = ("common-etcd-client-ca.crt", "local-etcd-client-ca.crt")
-
-
-def agent_trust_volumes(volumes: list[Obj], bundle: CaBundle | None) -> None:
-    """The agents' ``clustermesh-secrets`` volume as the chart renders it: with ``tls.caBundle`` the
-    common-/local-etcd-client-ca.crt files come from the bundle (templates/cilium-agent/daemonset.yaml), so
-    turning it on or off changes the pod template and the agents roll."""
-    volume = next((v for v in volumes if v.get("name") == "clustermesh-secrets"), None)
-    if volume is None:
-        return
-    sources = (volume.get("projected") or {}).get("sources") or []
-    kept = [s for s in sources if not _is_bundle_source(s)]
-    if bundle is not None:
-        kind = "secret" if bundle.kind == "Secret" else "configMap"
-        items = [{"key": bundle.key, "path": path} for path in AGENT_BUNDLE_FILES]
-        kept.append({kind: {"name": bundle.name, "optional": True, "items": items}})
-    volume.setdefault("projected", {})["sources"] = kept
-
-
-def _is_bundle_source(source: Obj) -> bool:
-    ref = source.get("configMap") or source.get("secret") or {}
-    return any(i.get("path") in AGENT_BUNDLE_FILES for i in ref.get("items") or [])
-
-
 class CaBundleApply:
     """Helm applying ``tls.caBundle.content``: the chart's ConfigMap (or Secret) ``tls.caBundle.name``
     (templates/cilium-ca-bundle-configmap.yaml); one it rendered before and no longer does goes."""

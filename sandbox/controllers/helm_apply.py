@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sandbox.chart import Rendered
 from sandbox.controllers.base import APISERVER, CMS, DEPLOYS, DSS, NS, SECRETS, SVCS, SimCluster, _deployment
-from sandbox.controllers.certgen import agent_trust_volumes, trust_volume
+from sandbox.controllers.certgen import trust_volume
 from sandbox.controllers.mcs import mcs_config
 from sandbox.datapath.remote_cache import CACHE_TTL_KEY
 from sandbox.store import Obj
@@ -37,7 +37,6 @@ class HelmApply:
             else:
                 tspec.pop("hostAliases", None)
             tspec["containers"][0]["image"] = f"quay.io/cilium/cilium:v{r.version}"
-            agent_trust_volumes(tspec.setdefault("volumes", []), r.ca_bundle)
 
         s.mutate(DSS, NS, "cilium", ds)
         if r.mesh_enabled:

@@ -239,7 +239,9 @@ def _build_facts(name: str, store: Store) -> _Facts:
     f.remote_files = {
         "common-etcd-client.crt": remote.get("tls.crt", b""),
         "common-etcd-client.key": remote.get("tls.key", b""),
-        "common-etcd-client-ca.crt": _agents_bundle(store, daemonset, remote.get("ca.crt", b"")),
+        # the chart projects the same bundle into the agents' common-/local-etcd-client-ca.crt (their DaemonSet);
+        # the sandbox's agents take it from the apiserver's volume, so they do not roll when it changes
+        "common-etcd-client-ca.crt": remote.get("ca.crt", b"") if bundle is None else bundle,
     }
 
     aliases: dict[str, str] = {}
@@ -340,13 +342,6 @@ def _trust_bundle(store: Store, deploy: Obj | None) -> bytes | None:
     ``etcd-server-secrets`` volume (a ConfigMap or Secret source with path ca.crt); None: the leaf's ca.crt.
     A missing object or key gives b"" (etcd then trusts nothing)."""
     return _bundle_file(store, deploy, "etcd-server-secrets", "ca.crt")
-
-
-def _agents_bundle(store: Store, daemonset: Obj | None, leaf_ca: bytes) -> bytes:
-    """The agents' common-etcd-client-ca.crt: from ``tls.caBundle`` when their ``clustermesh-secrets`` volume
-    projects it there, else the remote-cert's ca.crt."""
-    found = _bundle_file(store, daemonset, "clustermesh-secrets", "common-etcd-client-ca.crt")
-    return leaf_ca if found is None else found
 
 
 def _bundle_file(store: Store, owner: Obj | None, volume_name: str, path: str) -> bytes | None:

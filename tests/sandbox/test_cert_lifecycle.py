@@ -201,17 +201,9 @@ def test_certgen_before_v0_3_1_fails_on_a_ca_bundle_and_leaves_the_leaves_alone(
     run(body)
 
 
-def agents_bundle(c: Any) -> list[str]:
-    """The files the agents' ``clustermesh-secrets`` volume takes from ConfigMap ``cilium-root-ca.crt``."""
-    ds = c.store.get("apps/v1/daemonsets", NS, "cilium")
-    (volume,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "clustermesh-secrets"]
-    sources = [s["configMap"] for s in volume["projected"]["sources"] if "configMap" in s]
-    return [i["path"] for s in sources if s["name"] == "cilium-root-ca.crt" for i in s["items"]]
-
-
 def test_with_tls_ca_bundle_the_apiserver_trusts_the_bundle_the_chart_renders_from_content() -> None:
     """``tls.caBundle.content``: the chart's ConfigMap ``cilium-root-ca.crt``; the apiserver's etcd trusts it (not
-    the leaves' ca.crt), and the agents read their local CA files from it: a bundle without the peers' CA cuts
+    the leaves' ca.crt): a bundle without the peers' CA cuts
     them off, one with it serves them, and turning it off again removes the ConfigMap and trusts the leaves'
     ca.crt."""
     from sandbox import pki
@@ -230,14 +222,12 @@ def test_with_tls_ca_bundle_the_apiserver_trusts_the_bundle_the_chart_renders_fr
             volumes = {v["name"]: v for v in deploy["spec"]["template"]["spec"]["volumes"]}
             trust = volumes["etcd-server-secrets"]["projected"]["sources"][1]
             assert trust["configMap"]["name"] == "cilium-root-ca.crt"
-            assert agents_bundle(c) == ["common-etcd-client-ca.crt", "local-etcd-client-ca.crt"]
             reasons = links(world)
             assert bool(reasons[("cluster-2", "cluster-1")]) is cut_off, reasons
             assert not reasons[("cluster-1", "cluster-2")], reasons
         edit_values(c.store, {"tls": {"caBundle": {"enabled": False}}})
         await wait_for(lambda: applied(c.store), what="caBundle off")
         assert c.store.try_get("v1/configmaps", NS, "cilium-root-ca.crt") is None
-        assert agents_bundle(c) == []
         assert healthy(world), links(world)
         world.stop()
 
