@@ -21,6 +21,7 @@ from cryptography import x509
 from clustermesh.kube import ClusterClient
 from sandbox.process import SandboxError, send_calendar
 from sandbox.world import World
+from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.sandbox.test_upgrades import healthy, links, mesh_world
 from tests.sandbox.test_world import applied, edit_values, issued_by, run, secret, wait_for
 
@@ -232,3 +233,41 @@ def test_with_tls_ca_bundle_the_apiserver_trusts_the_bundle_the_chart_renders_fr
         world.stop()
 
     run(body)
+
+
+@charts_mark("cilium-1.19.6.tgz")
+@engine_mark
+def test_real_chart_mode_reads_tls_ca_bundle_from_the_render_as_the_built_in_model_does() -> None:
+    """``--charts``: the apiserver's trust source and the bundle's content come from the rendered Deployment and
+    ConfigMap/Secret; the built-in renderer says the same for the same values."""
+    from sandbox import pki
+    from sandbox.chart import CaBundle, render
+    from sandbox.real_chart import ChartRenderer
+
+    assert CHARTS_DIR is not None
+    content = pki.make_ca("a").cert_pem.decode() + pki.make_ca("b").cert_pem.decode()
+    base = {
+        "cluster": {"name": "cluster-1", "id": 1},
+        "clustermesh": {"useAPIServer": True, "apiserver": {"tls": {"auto": {"enabled": True, "method": "cronJob"}}}},
+    }
+    cases = {
+        "content": (
+            {"enabled": True, "content": content},
+            CaBundle("ConfigMap", "cilium-root-ca.crt", "ca.crt", content),
+        ),
+        "a person's Secret": (
+            {"enabled": True, "useSecret": True, "name": "corp", "key": "roots.pem"},
+            CaBundle("Secret", "corp", "roots.pem", ""),
+        ),
+        "off": ({"enabled": False, "content": content}, None),
+    }
+    renderer = ChartRenderer(CHARTS_DIR)
+    for case, (bundle, want) in cases.items():
+        values = {**base, "tls": {"caBundle": bundle}}
+        real = renderer.render("1.19.6", values).ca_bundle
+        if want is not None and real is not None:
+            real = CaBundle(real.kind, real.name, real.key, real.content.strip() + ("\n" if real.content else ""))
+        assert real == want, case
+        assert render("1.19.6", values).ca_bundle == (
+            None if want is None else CaBundle(want.kind, want.name, want.key, bundle.get("content", "") or "")
+        ), case
