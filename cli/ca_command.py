@@ -18,8 +18,8 @@ import typer
 from cli.common import fail
 
 if TYPE_CHECKING:
+    from clustermesh.lifecycle.ca_plan import RotationPlan
     from clustermesh.spec import MeshSpec
-    from clustermesh.steps.ca_plan import RotationPlan
 
 ca_app = typer.Typer(help="The mesh's certificate authorities: rotate them with trust overlap.", no_args_is_help=True)
 
@@ -60,8 +60,8 @@ def rotate(
 def _read_plan(spec: MeshSpec, cluster: str | None) -> RotationPlan:
     from clustermesh.errors import ClusterMeshError
     from clustermesh.kube.credentials import open_cluster
-    from clustermesh.steps.ca_plan import plan_rotation
-    from clustermesh.steps.ca_rotation import NAMESPACE
+    from clustermesh.lifecycle.ca_plan import plan_rotation
+    from clustermesh.lifecycle.ca_rotation import NAMESPACE
 
     def read(name: str) -> dict[str, Any]:
         with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:

@@ -17,8 +17,8 @@ from cli.common import fail
 from cli.lifecycle import plan_then_run, run_flow
 
 if TYPE_CHECKING:
+    from clustermesh.lifecycle.renew import RenewPlan
     from clustermesh.spec import MeshSpec
-    from clustermesh.steps.renew import RenewPlan
 
 certs_app = typer.Typer(help="The mesh's certificates: renew them (and hand them to the peers).", no_args_is_help=True)
 
@@ -59,7 +59,7 @@ def _read_plan(spec: MeshSpec, cluster: str | None) -> RenewPlan:
     from clustermesh import checks
     from clustermesh.errors import ClusterMeshError
     from clustermesh.kube.credentials import open_cluster
-    from clustermesh.steps.renew import plan_renew
+    from clustermesh.lifecycle.renew import plan_renew
 
     try:
         with ExitStack() as stack:

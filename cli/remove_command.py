@@ -16,8 +16,8 @@ from cli.common import fail
 from cli.lifecycle import plan_then_run, run_flow
 
 if TYPE_CHECKING:
+    from clustermesh.lifecycle.leave import LeavePlan
     from clustermesh.spec import MeshSpec
-    from clustermesh.steps.leave import LeavePlan
 
 ClusterOption = Annotated[str, typer.Option("--cluster", help="The cluster that leaves the mesh (still in the spec).")]
 
@@ -54,7 +54,7 @@ def remove(
 def _read_plan(spec: MeshSpec, cluster: str) -> LeavePlan:
     from clustermesh.errors import ClusterMeshError
     from clustermesh.kube.credentials import open_cluster
-    from clustermesh.steps.leave import plan_leave
+    from clustermesh.lifecycle.leave import plan_leave
 
     def read(name: str) -> dict[str, Any]:
         with open_cluster(spec.cluster(name), request_timeout=spec.timeouts.api) as client:

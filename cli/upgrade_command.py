@@ -20,8 +20,8 @@ import typer
 from cli.common import fail
 
 if TYPE_CHECKING:
+    from clustermesh.lifecycle.upgrade_values import UpgradePlan
     from clustermesh.spec import MeshSpec
-    from clustermesh.steps.upgrade_values import UpgradePlan
 
 Format = Literal["text", "json"]
 
@@ -90,7 +90,7 @@ def _checked_input(config: Path, to: str, cluster: str | None) -> tuple[MeshSpec
 def _read_plan(spec: MeshSpec, target: str, cluster: str | None) -> UpgradePlan:
     from clustermesh.errors import ClusterMeshError
     from clustermesh.kube.credentials import open_cluster
-    from clustermesh.steps.upgrade_values import plan_mesh_upgrade
+    from clustermesh.lifecycle.upgrade_values import plan_mesh_upgrade
 
     try:
         return plan_mesh_upgrade(

@@ -1,6 +1,6 @@
 """``mesh_rotate_ca``: replace a cluster's CA (or every member's, one at a time) with trust overlap.
 
-The phases are in ``clustermesh.steps.ca_rotation``: every peer first trusts the old and the new CA, then the
+The phases are in ``clustermesh.lifecycle.ca_rotation``: every peer first trusts the old and the new CA, then the
 cluster's certificates are re-issued by the new one and handed out, then the old CA is dropped. Each phase is
 read back from the cluster (``cilium-ca`` and ``clustermesh-ca-next``), so a rerun after a crash or a stop goes
 on from there, and a rerun of a finished rotation writes nothing. The cluster trusts both CAs through the chart's
@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict
 
 from clustermesh.checks import Finding, Verdict, overall
 from clustermesh.errors import ClusterStateError, StopRequested
+from clustermesh.lifecycle.ca_plan import RotationPlan, rotation_targets
 from clustermesh.notify import Summary
 from clustermesh.spec import MeshSpec
-from clustermesh.steps.ca_plan import RotationPlan, rotation_targets
 from flows.locking import mesh_lock
 from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
 from tasks import ca_steps, verify_steps

@@ -17,8 +17,8 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.checks import Finding, Verdict
+from clustermesh.lifecycle.leave import LeavePlan, remaining_members
 from clustermesh.spec import MeshSpec
-from clustermesh.steps.leave import LeavePlan, remaining_members
 from clustermesh.steps.models import StepChange
 from flows.lifecycle import approved, artifact_key, gather, post_summary, verify_members
 from flows.locking import mesh_lock

@@ -18,9 +18,9 @@ from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
 from clustermesh.checks import Finding, Verdict
+from clustermesh.lifecycle.renew import RenewPlan
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import StepChange
-from clustermesh.steps.renew import RenewPlan
 from flows.lifecycle import WriteBudget, approved, artifact_key, post_summary, verify_members
 from flows.locking import mesh_lock
 from tasks import renew_steps

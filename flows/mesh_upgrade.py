@@ -1,6 +1,6 @@
 """``mesh_upgrade_prepare``: before KKP upgrades Cilium, write values that work on both the current and the target line.
 
-The plan (``clustermesh.steps.upgrade_values``) lists, per cluster, what the target chart would refuse or
+The plan (``clustermesh.lifecycle.upgrade_values``) lists, per cluster, what the target chart would refuse or
 silently ignore and the values change that fixes it, proved with the real charts (both lines render it, the
 current line runs exactly what it runs today). Findings with no such form are BLOCKING and are not written;
 the fixable ones are (they change nothing before the upgrade). Then the mesh gets the nightly's read-only
@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict
 from clustermesh.checks import Finding, Verdict
 from clustermesh.cilium.profiles import profile_for
 from clustermesh.errors import PrerequisiteError
+from clustermesh.lifecycle.upgrade_values import UpgradePlan
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import StepChange
-from clustermesh.steps.upgrade_values import UpgradePlan
 from flows.lifecycle import approved, artifact_key, gather, post_summary, verify_members
 from flows.locking import mesh_lock
 from tasks import upgrade_steps

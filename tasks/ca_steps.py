@@ -16,11 +16,11 @@ from pydantic import BaseModel, ConfigDict
 
 from clustermesh.cilium.chart_source import ChartUnavailableError
 from clustermesh.kube import ClusterClient
+from clustermesh.lifecycle import ca_plan, ca_rotation
+from clustermesh.lifecycle.ca_rotation import NAMESPACE
+from clustermesh.lifecycle.reissue import request_reissue
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import ca_plan, ca_rotation
-from clustermesh.steps.ca_rotation import NAMESPACE
 from clustermesh.steps.chart_check import check_values
-from clustermesh.steps.reissue import request_reissue
 from tasks.common import cluster_client
 
 UNPERSISTED: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}

@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 
 from clustermesh.drill.manifests import PART_OF
 from clustermesh.errors import KubeApiError, KubeconfigError
+from clustermesh.lifecycle import leave
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import leave
 from clustermesh.steps.models import StepChange
 from tasks.common import COMMON, cluster_client
 

@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from clustermesh import checks
 from clustermesh.checks import Finding
+from clustermesh.lifecycle import reissue, renew
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import reissue, renew
 from clustermesh.steps.models import ClusterFacts, StepChange
 from tasks.common import COMMON, cluster_client, cluster_clients
 

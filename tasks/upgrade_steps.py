@@ -12,8 +12,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from clustermesh.lifecycle import upgrade_values
 from clustermesh.spec import MeshSpec
-from clustermesh.steps import step1_prerequisites, upgrade_values
+from clustermesh.steps import step1_prerequisites
 from clustermesh.steps.models import StepChange
 from tasks.common import COMMON, cluster_client, load_secret_block
 

@@ -16,10 +16,10 @@ from clustermesh.checks.findings import Finding, ok, warn
 from clustermesh.cilium.chart_source import ChartUnavailableError, latest_in_line
 from clustermesh.cilium.profiles import SUPPORTED_LINES, parse_cilium_version
 from clustermesh.errors import ClusterMeshError
+from clustermesh.lifecycle.upgrade_check import ClusterUpgrade, check_upgrade
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.models import ClusterFacts
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
-from clustermesh.steps.upgrade_check import ClusterUpgrade, check_upgrade
 from clustermesh.values import read_values
 
 __all__ = ["next_line_findings"]

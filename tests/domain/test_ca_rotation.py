@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from clustermesh.certs import fingerprint
 from clustermesh.errors import ClusterStateError
-from clustermesh.steps.ca_bundle import BUNDLE_OWNER, bundle_refusal, is_ours, record_before, restored, with_bundle
-from clustermesh.steps.ca_plan import cluster_refusal, plan_rotation
-from clustermesh.steps.ca_rotation import (
+from clustermesh.lifecycle.ca_bundle import BUNDLE_OWNER, bundle_refusal, is_ours, record_before, restored, with_bundle
+from clustermesh.lifecycle.ca_plan import cluster_refusal, plan_rotation
+from clustermesh.lifecycle.ca_rotation import (
     CA_SECRET,
     NEXT_SECRET,
     ROTATED_AT,

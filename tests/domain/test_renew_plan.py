@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
+from clustermesh.lifecycle.renew import ClusterRenewal, RenewPlan, plan_copies
 from clustermesh.steps.cert_copies import copy_problem, keep_current_copies, trusted_cas
-from clustermesh.steps.renew import ClusterRenewal, RenewPlan, plan_copies
 from clustermesh.values import PeerEntry
 from tests.domain.test_verify import Pair, issue, make_ca
 
@@ -117,7 +117,7 @@ def test_a_values_write_keeps_a_current_copy_unless_told_to_replace_it() -> None
 
 
 def test_certmanager_and_unknown_methods_are_refused_naming_what_to_do() -> None:
-    from clustermesh.steps.reissue import reissue_refusal
+    from clustermesh.lifecycle.reissue import reissue_refusal
 
     assert reissue_refusal("c1", "cronJob") is None and reissue_refusal("c1", "helm") is None
     certmanager = reissue_refusal("c1", "certmanager")

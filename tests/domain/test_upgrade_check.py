@@ -16,9 +16,9 @@ from clustermesh.checks.findings import Finding
 from clustermesh.checks.next_line import next_line_findings
 from clustermesh.cilium.chart_source import ChartUnavailableError, forget_unreachable, latest_in_line
 from clustermesh.cilium.profiles import REMOVED_IN_1_20
+from clustermesh.lifecycle.upgrade_check import check_upgrade
+from clustermesh.lifecycle.upgrade_values import plan_upgrade_values
 from clustermesh.spec import MeshSpec
-from clustermesh.steps.upgrade_check import check_upgrade
-from clustermesh.steps.upgrade_values import plan_upgrade_values
 from tests.conftest import CHARTS_DIR, charts_mark, engine_mark
 from tests.domain.test_chart_check import HelmRepo
 from tests.domain.test_profiles_119_120 import _facts, ours

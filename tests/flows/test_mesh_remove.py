@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from clustermesh.errors import PrerequisiteError
-from clustermesh.steps.leave import plan_member
+from clustermesh.lifecycle.leave import plan_member
 from flows.mesh_remove import mesh_remove_cluster
 from flows.mesh_setup import cluster_mesh_setup
 from flows.mesh_verify import nightly_mesh_verification, verification_result

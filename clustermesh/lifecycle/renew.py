@@ -4,7 +4,7 @@ certificates to every peer holding a copy.
 A cluster is due when one of its leaf certificates (server, remote, admin) has fewer than
 ``certificates.warn_days`` left at the cluster's own clock (:meth:`ClusterClient.server_time`), or when it
 is named with ``--cluster``. It is re-issued the way its ``clustermesh.apiserver.tls.auto.method`` allows
-(:mod:`clustermesh.steps.reissue`). The order never leaves a peer with a certificate its target refuses:
+(:mod:`clustermesh.lifecycle.reissue`). The order never leaves a peer with a certificate its target refuses:
 re-issuing keeps the CA, so the copy a peer holds stays valid until it is replaced; all re-issues finish
 first, then each holder gets the current certificates of its peers in one values write (the setup's step 6
 write: :func:`~clustermesh.steps.step2_4_6_mesh_values.configure_mesh`). A rerun with nothing due and every
@@ -22,10 +22,10 @@ from typing import Any
 from clustermesh.certs import cert_info, fingerprint, load_cert
 from clustermesh.errors import CertificateError, ClusterMeshError, ClusterStateError, PrerequisiteError
 from clustermesh.kube import ClusterClient
+from clustermesh.lifecycle.reissue import LEAF_SECRETS, SERVER_CERT, reissue_refusal
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.cert_copies import copy_problem, trusted_cas
 from clustermesh.steps.models import ClusterFacts, MeshEndpoint, StepChange
-from clustermesh.steps.reissue import LEAF_SECRETS, SERVER_CERT, reissue_refusal
 from clustermesh.steps.step2_4_6_mesh_values import configure_mesh
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT, collect_mesh_endpoint, uses_shared_ca
 from clustermesh.values import peer_entries, read_values, value_at

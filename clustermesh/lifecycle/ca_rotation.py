@@ -2,7 +2,7 @@
 
 Per-peer CA mode: each peer P of cluster X holds, in its entry for X, X's remote client certificate and
 X's CA (``caCert``, to verify X's server); X's clustermesh-apiserver verifies P's client by the ca.crt of its
-leaf Secrets, or, with the chart's ``tls.caBundle``, by that bundle (``clustermesh.steps.ca_bundle``). The
+leaf Secrets, or, with the chart's ``tls.caBundle``, by that bundle (``clustermesh.lifecycle.ca_bundle``). The
 rotation from the old CA O to a new CA N runs in phases, each a state read back from the clusters, so a rerun
 (after a crash or a stop) goes on where the last one ended:
 
@@ -50,8 +50,7 @@ from cryptography.x509.oid import NameOID
 from clustermesh.certs import fingerprint, issued_by, key_matches, load_cert, load_private_key
 from clustermesh.errors import AlreadyExistsError, CertificateError, ClusterStateError, ConflictError
 from clustermesh.kube import ClusterClient
-from clustermesh.spec import MeshSpec
-from clustermesh.steps.ca_bundle import (
+from clustermesh.lifecycle.ca_bundle import (
     BEFORE_KEY,
     BUNDLE_OWNER,
     bundle_refusal,
@@ -61,6 +60,7 @@ from clustermesh.steps.ca_bundle import (
     same_bundle,
     with_bundle,
 )
+from clustermesh.spec import MeshSpec
 from clustermesh.steps.membership import managed_peers
 from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
 from clustermesh.stopping import note_written, raise_if_stopping

@@ -11,9 +11,8 @@ from typing import Any
 from clustermesh.certs import fingerprint
 from clustermesh.cilium.profiles import parse_cilium_version, profile_for
 from clustermesh.errors import ClusterMeshError, ClusterStateError
-from clustermesh.spec import MeshSpec
-from clustermesh.steps.ca_bundle import bundle_refusal, is_ours
-from clustermesh.steps.ca_rotation import (
+from clustermesh.lifecycle.ca_bundle import bundle_refusal, is_ours
+from clustermesh.lifecycle.ca_rotation import (
     CA_VALIDITY_DAYS,
     PHASE_TEXT,
     Phase,
@@ -21,6 +20,7 @@ from clustermesh.steps.ca_rotation import (
     fingerprints,
     read_ca_state,
 )
+from clustermesh.spec import MeshSpec
 from clustermesh.steps.membership import managed_peers
 from clustermesh.values import read_values, value_at
 

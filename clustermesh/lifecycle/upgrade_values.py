@@ -30,13 +30,13 @@ from clustermesh.cilium.chart_source import ChartUnavailableError
 from clustermesh.cilium.profiles import REMOVED_IN_1_20, parse_cilium_version, profile_for
 from clustermesh.errors import ConflictError
 from clustermesh.kube import ClusterClient
+from clustermesh.lifecycle.upgrade_check import ClusterUpgrade, UpgradeReport, check_upgrade
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.chart_check import ChartValuesRefusedError, check_values, values_checker
 from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.steps.step1_prerequisites import check_prerequisites
 from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
-from clustermesh.steps.upgrade_check import ClusterUpgrade, UpgradeReport, check_upgrade
 from clustermesh.stopping import note_written, raise_if_stopping
 from clustermesh.values import Path, ValuesChange, legacy_paths_to_remove, plan_change, read_values, value_at
 
