@@ -9,13 +9,13 @@ written.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from cli.common import fail
+from cli.lifecycle import plan_then_run, run_flow
 
 if TYPE_CHECKING:
     from clustermesh.lifecycle.ca_plan import RotationPlan
@@ -38,23 +38,21 @@ def rotate(
     from cli import app as main  # cli.app registers this command: imported here, not at import time
 
     spec = main._load(config)
-    if not yes or plan:
-        rotation_plan = _read_plan(spec, cluster)
-        typer.echo(rotation_plan.render_text())
-        if rotation_plan.refused:
-            fail("refused: nothing written (the reason and the fix are above)", 1)
-        if plan:
-            return
-        if rotation_plan.changing:
-            _confirm(rotation_plan.changing, spec.name)
-        if main._main_program and "--yes" not in sys.argv:
-            sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
-    main._warm()
     target = f" --cluster {cluster}" if cluster else ""
     rerun = f"a rerun continues safely: `clustermesh ca rotate --config {config}{target} --yes` goes on from the "
     rerun += "phase each cluster's CA is in"
-    code = main._flow_command(spec, "ca-rotate", lambda: _run(spec, cluster), what="CA rotation", rerun=rerun)
-    raise typer.Exit(code)
+    plan_then_run(
+        spec,
+        read_plan=lambda: _read_plan(spec, cluster),
+        plan_only=plan,
+        yes=yes,
+        question=lambda shown: f"Rotate the CA of {', '.join(shown.changing)} in mesh {spec.name} as shown above?",
+        command="ca-rotate",
+        what="CA rotation",
+        rerun=rerun,
+        run=lambda: _run(spec, cluster),
+        refused=lambda shown: bool(shown.refused),
+    )
 
 
 def _read_plan(spec: MeshSpec, cluster: str | None) -> RotationPlan:
@@ -77,26 +75,7 @@ def _read_plan(spec: MeshSpec, cluster: str | None) -> RotationPlan:
         fail(str(exc))
 
 
-def _confirm(clusters: list[str], mesh: str) -> None:
-    if not sys.stdin.isatty():
-        fail("not a terminal, so nothing was asked and nothing written: pass --yes to write the plan above")
-    if not typer.confirm(f"Rotate the CA of {', '.join(clusters)} in mesh {mesh} as shown above?", default=False):
-        fail("not confirmed: nothing written", 1)
-
-
 def _run(spec: MeshSpec, cluster: str | None) -> int:
-    from cli import app as main
-
-    main._prefect_api()
-    from clustermesh.errors import ClusterMeshError
-    from clustermesh.stopping import stop_requested
     from flows.mesh_ca import mesh_rotate_ca
 
-    try:
-        result = mesh_rotate_ca(spec, cluster)
-    except ClusterMeshError as exc:
-        if not stop_requested():
-            typer.echo(f"ca rotate failed: {exc}", err=True)
-        return 1
-    typer.echo(result.describe())
-    return 1 if result.status == "FAIL" else 0
+    return run_flow("ca rotate", lambda: mesh_rotate_ca(spec, cluster))

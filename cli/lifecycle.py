@@ -34,22 +34,26 @@ def plan_then_run(
     read_plan: Callable[[], Plan],
     plan_only: bool,
     yes: bool,
-    question: str,
+    question: str | Callable[[Any], str],
     command: str,
     what: str,
     rerun: str,
     run: Callable[[], int],
+    refused: Callable[[Any], bool] | None = None,
 ) -> NoReturn:
-    """Print the plan; unless ``plan_only``, ask ``question`` (or take ``yes``), then run the flow; exits."""
+    """Print the plan; unless ``plan_only``, ask ``question`` (a text, or made from the plan) or take ``yes``,
+    then run the flow; exits. A plan ``refused`` says no ends the command (exit 1) right after it is shown."""
     from cli import app as main  # cli.app registers the commands: imported here, not at import time
 
     if not yes or plan_only:
         shown = read_plan()
         typer.echo(shown.render_text())
+        if refused is not None and refused(shown):
+            fail("refused: nothing written (the reason and the fix are above)", 1)
         if plan_only:
             raise typer.Exit(0)
         if shown.changing:
-            confirm(question)
+            confirm(question if isinstance(question, str) else question(shown))
         if main._main_program and "--yes" not in sys.argv:
             sys.argv.append("--yes")  # the warm runner re-runs this command line: answered once is enough
     main._warm()

@@ -106,5 +106,10 @@ class WriteBudget:
         if self.limit is not None and self.count >= self.limit:
             raise StopRequested(f"the writes after {what}", f"{self.parameter} {self.limit} reached")
 
+    def __call__(self, what: str) -> None:
+        """``spent``, with a log line per write (for flows whose tasks report each write as it happens)."""
+        get_run_logger().info("Write %d: %s", self.count + 1, what)
+        self.spent(what)
+
 
 __all__ = ["WriteBudget", "approved", "artifact_key", "gather", "post_summary", "verify_members"]

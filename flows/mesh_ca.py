@@ -15,22 +15,19 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from prefect.flow_runs import pause_flow_run
-from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import BaseModel, ConfigDict
 
-from clustermesh.checks import Finding, Verdict, overall
-from clustermesh.errors import ClusterStateError, StopRequested
+from clustermesh.checks import Finding, Verdict
+from clustermesh.errors import ClusterStateError
 from clustermesh.lifecycle.ca_plan import RotationPlan, rotation_targets
-from clustermesh.notify import Summary
 from clustermesh.spec import MeshSpec
+from flows.lifecycle import WriteBudget, approved, artifact_key, post_summary, verify_members
 from flows.locking import mesh_lock
-from flows.mesh_setup import APPROVAL_TIMEOUT_SECONDS, SetupApproval
-from tasks import ca_steps, verify_steps
+from tasks import ca_steps
 from tasks.ca_steps import ClusterRotation
 from tasks.common import cluster_sessions
-from tasks.notify import RunSlack, alert_on_failure, quiet_reported_ends, run_url
+from tasks.notify import alert_on_failure, quiet_reported_ends
 from tasks.results import owner_only_files
 
 quiet_reported_ends()
@@ -60,20 +57,6 @@ class CaRotationResult(BaseModel):
         return "\n".join(lines)
 
 
-class _WriteCount:
-    """Counts the rotation's writes; with a limit, stops the run right after the limit-th (a drill/test aid)."""
-
-    def __init__(self, limit: int | None) -> None:
-        self.limit = limit
-        self.count = 0
-
-    def __call__(self, what: str) -> None:
-        self.count += 1
-        get_run_logger().info("Write %d: %s", self.count, what)
-        if self.limit is not None and self.count >= self.limit:
-            raise StopRequested("the next write", f"stop_after_writes={self.limit} reached after: {what}")
-
-
 @flow(
     name="mesh-rotate-ca",
     validate_parameters=True,
@@ -94,14 +77,14 @@ def mesh_rotate_ca(
     """
     rotation_targets(spec, cluster)  # an unknown name fails before the lock, nothing read
     with mesh_lock(spec), owner_only_files(), cluster_sessions(spec):
-        return _rotate(spec, cluster, require_approval, _WriteCount(stop_after_writes))
+        return _rotate(spec, cluster, require_approval, WriteBudget(stop_after_writes, "stop_after_writes"))
 
 
-def _rotate(spec: MeshSpec, cluster: str | None, require_approval: bool, count: _WriteCount) -> CaRotationResult:
+def _rotate(spec: MeshSpec, cluster: str | None, require_approval: bool, count: WriteBudget) -> CaRotationResult:
     logger = get_run_logger()
     plan = ca_steps.plan_rotation(spec, cluster)
     artifact_id = create_markdown_artifact(
-        key=_key(f"{spec.name}-rotate-ca-{cluster or 'all'}-plan"),
+        key=artifact_key(f"{spec.name}-rotate-ca-{cluster or 'all'}-plan"),
         markdown=plan.render_markdown(),
         description="The CA rotation: phases and peers, certificates as fingerprints",
     )
@@ -114,7 +97,8 @@ def _rotate(spec: MeshSpec, cluster: str | None, require_approval: bool, count: 
         rotate = ca_steps.rotate_cluster.with_options(task_run_name=f"Rotate the CA of {name}")
         done.append(rotate(spec, name, count))
         logger.info(done[-1].describe())
-    status, findings = _verify(spec)
+    verdict, findings = verify_members(spec)
+    status = verdict or "PASS"  # a spec has two clusters at least, so the members are always checked
     result = CaRotationResult(mesh=spec.name, clusters=done, status=status, findings=findings)
     logger.info(result.describe())
     _post_summary(spec, result)
@@ -139,54 +123,25 @@ def _refuse(plan: RotationPlan) -> None:
         )
 
 
-def _verify(spec: MeshSpec) -> tuple[Verdict, list[Finding]]:
-    """The nightly's read-only checks (no drill)."""
-    facts, findings = verify_steps.check_reachability_and_versions(spec)
-    if facts:
-        findings += verify_steps.check_drift(spec, facts)
-        _, health = verify_steps.check_mesh_health(spec, findings)
-        findings += health
-    return overall(findings), findings
-
-
 def _approved(spec: MeshSpec, plan: RotationPlan, artifact_id: Any) -> bool:
-    logger = get_run_logger()
-    logger.info("Plan ready: CA rotation of %s; waiting for approval", ", ".join(plan.changing))
-    text = (
-        f"**Rotate the CA of `{'`, `'.join(plan.changing)}` in mesh `{spec.name}`:** plan artifact {artifact_id}."
-        "\n\nSubmit with Approve on to write; off cancels the run, nothing written."
-    )
-    answer = pause_flow_run(
-        wait_for_input=SetupApproval.with_initial_data(description=text),
-        timeout=APPROVAL_TIMEOUT_SECONDS,
-        poll_interval=2,
-    )
-    if not answer.approve:
-        logger.warning("CA rotation not approved%s: nothing written", f" ({answer.comment})" if answer.comment else "")
-    return bool(answer.approve)
+    changing = ", ".join(plan.changing)
+    names = "`, `".join(plan.changing)
+    headline = f"**Rotate the CA of `{names}` in mesh `{spec.name}`:** plan artifact {artifact_id}."
+    return approved(headline, action="CA rotation", waiting_for=f"CA rotation of {changing}")
 
 
 def _post_summary(spec: MeshSpec, result: CaRotationResult) -> None:
-    slack = RunSlack.for_run(spec)
-    if not slack.configured:
-        return
     notes = [
         Finding(level="ok", subject=c.cluster, reason=c.describe().splitlines()[0].split(": ", 1)[-1])
         for c in result.clusters
     ]
-    summary = Summary(
+    post_summary(
+        spec,
         title=f"Cluster Mesh {spec.name}: CA rotated",
         status=result.status,
-        mesh=spec.name,
         clusters=len(spec.clusters),
-        run_url=run_url(spec, flow_run.get_id()),
         findings=notes + result.findings,
     )
-    slack.post_summary(summary)
-
-
-def _key(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")[:100]
 
 
 __all__ = ["CaRotationResult", "mesh_rotate_ca"]
