@@ -7,7 +7,15 @@ from dataclasses import fields
 
 import pytest
 
-from clustermesh.cilium.profiles import PROFILES, REMOVED_IN_1_20, SUPPORTED_LINES, parse_cilium_version, profile_for
+from clustermesh.cilium.profiles import (
+    MCS_API_ENABLED_PATH,
+    MCS_API_SUPPORT_PATH,
+    PROFILES,
+    REMOVED_IN_1_20,
+    SUPPORTED_LINES,
+    parse_cilium_version,
+    profile_for,
+)
 from clustermesh.errors import ClusterMeshError, UnsupportedVersionError
 
 LINES = ["1.13", "1.14", "1.15", "1.16", "1.17", "1.18", "1.19", "1.20"]
@@ -59,6 +67,8 @@ def _thresholds(minor: int) -> dict[str, object]:
         "global_namespaces": minor >= 20,
         "removed_value_paths": REMOVED_IN_1_20 if minor >= 20 else (),
         "cert_validity_days": 365 if minor >= 20 else 1095,
+        "mcs_api_values_path": (None if minor <= 16 else MCS_API_SUPPORT_PATH if minor <= 18 else MCS_API_ENABLED_PATH),
+        "mcs_api_coredns_auto": minor >= 19,
         "server_extra_names_path": (
             ("clustermesh", "apiserver", "tls", "auto", "server")
             if minor >= 20
