@@ -61,6 +61,8 @@ class ConnectivityProbe:
         self._pairs: dict[Pair, _Run] = {}
         self._nodes: dict[tuple[str, str, str], _Run] = {}
         self._running = False
+        self._last_key: tuple[Any, ...] | None = None
+        self._last: dict[Pair, dict[str, Any]] = {}
 
     def start(self) -> ConnectivityProbe:
         self._running = True
@@ -80,20 +82,31 @@ class ConnectivityProbe:
         if not self._running:
             return
         now = self.world.clock.now
+        # The verdicts are a function of the clusters' stores (and the certificates' calendar): while no store
+        # changed since the last sample, the last verdicts are recorded again instead of recomputed. A probe that
+        # samples a racing virtual clock would otherwise hold the GIL from the flow it is measuring.
+        key = (tuple(c.store.resource_version for c in self.world.clusters), repr(vars(self.world.calendar)))
+        if key != self._last_key:
+            self._last_key, self._last = key, self._verdicts()
+        for (a, b), verdicts in self._last.items():
+            for n, v in verdicts.items():
+                self._nodes.setdefault((a, n, b), _Run()).record(v.ok, now, v.reason)
+            ok = any(v.ok for v in verdicts.values())
+            reason = "; ".join(f"{n}: {v.reason}" for n, v in verdicts.items() if not v.ok)
+            self._pairs.setdefault((a, b), _Run()).record(ok, now, reason)
+        self.samples += 1
+        self.world.clock.after(self.period, self.sample)
+
+    def _verdicts(self) -> dict[Pair, dict[str, Any]]:
+        """Per (member, peer), per node of the member: the sandbox datapath's verdict on that agent's connection."""
         states = [ClusterState(c.name, c.store) for c in self.world.clusters]
+        out: dict[Pair, dict[str, Any]] = {}
         for a in self.members:
             nodes = [n["metadata"]["name"] for n in self.world.cluster(a).store.list("v1/nodes")]
             for b in self.members:
-                if a == b:
-                    continue
-                verdicts = {n: connection(states, None, a, b, node=n) for n in nodes}
-                for n, v in verdicts.items():
-                    self._nodes.setdefault((a, n, b), _Run()).record(v.ok, now, v.reason)
-                ok = any(v.ok for v in verdicts.values())
-                reason = "; ".join(f"{n}: {v.reason}" for n, v in verdicts.items() if not v.ok)
-                self._pairs.setdefault((a, b), _Run()).record(ok, now, reason)
-        self.samples += 1
-        self.world.clock.after(self.period, self.sample)
+                if a != b:
+                    out[(a, b)] = {n: connection(states, None, a, b, node=n) for n in nodes}
+        return out
 
     def drops(self) -> dict[Pair, Drop]:
         """Per (member, peer): the worst consecutive drop seen."""
