@@ -11,7 +11,7 @@ channel). Around the commands, and not in them: PREFECT_HOME in a temp dir (the 
 there, not into ``~/.prefect``), SLACK_API_URL pointing at tests/slack_server.py, and a 1 s worker poll
 (PREFECT_WORKER_QUERY_SECONDS) to keep the test short.
 
-Judged afterwards through the Prefect API and the Slack test server: the five deployments exist, the nightly ran
+Judged afterwards through the Prefect API and the Slack test server: the eight deployments exist, the nightly ran
 from its deployment to a verdict (PASS: the README sets the mesh up first) and its summary reached Slack. Every
 process started here is stopped, also on failure.
 """
@@ -108,7 +108,7 @@ def test_the_section_is_found_and_names_its_placeholders() -> None:
     assert any(c.startswith("export PREFECT_SERVER_ANALYTICS_ENABLED=false") for c in cmds)
     for placeholder in ("xoxb-…", "https://hooks.slack.com/services/…", "mesh.yaml", "PREFECT_SERVER_API_PORT=4200"):
         assert placeholder in text, placeholder
-    assert "five deployments" in text
+    assert "eight deployments" in text
 
 
 # -------------------------------------------------------------------------------- running it
