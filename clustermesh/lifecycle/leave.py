@@ -16,17 +16,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from clustermesh.errors import ClusterMeshError, ConflictError, PrerequisiteError
+from clustermesh.errors import ClusterMeshError, PrerequisiteError
 from clustermesh.kube import ClusterClient
 from clustermesh.spec import MeshSpec
 from clustermesh.steps.membership import managed_peers
 from clustermesh.steps.models import StepChange
-from clustermesh.steps.step2_4_6_mesh_values import (
-    MAX_CONFLICT_RETRIES,
-    installation_with_values,
-    wait_applied,
-)
-from clustermesh.stopping import note_written, raise_if_stopping
+from clustermesh.steps.step2_4_6_mesh_values import write_planned_values
 from clustermesh.values import CLUSTERS_PATH, ValuesChange, peer_entries, read_values, value_at
 
 LEAVE_STEP = "Remove"
@@ -227,38 +222,4 @@ def disable_mesh_peers(client: ClusterClient, spec: MeshSpec, cluster: str) -> S
 def _write(
     client: ClusterClient, spec: MeshSpec, cluster: str, step: str, plan: Callable[[dict[str, Any]], MemberLeave]
 ) -> StepChange:
-    conflicts = 0
-    while True:
-        ai = client.get_application_installation()
-        _, values_field = read_values(ai)
-        member = plan(ai)
-        if member.change is None:
-            written = False
-            break
-        raise_if_stopping(f"{step} (mesh values)")
-        try:
-            ai = client.replace_application_installation(
-                installation_with_values(ai, member.change.new_values, values_field)
-            )
-        except ConflictError:
-            conflicts += 1
-            if conflicts > MAX_CONFLICT_RETRIES:
-                raise
-            continue
-        note_written(step)
-        written = True
-        break
-    if written:
-        ai = wait_applied(client, spec, cluster)
-    change = member.change
-    return StepChange(
-        cluster=cluster,
-        step=step,
-        changed=change is not None and change.changed,
-        written=written,
-        diff=change.diff_lines(redact=True) if change is not None else [],
-        values_field=values_field,
-        generation=int(ai.get("metadata", {}).get("generation", 0)),
-        conflicts_retried=conflicts,
-        applied=written,
-    )
+    return write_planned_values(client, spec, cluster, step, lambda ai: plan(ai).change)

@@ -28,16 +28,14 @@ from typing import Any
 
 from clustermesh.cilium.chart_source import ChartUnavailableError
 from clustermesh.cilium.profiles import REMOVED_IN_1_20, parse_cilium_version, profile_for
-from clustermesh.errors import ConflictError
 from clustermesh.kube import ClusterClient
 from clustermesh.lifecycle.upgrade_check import ClusterUpgrade, UpgradeReport, check_upgrade
 from clustermesh.spec import ClusterSpec, MeshSpec
 from clustermesh.steps.chart_check import ChartValuesRefusedError, check_values, values_checker
 from clustermesh.steps.models import ClusterFacts, StepChange
 from clustermesh.steps.step1_prerequisites import check_prerequisites
-from clustermesh.steps.step2_4_6_mesh_values import MAX_CONFLICT_RETRIES, installation_with_values, wait_applied
+from clustermesh.steps.step2_4_6_mesh_values import write_planned_values
 from clustermesh.steps.step3_5_endpoints import NAMESPACE, REMOTE_CERT
-from clustermesh.stopping import note_written, raise_if_stopping
 from clustermesh.values import Path, ValuesChange, legacy_paths_to_remove, plan_change, read_values, value_at
 
 __all__ = [
@@ -326,40 +324,13 @@ def write_upgrade_values(client: ClusterClient, spec: MeshSpec, facts: ClusterFa
     """Write ``facts.name``'s proved values for ``target`` (read again, planned again: a rerun writes nothing),
     rendered by the current chart right before the write, with optimistic concurrency; then wait for KKP."""
     step = f"{UPGRADE_STEP} {target} in {facts.name}"
-    conflicts = 0
-    while True:
-        ai = client.get_application_installation()
-        values, values_field = read_values(ai)
-        _, plan = plan_upgrade_values(spec, facts.name, facts.detected_cilium_version, target, values)
-        change = plan.change
-        if change is None or not change.changed:
-            written = False
-            break
-        values_checker(spec, facts)(change.new_values)  # the render-before-write every values write gets
-        raise_if_stopping(f"{step} (mesh values)")
-        try:
-            ai = client.replace_application_installation(installation_with_values(ai, change.new_values, values_field))
-        except ConflictError:
-            conflicts += 1
-            if conflicts > MAX_CONFLICT_RETRIES:
-                raise
-            continue
-        note_written(step)
-        written = True
-        break
-    if written:
-        ai = wait_applied(client, spec, facts.name)
-    return StepChange(
-        cluster=facts.name,
-        step=step,
-        changed=change is not None and change.changed,
-        written=written,
-        diff=change.diff_lines(redact=True) if change is not None else [],
-        values_field=values_field,
-        generation=int(ai.get("metadata", {}).get("generation", 0)),
-        conflicts_retried=conflicts,
-        applied=written,
-    )
+
+    def plan(ai: dict[str, Any]) -> ValuesChange | None:
+        values, _field = read_values(ai)
+        return plan_upgrade_values(spec, facts.name, facts.detected_cilium_version, target, values)[1].change
+
+    check = values_checker(spec, facts)  # the render-before-write every values write gets
+    return write_planned_values(client, spec, facts.name, step, plan, before_write=lambda c: check(c.new_values))
 
 
 # ------------------------------------------------------------------------------ the mesh

@@ -254,3 +254,54 @@ def _helm_wait_hint(spec: MeshSpec, why: str) -> str:
             "assigned; cilium.service_type NodePort avoids it)"
         )
     return hint
+
+
+def write_planned_values(
+    client: ClusterClient,
+    spec: MeshSpec,
+    cluster: str,
+    step: str,
+    plan: Callable[[dict[str, Any]], ValuesChange | None],
+    *,
+    before_write: Callable[[ValuesChange], None] | None = None,
+) -> StepChange:
+    """Read the cluster's installation, ``plan`` the change on what was read, write it with the resourceVersion
+    read (a 409 reads and plans again, at most ``MAX_CONFLICT_RETRIES`` times), then wait until KKP applied it.
+
+    Nothing to change (None, or unchanged): nothing written, so a rerun writes nothing. ``before_write`` runs on the
+    change right before each write (the render-before-write check).
+    """
+    conflicts = 0
+    while True:
+        ai = client.get_application_installation()
+        _, values_field = read_values(ai)
+        change = plan(ai)
+        if change is None or not change.changed:
+            written = False
+            break
+        if before_write is not None:
+            before_write(change)
+        raise_if_stopping(f"{step} (mesh values)")
+        try:
+            ai = client.replace_application_installation(installation_with_values(ai, change.new_values, values_field))
+        except ConflictError:
+            conflicts += 1
+            if conflicts > MAX_CONFLICT_RETRIES:
+                raise
+            continue
+        note_written(step)
+        written = True
+        break
+    if written:
+        ai = wait_applied(client, spec, cluster)
+    return StepChange(
+        cluster=cluster,
+        step=step,
+        changed=change is not None and change.changed,
+        written=written,
+        diff=change.diff_lines(redact=True) if change is not None else [],
+        values_field=values_field,
+        generation=int(ai.get("metadata", {}).get("generation", 0)),
+        conflicts_retried=conflicts,
+        applied=written,
+    )
