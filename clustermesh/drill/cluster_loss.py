@@ -216,18 +216,27 @@ class ClusterLossRun:
                 "someone else is changing it; not scaled"
             ) from None
 
-    def _scale_and_watch(self) -> None:
-        drill, client = self.drill, self.client
-        scaled_at = drill.clock()
-        client.scale_deployment(APISERVER_NS, APISERVER, FAILOVER_REPLICAS)
-        note_written(f"{self.cluster}: scaled {APISERVER_NS}/{APISERVER} to 0 (cluster-loss drill)")
-        drill.wait(
+    def _scale_apiserver(self, replicas: int, *, note: str, expected: str, check: str) -> None:
+        """Scale the lost member's clustermesh-apiserver to ``replicas`` and wait until the Deployment is there."""
+        self.client.scale_deployment(APISERVER_NS, APISERVER, replicas)
+        note_written(note)
+        self.drill.wait(
             self.cluster,
-            lambda: client.get_deployment(APISERVER_NS, APISERVER),
-            lambda d: deployment_ready(d, FAILOVER_REPLICAS),
+            lambda: self.client.get_deployment(APISERVER_NS, APISERVER),
+            lambda d: deployment_ready(d, replicas),
+            expected=expected,
+            check=check,
+            describe=describe_deployment,
+        )
+
+    def _scale_and_watch(self) -> None:
+        drill = self.drill
+        scaled_at = drill.clock()
+        self._scale_apiserver(
+            FAILOVER_REPLICAS,
+            note=f"{self.cluster}: scaled {APISERVER_NS}/{APISERVER} to 0 (cluster-loss drill)",
             expected=f"{APISERVER_NS}/{APISERVER} of {self.cluster} at 0 replicas",
             check=f"kubectl -n {APISERVER_NS} describe deployment {APISERVER}",
-            describe=describe_deployment,
         )
         drill.wait(
             self.cluster,
@@ -340,15 +349,11 @@ class ClusterLossRun:
                 kept = Undone(cluster=self.cluster, found=found, target=target, record=record, name=APISERVER)
                 return self._phase("reconnect", "skipped", kept.describe(APISERVER_NS, since="the loss"), start)
             scaled_at = drill.clock()
-            client.scale_deployment(APISERVER_NS, APISERVER, target)
-            note_written(f"{self.cluster}: scaled {APISERVER_NS}/{APISERVER} back to {target} replicas")
-            drill.wait(
-                self.cluster,
-                lambda: client.get_deployment(APISERVER_NS, APISERVER),
-                lambda d: deployment_ready(d, target),
+            self._scale_apiserver(
+                target,
+                note=f"{self.cluster}: scaled {APISERVER_NS}/{APISERVER} back to {target} replicas",
                 expected=f"all {target} replicas of {APISERVER_NS}/{APISERVER} Ready",
                 check=f"kubectl -n {APISERVER_NS} describe deployment {APISERVER} and its pods' events",
-                describe=describe_deployment,
             )
             drill.wait(
                 self.cluster,
